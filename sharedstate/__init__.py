@@ -1,0 +1,64 @@
+"""State shared by all the worker processes of a Python app, without running Redis.
+
+::
+
+    from sharedstate import get_shared_state
+
+    state = get_shared_state()      # connects, or starts the server exactly once
+    state.incr("hits")              # atomic across every worker
+    state["cfg"]["db"]["port"] = 5432   # nested writes take effect
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (
+    AlreadyRunning,
+    AttributeNotFound,
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionLost,
+    IndexOutOfRange,
+    InsecurePermissions,
+    InvalidKey,
+    KeyNotFound,
+    LockError,
+    ServerError,
+    ServerNotRunning,
+    ServerStartError,
+    SharedStateError,
+    Timeout,
+    ValueNotFound,
+    ValueNotLoadable,
+    ValueNotPicklable,
+    WrongType,
+)
+from .state import SharedLock, SharedNamespace, SharedState, get_shared_state
+from .views import SharedDict, SharedList
+
+__all__ = [
+    "AlreadyRunning",
+    "AttributeNotFound",
+    "AuthenticationFailed",
+    "ConfigError",
+    "ConnectionLost",
+    "IndexOutOfRange",
+    "InsecurePermissions",
+    "InvalidKey",
+    "KeyNotFound",
+    "LockError",
+    "ServerError",
+    "ServerNotRunning",
+    "ServerStartError",
+    "SharedDict",
+    "SharedList",
+    "SharedLock",
+    "SharedNamespace",
+    "SharedState",
+    "SharedStateError",
+    "Timeout",
+    "ValueNotFound",
+    "ValueNotLoadable",
+    "ValueNotPicklable",
+    "WrongType",
+    "get_shared_state",
+]

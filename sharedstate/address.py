@@ -1,0 +1,160 @@
+"""Where a server listens, and the private files that go with each address.
+
+An address is either a Unix socket path (the default: a per-user path, reachable by
+that user only) or a TCP ``host:port``. Each address has companion files beside it:
+the generated key (``.key``), the lock that says a server is alive (``.lock``) and the
+log of a server started in the background (``.log``). For a Unix socket they sit next
+to the socket; for TCP they live in the per-user runtime directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+# sun_path is 108 bytes on Linux and 104 on the BSDs, both including the final NUL.
+MAX_SOCKET_PATH_BYTES = 107 if sys.platform.startswith("linux") else 103
+
+DEFAULT_SOCKET_NAME = "state.sock"
+
+
+def runtime_dir() -> str:
+    """The per-user directory for sockets and keys.
+
+    ``$XDG_RUNTIME_DIR/sharedstate`` when the session has one (systemd creates it
+    owner-only and removes it at logout), otherwise ``sharedstate-<uid>`` in the
+    temp directory. The caller creates it owner-only if it is missing.
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
+        return os.path.join(xdg, "sharedstate")
+    return os.path.join(tempfile.gettempdir(), f"sharedstate-{os.getuid()}")
+
+
+@dataclass(frozen=True)
+class Address:
+    """A Unix socket ``path``, or a TCP ``host`` and ``port``."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.path is not None
+
+    @property
+    def target(self) -> str | tuple[str, int]:
+        """The address in the form ``multiprocessing.connection`` expects."""
+        if self.path is not None:
+            return self.path
+        assert self.host is not None
+        assert self.port is not None
+        return (self.host, self.port)
+
+    @property
+    def is_loopback(self) -> bool:
+        """True for Unix sockets and for TCP hosts that only this machine can reach."""
+        if self.is_unix:
+            return True
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host or "").is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def _files_prefix(self) -> str:
+        if self.path is not None:
+            return self.path
+        return os.path.join(runtime_dir(), f"tcp-{self.host}-{self.port}")
+
+    @property
+    def files_dir(self) -> str:
+        """The directory holding the socket (if any) and the companion files."""
+        return os.path.dirname(self._files_prefix)
+
+    @property
+    def key_path(self) -> str:
+        return self._files_prefix + ".key"
+
+    @property
+    def lock_path(self) -> str:
+        return self._files_prefix + ".lock"
+
+    @property
+    def log_path(self) -> str:
+        return self._files_prefix + ".log"
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
+        return f"{self.host}:{self.port}"
+
+
+def default_address() -> Address:
+    """The per-user Unix socket used when no address is configured."""
+    return Address(path=os.path.join(runtime_dir(), DEFAULT_SOCKET_NAME))
+
+
+def parse_address(value: str | tuple[str, int] | Address) -> Address:
+    """Read an address from a setting.
+
+    ``"/run/app/state.sock"`` (anything with a ``/``, or ``unix:`` in front) is a Unix
+    socket; ``"127.0.0.1:7000"`` is TCP::
+
+        >>> parse_address("127.0.0.1:7000")
+        Address(path=None, host='127.0.0.1', port=7000)
+    """
+    if isinstance(value, Address):
+        return value
+    if isinstance(value, tuple):
+        host, port_number = value
+        return _tcp_address(str(host), str(port_number), f"{host}:{port_number}")
+    text = value.strip()
+    if not text:
+        raise ConfigError("the address is empty: give a socket path or host:port")
+    if text.startswith("unix:"):
+        return _unix_address(text[len("unix:") :])
+    if "/" in text or ":" not in text:
+        return _unix_address(text)
+    if text.startswith("["):
+        raise ConfigError(
+            f"address {text!r}: IPv6 is not supported by multiprocessing's TCP transport; "
+            "use an IPv4 address such as 127.0.0.1:PORT, or a Unix socket path"
+        )
+    host, _, port = text.rpartition(":")
+    return _tcp_address(host, port, text)
+
+
+def _unix_address(path: str) -> Address:
+    path = os.path.abspath(os.path.expanduser(path))
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH_BYTES:
+        raise ConfigError(
+            f"socket path {path!r} is {size} bytes long; this platform allows at most "
+            f"{MAX_SOCKET_PATH_BYTES}. Choose a shorter path for SHAREDSTATE_ADDRESS.",
+            address=path,
+        )
+    return Address(path=path)
+
+
+def _tcp_address(host: str, port_text: str, original: str) -> Address:
+    if not host:
+        raise ConfigError(f"address {original!r} has no host; write HOST:PORT, e.g. 127.0.0.1:7000")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise ConfigError(
+            f"address {original!r}: the port must be a number from 1 to 65535",
+            address=original,
+        )
+    return Address(host=host, port=port)

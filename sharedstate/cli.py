@@ -1,0 +1,149 @@
+"""The ``sharedstate`` command: serve, stop, status, config.
+
+Options that are settings come from their single definition in :mod:`sharedstate.config`,
+so every command spells them, documents them and resolves them the same way. Exit
+codes: 0 ok, 1 error, 2 usage error, 3 no server running.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import SETTINGS, load_settings, settings_table_markdown
+from .errors import ServerNotRunning, SharedStateError
+from .launcher import call_server_function
+from .pidlock import is_held, read_pid
+
+EXIT_ERROR = 1
+EXIT_NOT_RUNNING = 3
+
+_SPECS = {spec.name: spec for spec in SETTINGS}
+
+
+class _Commands(click.Group):
+    """Turns our errors into one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ServerNotRunning as error:
+            click.echo(f"not running: {error}", err=True)
+            ctx.exit(EXIT_NOT_RUNNING)
+        except SharedStateError as error:
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def setting_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the CLI flags of the named settings to a command."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for name in reversed(names):
+            spec = _SPECS[name]
+            assert spec.flag is not None
+            help_text = f"{spec.help} [env: {spec.env}]"
+            if spec.name == "allow_remote":
+                option = click.option(spec.flag, name, is_flag=True, default=None, help=help_text)
+            else:
+                option = click.option(spec.flag, name, default=None, help=help_text)
+            command = option(command)
+        return command
+
+    return decorate
+
+
+@click.group(cls=_Commands)
+@click.version_option(__version__, prog_name="sharedstate")
+def cli() -> None:
+    """State shared by all the worker processes of a Python app."""
+
+
+@cli.command()
+@setting_options("address", "authkey_file", "log_level", "log_file", "allow_remote")
+@click.option("--detach", is_flag=True, help="Run in the background; return once it serves.")
+@click.option("--lock-fd", type=int, hidden=True)
+def serve(detach: bool, lock_fd: int | None, **overrides: Any) -> None:
+    """Run the server (in the foreground unless --detach) until SIGTERM or `stop`."""
+    from .runner import run_server  # the server's imports are not needed by other commands
+
+    run_server(load_settings(overrides), background=detach, lock_fd=lock_fd)
+
+
+@cli.command()
+@setting_options("address", "authkey_file")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait.")
+def stop(timeout: float, **overrides: Any) -> None:
+    """Stop the running server and wait until it has exited."""
+    settings = load_settings(overrides)
+    lock_path = settings.address.lock_path
+    pid = read_pid(lock_path)
+    call_server_function(settings, "shutdown", timeout)
+    deadline = time.monotonic() + timeout
+    while is_held(lock_path):
+        if time.monotonic() > deadline:
+            raise SharedStateError(f"the server (pid {pid}) did not exit within {timeout:g} s")
+        time.sleep(0.05)
+    click.echo(f"stopped the server at {settings.address} (pid {pid})")
+
+
+@cli.command()
+@setting_options("address", "authkey_file")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait.")
+def status(as_json: bool, timeout: float, **overrides: Any) -> None:
+    """Say whether a server is running, where, and as which pid (exit 3 if none)."""
+    settings = load_settings(overrides)
+    try:
+        info = call_server_function(settings, "server_info", timeout)
+    except ServerNotRunning:
+        if as_json:
+            click.echo(json.dumps({"running": False, "address": str(settings.address)}))
+            raise click.exceptions.Exit(EXIT_NOT_RUNNING) from None
+        raise
+    if as_json:
+        click.echo(json.dumps({"running": True, **info}, indent=2))
+        return
+    click.echo(f"running at {info['address']}")
+    click.echo(f"pid:      {info['pid']}")
+    click.echo(f"version:  {info['version']}")
+    click.echo(f"uptime:   {_duration(info['uptime'])}")
+    click.echo(f"keys:     {info['keys']}")
+    click.echo(f"clients:  {len(info['clients'])}")
+
+
+@cli.command()
+@setting_options("address", "authkey_file", "log_level", "log_file", "allow_remote")
+@click.option("--markdown", is_flag=True, help="Print the table of all settings instead.")
+def config(markdown: bool, **overrides: Any) -> None:
+    """Show the effective settings and where each one came from."""
+    if markdown:
+        click.echo(settings_table_markdown(), nl=False)
+        return
+    settings = load_settings(overrides)
+    for spec in SETTINGS:
+        value = getattr(settings, spec.name)
+        if spec.secret and value is not None:
+            value = "(set)"
+        click.echo(
+            f"{spec.env}={'' if value is None else value}    # {settings.sources[spec.name]}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{amount}{unit}" for amount, unit in parts if amount] or ["0s"]
+    return " ".join(shown[:2])
+
+
+def main() -> None:
+    """Entry point of the ``sharedstate`` console script and ``python -m sharedstate``."""
+    cli(prog_name="sharedstate")

@@ -1,0 +1,93 @@
+"""What crosses the wire: values as pickles, keys checked before they leave.
+
+Values travel pickled on their own (``encode``), inside the request. The server keeps
+them as those bytes until an operation needs the object itself (``incr``, a nested
+write), so storing an instance of a class the server can't import works, and a plain
+``get`` costs the server no unpickling at all.
+
+Keys are restricted to plain hashable types (str, int, float, bytes, bool, None and
+tuples of them): they are compared and hashed inside the server, where a custom
+``__eq__`` or ``__hash__`` would run foreign code and could break the dict.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import InvalidKey, ValueNotLoadable, ValueNotPicklable
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+# The two top-level dicts of a store: the dict itself, and the Namespace's attributes.
+DATA = "data"
+NAMESPACE = "namespace"
+_PLAIN_KEY_TYPES = (str, int, float, bytes, bool, type(None))
+
+
+def encode(value: Any, where: str) -> bytes:
+    """Pickle ``value``, naming ``where`` it was going if that fails."""
+    try:
+        return pickle.dumps(value, protocol=PROTOCOL)
+    except Exception as error:
+        raise ValueNotPicklable(
+            f"can't store {type(value).__name__} value at {where}: it can't be pickled "
+            f"({error}). Store plain data, or make the object picklable.",
+            where=where,
+        ) from error
+
+
+def decode(data: bytes, where: str) -> Any:
+    """Unpickle a value read from ``where``."""
+    try:
+        return pickle.loads(data)
+    except Exception as error:
+        raise ValueNotLoadable(
+            f"the value at {where} can't be unpickled in this process ({error!r}); "
+            "is the module defining its class importable here?",
+            where=where,
+        ) from error
+
+
+def check_key(key: Any, where: str = "state") -> None:
+    """Raise :class:`InvalidKey` unless ``key`` is plain hashable data."""
+    kind = type(key)
+    if kind is str or kind in _PLAIN_KEY_TYPES:
+        return
+    if kind is tuple and all(_is_plain_key(part) for part in key):
+        return
+    raise InvalidKey(
+        f"{kind.__name__} key {key!r} can't be used in {where}: keys must be str, int, "
+        "float, bytes, bool, None, or tuples of those",
+        where=where,
+    )
+
+
+def _is_plain_key(key: Any) -> bool:
+    if type(key) in _PLAIN_KEY_TYPES:
+        return True
+    return type(key) is tuple and all(_is_plain_key(part) for part in key)
+
+
+def place(space: str, path: tuple[Any, ...]) -> str:
+    """Name the value at ``path`` for messages: ``state['cfg'][0]``, ``state.namespace.x``."""
+    if space == NAMESPACE:
+        return describe(f"state.namespace.{path[0]}", path[1:])
+    return describe("state", path)
+
+
+def describe(root: str, path: Iterable[Any]) -> str:
+    """Name a place in the state for error messages: ``state['cfg']['db']``."""
+    text = root
+    for step in path:
+        if isinstance(step, slice):
+            text += f"[{_slice_text(step)}]"
+        else:
+            text += f"[{step!r}]"
+    return text
+
+
+def _slice_text(step: slice) -> str:
+    parts = ["" if part is None else repr(part) for part in (step.start, step.stop, step.step)]
+    return ":".join(parts[:2]) + (f":{parts[2]}" if step.step is not None else "")

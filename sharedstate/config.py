@@ -1,0 +1,255 @@
+"""Settings: each one defined once, read from flags, the environment, ``.env`` or defaults.
+
+A setting is a field of :class:`Settings` whose metadata carries its CLI flag, help text
+and parser. The CLI builds its options from these definitions, ``get_shared_state()``
+loads them, and the README's settings table is generated from them
+(``sharedstate config --markdown``).
+
+Precedence, highest first: command-line flags (or arguments of ``get_shared_state()``),
+environment variables, a ``.env`` file in the working directory (never overriding the real
+environment), the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dotenv import dotenv_values
+
+from .address import Address, default_address, parse_address
+from .errors import ConfigError
+from .permissions import load_or_create_key, read_key_file
+
+ENV_PREFIX = "SHAREDSTATE_"
+MIN_KEY_BYTES = 16
+
+logger = logging.getLogger("sharedstate")
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """How one setting is spelled on the command line, documented and parsed."""
+
+    name: str
+    flag: str | None
+    help: str
+    default_doc: str
+    parse: Callable[[Any], Any]
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def _setting(
+    *,
+    flag: str | None,
+    help: str,
+    default_doc: str,
+    parse: Callable[[Any], Any],
+    secret: bool = False,
+) -> Any:
+    spec = {"flag": flag, "help": help, "default_doc": default_doc, "parse": parse}
+    return field(default=None, metadata={"setting": dict(spec, secret=secret)})
+
+
+def _parse_address(value: Any) -> Address:
+    return default_address() if value is None else parse_address(value)
+
+
+def _parse_authkey(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    key = value if isinstance(value, bytes) else str(value).encode()
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            f"the key is {len(key)} bytes; use at least {MIN_KEY_BYTES} random bytes, e.g. "
+            "the output of: python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return key
+
+
+def _parse_path(value: Any) -> str | None:
+    return None if value is None else os.path.abspath(os.path.expanduser(str(value)))
+
+
+def _parse_bool(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{value!r} is not a yes/no value; use 1/0, true/false, yes/no or on/off")
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _parse_log_level(value: Any) -> str:
+    level = "INFO" if value is None else str(value).strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"{value!r} is not a log level; use one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of a server or a client."""
+
+    address: Address = _setting(
+        flag="--address",
+        help="Unix socket path, or HOST:PORT for TCP (loopback unless --allow-remote).",
+        default_doc="`$XDG_RUNTIME_DIR/sharedstate/state.sock`, else "
+        "`$TMPDIR/sharedstate-$UID/state.sock`",
+        parse=_parse_address,
+    )
+    authkey: bytes | None = _setting(
+        flag=None,
+        help="The shared key (at least 16 bytes). Prefer a key file: environment "
+        "variables leak into process listings of the same user and into crash reports.",
+        default_doc="unset",
+        parse=_parse_authkey,
+        secret=True,
+    )
+    authkey_file: str | None = _setting(
+        flag="--authkey-file",
+        help="File holding the shared key; must be readable by its owner only.",
+        default_doc="`<address>.key`, created with a random key by the server",
+        parse=_parse_path,
+    )
+    allow_remote: bool = _setting(
+        flag="--allow-remote",
+        help="Let the server listen on a non-loopback TCP address (needs an explicit key).",
+        default_doc="off",
+        parse=_parse_bool,
+    )
+    log_level: str = _setting(
+        flag="--log-level",
+        help="Server log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+        default_doc="`INFO`",
+        parse=_parse_log_level,
+    )
+    log_file: str | None = _setting(
+        flag="--log-file",
+        help="Server log file.",
+        default_doc="stderr; `<address>.log` for a server started in the background",
+        parse=_parse_path,
+    )
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def has_explicit_key(self) -> bool:
+        return self.authkey is not None or self.authkey_file is not None
+
+    @property
+    def key_path(self) -> str:
+        """The file the key is read from when no key is given directly."""
+        return self.authkey_file or self.address.key_path
+
+    def load_key(self, *, create: bool = False) -> bytes | None:
+        """The key to authenticate with.
+
+        With ``create=True`` (the server) a missing default key file is generated.
+        Without it (a client) a missing default key file gives ``None``: no server has
+        created one yet.
+        """
+        if self.authkey is not None:
+            return self.authkey
+        if self.authkey_file is not None:
+            return read_key_file(self.authkey_file)
+        if create:
+            return load_or_create_key(self.address.key_path)
+        if os.path.lexists(self.address.key_path):
+            return read_key_file(self.address.key_path)
+        return None
+
+
+SETTINGS: tuple[SettingSpec, ...] = tuple(
+    SettingSpec(name=f.name, **f.metadata["setting"])
+    for f in dataclasses.fields(Settings)
+    if "setting" in f.metadata
+)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    dotenv_dir: str | None = None,
+) -> Settings:
+    """Resolve every setting by precedence: ``overrides`` > environment > ``.env`` > default.
+
+    ``overrides`` maps setting names to values from flags or function arguments; ``None``
+    values count as not given::
+
+        settings = load_settings({"address": "/tmp/app/state.sock"})
+    """
+    environ = os.environ if environ is None else environ
+    dotenv_path = os.path.join(dotenv_dir or os.getcwd(), ".env")
+    from_dotenv = _read_dotenv(dotenv_path)
+    _warn_unknown(environ, "the environment")
+    _warn_unknown(from_dotenv, dotenv_path)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in SETTINGS:
+        raw, origin = _pick(spec, overrides or {}, environ, from_dotenv, dotenv_path)
+        try:
+            values[spec.name] = spec.parse(raw)
+        except ConfigError as error:
+            raise ConfigError(f"{origin}: {error}", setting=spec.env) from None
+        sources[spec.name] = origin
+    return Settings(**values, sources=sources)
+
+
+def _pick(
+    spec: SettingSpec,
+    overrides: Mapping[str, Any],
+    environ: Mapping[str, str],
+    from_dotenv: Mapping[str, str],
+    dotenv_path: str,
+) -> tuple[Any, str]:
+    if overrides.get(spec.name) is not None:
+        return overrides[spec.name], spec.flag or spec.name
+    if environ.get(spec.env):
+        return environ[spec.env], f"{spec.env} (environment)"
+    if from_dotenv.get(spec.env):
+        return from_dotenv[spec.env], f"{spec.env} in {dotenv_path}"
+    return None, "default"
+
+
+def _read_dotenv(path: str) -> dict[str, str]:
+    if not os.path.isfile(path):
+        return {}
+    return {
+        name: value
+        for name, value in dotenv_values(path).items()
+        if name.startswith(ENV_PREFIX) and value is not None
+    }
+
+
+def _warn_unknown(variables: Mapping[str, str], where: str) -> None:
+    known = {spec.env for spec in SETTINGS}
+    for name in variables:
+        if name.startswith(ENV_PREFIX) and name not in known:
+            logger.warning("ignoring unknown setting %s in %s", name, where)
+
+
+def settings_table_markdown() -> str:
+    """The README's settings table, generated from the definitions above."""
+    rows = [
+        "| Environment variable | CLI flag | Default | Meaning |",
+        "|---|---|---|---|",
+    ]
+    for spec in SETTINGS:
+        flag = f"`{spec.flag}`" if spec.flag else "(none)"
+        rows.append(f"| `{spec.env}` | {flag} | {spec.default_doc} | {spec.help} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,144 @@
+"""Every error sharedstate raises on purpose.
+
+All of them derive from :class:`SharedStateError`, and each also derives from the
+builtin exception it resembles, so ``except KeyError`` or ``except ConnectionError``
+keeps working for callers who don't know about sharedstate.
+
+They travel from the server to the client pickled, so every class must survive
+``pickle.loads(pickle.dumps(error))``: the message is the only positional argument and
+the context (address, key, file...) lives in the instance ``__dict__``, which pickle
+carries along.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SharedStateError(Exception):
+    """Base class of all sharedstate errors.
+
+    Keyword arguments become attributes, so handlers can read the context::
+
+        try:
+            state = get_shared_state(start=False)
+        except ServerNotRunning as error:
+            print(error.address)
+    """
+
+    def __init__(self, message: str = "", **context: Any) -> None:
+        super().__init__(message)
+        self.__dict__.update(context)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(SharedStateError, ValueError):
+    """A setting (address, key, log level...) has a value we can't use."""
+
+
+class InsecurePermissions(SharedStateError, PermissionError):
+    """A file or directory could be read or replaced by other users, so we refuse it."""
+
+
+class ServerNotRunning(SharedStateError, ConnectionError):
+    """Nothing is listening at the address and we were told not to start a server."""
+
+
+class ConnectionLost(SharedStateError, ConnectionError):
+    """The connection to the server broke during a call.
+
+    The call may or may not have taken effect on the server. Later calls reconnect.
+    """
+
+
+class AuthenticationFailed(SharedStateError, PermissionError):
+    """Client and server don't share the same key."""
+
+
+class ServerStartError(SharedStateError, RuntimeError):
+    """A server could not be started (address taken, bad files, crash at start)."""
+
+
+class AlreadyRunning(ServerStartError):
+    """Another sharedstate server already serves this address."""
+
+
+class Timeout(SharedStateError, TimeoutError):
+    """Waiting for the server, the lock or an edit took longer than allowed."""
+
+
+class InvalidKey(SharedStateError, TypeError):
+    """A key (or a step of a nested path) has a type the store does not accept."""
+
+
+class ValueNotPicklable(SharedStateError, ValueError):
+    """A value could not be pickled, so it could not be sent to the server."""
+
+
+class ValueNotLoadable(SharedStateError, ValueError):
+    """A pickled value could not be loaded (typically: its class can't be imported)."""
+
+
+class WrongType(SharedStateError, TypeError):
+    """An operation met a value of the wrong type (``incr`` on a str, a path into an int)."""
+
+
+class LockError(SharedStateError, RuntimeError):
+    """The lock or an edit was used out of order (release without acquire, nesting)."""
+
+
+class ServerError(SharedStateError, RuntimeError):
+    """The server failed in a way it did not expect; the message has its traceback."""
+
+
+class KeyNotFound(SharedStateError, KeyError):
+    """A key is missing, at the top level or inside a nested container.
+
+    Like ``KeyError``, ``error.args[0]`` is the missing key; ``error.where`` names the
+    container it was looked up in (``"state"`` or ``"state['cfg']"``).
+    """
+
+    def __init__(self, key: Any, where: str = "state") -> None:
+        super().__init__(key)
+        self.key = key
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"key {self.key!r} not found in {self.where}"
+
+
+class AttributeNotFound(SharedStateError, AttributeError):
+    """``state.namespace`` has no attribute of that name."""
+
+
+class IndexOutOfRange(SharedStateError, IndexError):
+    """A list index inside a nested value is out of range."""
+
+
+class ValueNotFound(SharedStateError, ValueError):
+    """``remove(x)`` on a nested list that does not contain ``x``."""
+
+
+__all__ = [
+    "AlreadyRunning",
+    "AttributeNotFound",
+    "AuthenticationFailed",
+    "ConfigError",
+    "ConnectionLost",
+    "IndexOutOfRange",
+    "InsecurePermissions",
+    "InvalidKey",
+    "KeyNotFound",
+    "LockError",
+    "ServerError",
+    "ServerNotRunning",
+    "ServerStartError",
+    "SharedStateError",
+    "Timeout",
+    "ValueNotFound",
+    "ValueNotLoadable",
+    "ValueNotPicklable",
+    "WrongType",
+]

@@ -1,0 +1,187 @@
+"""Connect to the server, or start it: exactly once, however many workers race.
+
+The server lock (:mod:`sharedstate.pidlock`) decides who starts it. A worker that finds
+nothing listening tries to take the lock:
+
+- it gets it: no server is alive, so it starts one in the background
+  (``sharedstate serve --detach``), handing it the locked descriptor, and connects once
+  the server reports ready;
+- someone holds it: a server is running or being started by another worker, so it
+  retries connecting until the server answers or ``timeout`` runs out.
+
+The started server is not a child of the worker (it detaches into its own session), so
+it outlives the worker that happened to start it, and multiprocessing's child
+bookkeeping in that worker never sees it.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import socket
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .config import Settings
+from .errors import AuthenticationFailed, ServerNotRunning, ServerStartError, Timeout
+from .permissions import ensure_files_dir
+from .pidlock import ServerLock, read_pid
+from .transport import handshake, server_request
+
+RETRY_SECONDS = 0.02
+
+
+def connect_or_start(settings: Settings, *, start: bool, timeout: float) -> Connection:
+    """A connection to the server at ``settings.address``, starting it if allowed."""
+    address = settings.address
+    conn = try_connect(settings, timeout)
+    if conn is not None:
+        return conn
+    if not start:
+        raise ServerNotRunning(
+            f"no sharedstate server is running at {address}; start one with "
+            "`sharedstate serve`, or call get_shared_state(start=True)",
+            address=str(address),
+        )
+    deadline = time.monotonic() + timeout
+    ensure_files_dir(address)
+    while True:
+        lock = ServerLock.try_acquire(address.lock_path)
+        if lock is not None:
+            try:
+                spawn_server(settings, lock, max(deadline - time.monotonic(), 1.0))
+            finally:
+                lock.release()  # the server holds its own copy now
+            conn = try_connect(settings, timeout)
+            if conn is None:
+                raise ServerStartError(
+                    f"a server was started at {address} but does not accept connections; "
+                    f"see its log {settings.log_file or address.log_path}",
+                    address=str(address),
+                )
+            return conn
+        conn = try_connect(settings, timeout)
+        if conn is not None:
+            return conn
+        if time.monotonic() >= deadline:
+            raise Timeout(
+                f"waited {timeout:g} s for the server at {address} (pid "
+                f"{read_pid(address.lock_path) or 'unknown'}) to accept connections; see "
+                f"`sharedstate status` and the log {settings.log_file or address.log_path}",
+                address=str(address),
+            )
+        time.sleep(RETRY_SECONDS)
+
+
+def try_connect(settings: Settings, timeout: float) -> Connection | None:
+    """A connection ready for store calls, or ``None`` if nothing listens at the address."""
+    conn = try_handshake(settings, timeout)
+    if conn is not None:
+        server_request(
+            conn, settings.address, "accept_connection", (f"client-{os.getpid()}",), timeout
+        )
+    return conn
+
+
+def call_server_function(settings: Settings, function: str, timeout: float) -> Any:
+    """Call a server function (``server_info``, ``shutdown``) of the running server."""
+    conn = try_handshake(settings, timeout)
+    if conn is None:
+        raise ServerNotRunning(
+            f"no sharedstate server is running at {settings.address}", address=str(settings.address)
+        )
+    try:
+        return server_request(conn, settings.address, function, (), timeout)
+    finally:
+        conn.close()
+
+
+def try_handshake(settings: Settings, timeout: float) -> Connection | None:
+    """An authenticated connection, or ``None`` if nothing listens at the address."""
+    address = settings.address
+    key = settings.load_key()
+    if key is None:
+        if _listening(settings):
+            raise AuthenticationFailed(
+                f"the server at {address} was started with a key of its own, and this "
+                "process has none: set SHAREDSTATE_AUTHKEY_FILE (or SHAREDSTATE_AUTHKEY)",
+                address=str(address),
+            )
+        return None
+    try:
+        return handshake(address, key, timeout)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+
+
+def _listening(settings: Settings) -> bool:
+    address = settings.address
+    family = socket.AF_UNIX if address.is_unix else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(address.target)
+        except OSError:
+            return False
+    return True
+
+
+def spawn_server(settings: Settings, lock: ServerLock, timeout: float) -> None:
+    """Run ``sharedstate serve --detach`` and wait until it reports ready (or fails)."""
+    argv = [
+        _python(),
+        "-m", "sharedstate", "serve", "--detach",
+        "--address", str(settings.address),
+        "--lock-fd", str(lock.fd),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    if settings.authkey is not None:
+        env["SHAREDSTATE_AUTHKEY"] = os.fsdecode(settings.authkey)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if package_root not in _site_dirs():  # running from a source tree
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    try:
+        result = subprocess.run(
+            argv,
+            env=env,
+            pass_fds=(lock.fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise Timeout(
+            f"the server at {settings.address} did not start within {timeout:g} s; see its "
+            f"log {settings.log_file or settings.address.log_path}",
+            address=str(settings.address),
+        ) from None
+    if result.returncode != 0:
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[-1].removeprefix("error: ") if lines else f"exit status {result.returncode}"
+        raise ServerStartError(
+            f"could not start a server at {settings.address}: {reason}",
+            address=str(settings.address),
+        )
+
+
+def _python() -> str:
+    executable = sys.executable
+    if not executable or "uwsgi" in os.path.basename(executable).lower():
+        raise ServerStartError(
+            f"can't start a server from this process: sys.executable is {executable!r}, "
+            "not a Python interpreter (uWSGI?). Run `sharedstate serve` yourself (for "
+            "uWSGI, as an attach-daemon) and the workers will connect to it"
+        )
+    return executable
+
+
+def _site_dirs() -> set[str]:
+    dirs = set(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.add(site.getusersitepackages())
+    return dirs

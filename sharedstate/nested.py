@@ -1,0 +1,99 @@
+"""Writes inside a stored value: walking a path, and the container methods allowed there.
+
+``state["cfg"]["db"]["port"] = 5432`` reaches the server as one call: the path
+``("cfg", "db")``, the method ``__setitem__`` and its arguments. Only dicts and lists
+can be walked into and changed this way, and only with the methods listed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import IndexOutOfRange, KeyNotFound, SharedStateError, ValueNotFound, WrongType
+
+DICT_METHODS = frozenset(
+    {"__setitem__", "__delitem__", "pop", "popitem", "setdefault", "update", "clear", "incr"}
+)
+LIST_METHODS = frozenset(
+    {
+        "__setitem__", "__delitem__", "append", "extend", "insert", "pop", "remove",
+        "clear", "reverse", "sort", "incr",
+    }
+)  # fmt: skip
+
+
+def step_into(container: Any, step: Any, where: str) -> Any:
+    """``container[step]``, with an error naming ``where`` when that is impossible."""
+    if isinstance(container, dict):
+        try:
+            return container[step]
+        except KeyError:
+            raise KeyNotFound(step, where) from None
+    if isinstance(container, list):
+        if type(step) is not int:
+            raise WrongType(f"{where} is a list; index it with an int, not {step!r}")
+        try:
+            return container[step]
+        except IndexError:
+            raise IndexOutOfRange(
+                f"index {step} is out of range for {where} (length {len(container)})"
+            ) from None
+    raise WrongType(
+        f"{where} is a {type(container).__name__}, not a dict or list, so {step!r} can't be "
+        "looked up in it"
+    )
+
+
+def check_method(container: Any, method: str, where: str) -> None:
+    """Refuse anything but the listed methods of a dict or list."""
+    if isinstance(container, dict):
+        allowed = DICT_METHODS
+    elif isinstance(container, list):
+        allowed = LIST_METHODS
+    else:
+        raise WrongType(
+            f"{where} is a {type(container).__name__}; only dicts and lists can be changed "
+            "in place. Use state.edit() to change other objects"
+        )
+    if method not in allowed:
+        raise WrongType(f"{method}() is not an operation on {where}, a {type(container).__name__}")
+
+
+def apply_method(container: Any, method: str, args: Any, kwargs: Any, where: str) -> Any:
+    """Run an allowed ``method`` on ``container``; turn its errors into ours."""
+    try:
+        if method == "incr":
+            return _incr(container, *args, where=where)
+        return getattr(container, method)(*args, **kwargs)
+    except SharedStateError:
+        raise
+    except KeyError as error:
+        if method == "popitem":
+            raise KeyNotFound("popitem(): the dict is empty", where) from None
+        raise KeyNotFound(error.args[0] if error.args else None, where) from None
+    except IndexError as error:
+        raise IndexOutOfRange(f"{where}.{method}(): {error}") from None
+    except ValueError as error:
+        raise ValueNotFound(f"{where}.{method}(): {error}") from None
+    except TypeError as error:
+        raise WrongType(f"{where}.{method}(): {error}") from None
+
+
+def _incr(container: Any, key: Any, amount: Any, *, where: str) -> Any:
+    place = f"{where}[{key!r}]"
+    if isinstance(container, dict):
+        current = container.get(key, 0)
+    else:
+        current = step_into(container, key, where)
+    check_number(amount, "the amount to add")
+    check_number(current, place)
+    container[key] = current + amount
+    return container[key]
+
+
+def check_number(value: Any, what: str) -> None:
+    """``incr`` works on ints and floats only (not bools, which would quietly become ints)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WrongType(
+            f"{what} is a {type(value).__name__}, not a number; incr needs an int or float"
+        )

@@ -1,0 +1,174 @@
+"""A server process from start to stop: checks, lock, key, socket, signals, clean-up."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from multiprocessing.connection import Listener
+from types import FrameType
+
+from . import __version__
+from .address import Address
+from .config import Settings
+from .daemon import Report, detach
+from .errors import ConfigError, ServerStartError, SharedStateError
+from .permissions import ensure_files_dir
+from .pidlock import ServerLock
+from .server import StateServer
+from .store import Store
+
+logger = logging.getLogger("sharedstate")
+
+BACKLOG = 128
+START_TIMEOUT = 30.0  # how long `serve --detach` waits for the server to report ready
+LOCK_WAIT = 2.0  # a client may be probing the lock for a moment; don't give up at once
+
+
+def run_server(settings: Settings, *, background: bool = False, lock_fd: int | None = None) -> None:
+    """Serve ``settings.address`` until SIGTERM, SIGINT, SIGHUP or ``sharedstate stop``.
+
+    With ``background=True`` the process detaches first (see :mod:`sharedstate.daemon`).
+    ``lock_fd`` is the server lock handed down by a client that starts us.
+    """
+    address = settings.address
+    check_exposure(settings)
+    os.umask(0o077)  # everything the server creates is owner-only
+    ensure_files_dir(address)
+    log_path = settings.log_file or address.log_path
+    report: Report | None = detach(log_path, START_TIMEOUT) if background else None
+    _configure_logging(settings, to_file=None if background else settings.log_file)
+    try:
+        lock, server = _start(settings, lock_fd)
+    except (SharedStateError, OSError) as error:
+        logger.error("could not start: %s", error)
+        if report:
+            report(str(error))
+        raise
+    _stop_on_signals(server)
+    key_origin = (
+        "the configured key" if settings.has_explicit_key else f"key file {address.key_path}"
+    )
+    logger.info(
+        "sharedstate %s serving at %s (pid %d, %s)", __version__, address, os.getpid(), key_origin
+    )
+    if report:
+        report(None)
+    try:
+        server.serve_until_stopped()
+    finally:
+        lock.release()
+        logger.info("stopped; %s removed", address if address.is_unix else "listener")
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to listen beyond this machine unless the operator asked for it with a key."""
+    address = settings.address
+    if address.is_loopback:
+        return
+    if not settings.allow_remote:
+        raise ConfigError(
+            f"{address} can be reached from other machines; to allow that, pass "
+            "--allow-remote (SHAREDSTATE_ALLOW_REMOTE=1) and an explicit key, or listen "
+            "on 127.0.0.1 or a Unix socket"
+        )
+    if not settings.has_explicit_key:
+        raise ConfigError(
+            f"{address} can be reached from other machines, so it needs a key you chose: "
+            "set SHAREDSTATE_AUTHKEY_FILE (or SHAREDSTATE_AUTHKEY) on the server and clients"
+        )
+
+
+def _start(settings: Settings, lock_fd: int | None) -> tuple[ServerLock, StateServer]:
+    address = settings.address
+    if lock_fd is not None:
+        lock = ServerLock.adopt(address.lock_path, lock_fd)
+    else:
+        lock = ServerLock.acquire(address.lock_path, LOCK_WAIT)
+    try:
+        lock.write_pid()
+        key = settings.load_key(create=True)
+        assert key is not None
+        listener = _listen(address)
+    except BaseException:
+        lock.release()
+        raise
+    if not address.is_loopback:
+        logger.warning("listening on %s: traffic is authenticated but not encrypted", address)
+    return lock, StateServer(Store(), listener, key, str(address))
+
+
+def _listen(address: Address) -> Listener:
+    if address.path is not None:
+        _remove_stale_socket(address.path)
+    try:
+        listener = Listener(address.target, backlog=BACKLOG)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise ServerStartError(
+                f"{address} is already in use by another program; choose another address",
+                address=str(address),
+            ) from None
+        raise ServerStartError(
+            f"can't listen at {address}: {error}", address=str(address)
+        ) from None
+    if address.path is not None:
+        os.chmod(address.path, 0o600)
+    return listener
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead server; refuse anything else at ``path``.
+
+    Called with the server lock held, so no sharedstate server is alive here.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ServerStartError(
+            f"{path} exists and is not a socket; refusing to replace it. Move it away, or "
+            "choose another address",
+            address=path,
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        logger.info("removed stale socket %s left by a server that is gone", path)
+        return
+    finally:
+        probe.close()
+    raise ServerStartError(
+        f"another program is listening on {path}; stop it or choose another address",
+        address=path,
+    )
+
+
+def _stop_on_signals(server: StateServer) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s; stopping", signal.Signals(signum).name)
+        server.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+
+def _configure_logging(settings: Settings, to_file: str | None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(to_file) if to_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s sharedstate[%(process)d] %(levelname)s %(message)s")
+    )
+    root = logging.getLogger("sharedstate")
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    root.propagate = False

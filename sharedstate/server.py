@@ -1,0 +1,239 @@
+"""The server: ``multiprocessing.managers.Server`` serving one store, one thread per client.
+
+What we change from the stock Server, and why:
+
+- the listener is bound by us (after checking for a stale socket) with a larger backlog,
+  so 16+ workers starting at once are not refused;
+- the handshake runs with a timeout, failures are logged, and a wrong key never
+  disturbs other clients;
+- each connection is a :class:`Client` that owns the locks and edits it takes; when the
+  connection drops, for whatever reason, they are released;
+- store methods receive that client as their first argument;
+- requests are (un)pickled with the C pickler directly rather than through
+  ``ForkingPickler`` (same bytes on the wire, less overhead);
+- stopping is an event the main thread waits on, so SIGTERM and ``shutdown`` both end
+  in the same clean-up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import threading
+import time
+from multiprocessing import AuthenticationError, process
+from multiprocessing.connection import (
+    Connection,
+    Listener,
+    answer_challenge,
+    deliver_challenge,
+)
+from multiprocessing.managers import Server
+from traceback import format_exc
+from typing import Any, ClassVar
+
+from . import __version__
+from .codec import PROTOCOL
+from .errors import SharedStateError
+from .manager import STORE_IDENT, SharedStateManager, serve_store
+from .sockets import describe_peer, io_timeout, peer_pid
+from .store import CallerGone, Store
+
+logger = logging.getLogger("sharedstate")
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class Client:
+    """One client connection, as the store sees it: it can own the lock and edits."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, conn: Connection) -> None:
+        self.id = next(self._ids)
+        self.conn = conn
+        self.pid = peer_pid(conn)
+        self.connected_at = time.time()
+
+    def is_gone(self) -> bool:
+        # While a call waits the client sends nothing, so anything readable (most
+        # likely end-of-file) means it hung up or gave up.
+        try:
+            return self.conn.poll(0)
+        except OSError:
+            return True
+
+    def __str__(self) -> str:
+        return f"client #{self.id}" + (f" (pid {self.pid})" if self.pid else "")
+
+
+class StateServer(Server):
+    """A manager Server hosting one :class:`Store` under :data:`STORE_IDENT`."""
+
+    # The functions a new connection may call first: Server's, plus server_info.
+    public: ClassVar[list[str]] = [
+        "shutdown", "create", "accept_connection", "get_methods", "debug_info",
+        "number_of_objects", "dummy", "incref", "decref", "server_info",
+    ]  # fmt: skip
+
+    def __init__(self, store: Store, listener: Listener, authkey: bytes, address: str) -> None:
+        # Server.__init__ would bind its own listener; set the same attributes instead.
+        self.registry = SharedStateManager._registry  # type: ignore[attr-defined]
+        self.authkey = process.AuthenticationString(authkey)  # type: ignore[attr-defined]
+        self.listener = listener
+        self.address = listener.address
+        self.id_to_obj: dict[str, Any] = {"0": (None, ())}
+        self.id_to_refcount: dict[str, int] = {}
+        self.id_to_local_proxy_obj: dict[str, Any] = {}
+        self.mutex = threading.Lock()
+
+        self.store = store
+        serve_store(store)
+        self.id_to_obj[STORE_IDENT] = (store, Store.EXPOSED, None)
+        self.id_to_refcount[STORE_IDENT] = 1  # never released
+        self.display_address = address
+        self.stop_event = threading.Event()
+        self.started_at = time.time()
+        self.clients: dict[int, Client] = {}
+        self._clients_lock = threading.Lock()
+
+    # -- accepting and authenticating --------------------------------------------------
+
+    def serve_until_stopped(self) -> None:
+        """Accept clients until :meth:`stop` (a signal handler, or ``shutdown``)."""
+        accepter = threading.Thread(target=self.accepter, name="accepter", daemon=True)
+        accepter.start()
+        while not self.stop_event.wait(0.5):
+            pass
+        self.listener.close()  # also removes the socket file
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def accepter(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                conn = self.listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self.handle_request, args=(conn,), daemon=True).start()
+
+    def handle_request(self, conn: Connection) -> None:
+        """Authenticate a new connection, then answer its first request."""
+        try:
+            if not self._authenticate(conn):
+                return
+            ignore, funcname, args, kwds = pickle.loads(conn.recv_bytes())
+            if funcname not in self.public:
+                conn.send_bytes(_dumps(("#TRACEBACK", f"{funcname!r} is not a server function")))
+                return
+            if funcname == "accept_connection":
+                conn.send_bytes(_dumps(("#RETURN", None)))
+                self.serve_client(conn)
+                return
+            try:
+                reply = ("#RETURN", getattr(self, funcname)(conn, *args, **kwds))
+            except Exception:
+                reply = ("#TRACEBACK", format_exc())
+            conn.send_bytes(_dumps(reply))
+        except (EOFError, OSError):
+            pass  # the client went away; nothing to answer
+        except Exception:
+            logger.exception("unexpected error on a new connection from %s", describe_peer(conn))
+        finally:
+            conn.close()
+
+    def _authenticate(self, conn: Connection) -> bool:
+        try:
+            with io_timeout(conn, HANDSHAKE_TIMEOUT):
+                deliver_challenge(conn, self.authkey)
+                answer_challenge(conn, self.authkey)
+        except AuthenticationError:
+            logger.warning("refused a connection from %s: it used a wrong key", describe_peer(conn))
+            return False
+        except (EOFError, OSError, AssertionError, ValueError) as error:
+            logger.warning(
+                "refused a connection from %s: bad handshake (%s)",
+                describe_peer(conn),
+                error.__class__.__name__,
+            )
+            return False
+        return True
+
+    # -- serving one client --------------------------------------------------------------
+
+    def serve_client(self, conn: Connection) -> None:
+        client = Client(conn)
+        with self._clients_lock:
+            self.clients[client.id] = client
+        logger.debug("%s connected", client)
+        try:
+            self._serve(client)
+        finally:
+            with self._clients_lock:
+                del self.clients[client.id]
+            released = self.store.release_all(client)
+            if released:
+                logger.info("%s disconnected; released %s", client, ", ".join(released))
+            else:
+                logger.debug("%s disconnected", client)
+
+    def _serve(self, client: Client) -> None:
+        recv_bytes = client.conn.recv_bytes
+        send_bytes = client.conn.send_bytes
+        id_to_obj = self.id_to_obj
+        while not self.stop_event.is_set():
+            try:
+                request = recv_bytes()
+            except (EOFError, OSError):
+                return
+            try:
+                ident, method, args, kwds = pickle.loads(request)
+                obj, exposed, _ = id_to_obj[ident]
+                if method not in exposed:
+                    raise AttributeError(f"{method!r} is not a method clients may call")
+                reply: tuple[str, Any] = ("#RETURN", getattr(obj, method)(client, *args, **kwds))
+            except CallerGone:
+                return
+            except SharedStateError as error:
+                reply = ("#ERROR", error)
+            except Exception:
+                logger.exception("error serving %s", client)
+                reply = ("#TRACEBACK", format_exc())
+            try:
+                data = _dumps(reply)
+            except Exception:
+                data = _dumps(("#UNSERIALIZABLE", format_exc()))
+            try:
+                send_bytes(data)
+            except OSError:
+                return
+
+    # -- server functions (callable on a fresh connection) -----------------------------
+
+    def shutdown(self, c: Connection) -> None:
+        logger.info("stop requested by %s", describe_peer(c))
+        self.stop()
+
+    def server_info(self, c: Connection) -> dict[str, Any]:
+        """What ``sharedstate status`` shows."""
+        with self._clients_lock:
+            clients = [
+                {"id": client.id, "pid": client.pid, "connected_at": client.connected_at}
+                for client in self.clients.values()
+            ]
+        return {
+            "address": self.display_address,
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": self.started_at,
+            "uptime": time.time() - self.started_at,
+            "clients": clients,
+            **self.store.stats(),
+        }
+
+
+def _dumps(message: Any) -> bytes:
+    return pickle.dumps(message, protocol=PROTOCOL)

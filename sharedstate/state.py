@@ -1,0 +1,289 @@
+"""The worker API: ``get_shared_state()`` and the object it returns."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any, NoReturn
+
+from .address import Address
+from .codec import DATA, NAMESPACE, check_key, decode, describe, encode
+from .config import load_settings
+from .errors import AttributeNotFound, KeyNotFound, LockError, SharedStateError
+from .launcher import connect_or_start
+from .transport import Transport
+from .views import wrap
+
+_MISSING: Any = object()
+
+
+class SharedLock:
+    """The server's one shared lock, owned by the thread that acquires it.
+
+    If the owning process dies (even by SIGKILL) its connection drops and the server
+    releases the lock. It is not reentrant: acquiring it twice in one thread is an
+    error rather than a deadlock.
+    """
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock; True if taken. ``timeout=None`` (or -1) waits as long as needed."""
+        if not blocking:
+            wait: float | None = 0.0
+        elif timeout is None or timeout < 0:
+            wait = None
+        else:
+            wait = float(timeout)
+        return bool(self._transport.call("lock_acquire", wait))
+
+    def release(self) -> None:
+        self._transport.call("lock_release")
+
+    def locked(self) -> bool:
+        """Whether anyone holds the lock right now."""
+        return bool(self._transport.call("lock_locked"))
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self.release()
+        except (LockError, SharedStateError):
+            # The block already failed (often because the connection dropped, which
+            # released the lock): report that failure, not the failed release.
+            if exc_type is None:
+                raise
+
+
+class SharedNamespace:
+    """Attributes shared by all workers: ``state.namespace.number = 0``."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: Transport) -> None:
+        object.__setattr__(self, "_transport", transport)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        data = self._transport.call("ns_lookup", name)
+        if data is None:
+            raise AttributeNotFound(f"state.namespace has no attribute {name!r}", name=name)
+        return wrap(self._transport, NAMESPACE, (name,), decode(data, f"state.namespace.{name}"))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._transport.call("ns_set", name, encode(value, f"state.namespace.{name}"))
+
+    def __delattr__(self, name: str) -> None:
+        if not self._transport.call("ns_delete", name):
+            raise AttributeNotFound(f"state.namespace has no attribute {name!r}", name=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain copy of all attributes."""
+        pairs = self._transport.call("ns_items")
+        return {name: decode(data, f"state.namespace.{name}") for name, data in pairs}
+
+    def __repr__(self) -> str:
+        attributes = ", ".join(f"{name}={value!r}" for name, value in self.to_dict().items())
+        return f"Namespace({attributes})"
+
+
+class SharedState(MutableMapping[Any, Any]):
+    """A dict shared by every process connected to one sharedstate server.
+
+    Each dict operation is one round trip to the server and atomic there. Nested dicts
+    and lists come back as views whose writes go to the server
+    (:mod:`sharedstate.views`). Safe to use from many threads, and after ``fork()``.
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._call = transport.call
+        self.address: Address = transport.address
+        self.lock = SharedLock(transport)
+        self.namespace = SharedNamespace(transport)
+
+    # -- the dict protocol ----------------------------------------------------------
+
+    def __getitem__(self, key: Any) -> Any:
+        check_key(key)
+        data = self._call("lookup", key)
+        if data is None:
+            raise KeyNotFound(key)
+        return wrap(self._transport, DATA, (key,), decode(data, describe("state", [key])))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        check_key(key)
+        self._call("set", key, encode(value, describe("state", [key])))
+
+    def __delitem__(self, key: Any) -> None:
+        check_key(key)
+        if not self._call("delete", key):
+            raise KeyNotFound(key)
+
+    def __contains__(self, key: object) -> bool:
+        check_key(key)
+        return bool(self._call("contains", key))
+
+    def __len__(self) -> int:
+        return int(self._call("length"))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.keys())
+
+    def keys(self) -> list[Any]:  # type: ignore[override]
+        """The keys, as a list taken at one moment."""
+        return list(self._call("keys"))
+
+    def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
+        """``(key, value)`` pairs taken at one moment; dicts and lists come as views."""
+        return [(key, self._wrap(key, data)) for key, data in self._call("items")]
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        """The values, taken at one moment; dicts and lists come as views."""
+        return [value for _, value in self.items()]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        check_key(key)
+        data = self._call("lookup", key)
+        return default if data is None else self._wrap(key, data)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        check_key(key)
+        data = self._call("setdefault", key, encode(default, describe("state", [key])))
+        return self._wrap(key, data)
+
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        check_key(key)
+        data = self._call("pop", key)
+        if data is not None:
+            return decode(data, describe("state", [key]))
+        if default is _MISSING:
+            raise KeyNotFound(key)
+        return default
+
+    def popitem(self) -> tuple[Any, Any]:
+        for key in self.keys():
+            with contextlib.suppress(KeyNotFound):
+                return key, self.pop(key)
+        raise KeyNotFound("popitem(): the state is empty")
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Set many keys in one round trip, atomically."""
+        changes = dict(other, **kwargs)
+        pairs = []
+        for key, value in changes.items():
+            check_key(key)
+            pairs.append((key, encode(value, describe("state", [key]))))
+        self._call("update", pairs)
+
+    def clear(self) -> None:
+        self._call("clear")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return self.to_dict() == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- beyond dict ----------------------------------------------------------------
+
+    def incr(self, key: Any, amount: int | float = 1) -> Any:
+        """Atomically add ``amount`` to the number at ``key`` and return the new value.
+
+        A missing key counts as 0; ``incr(key, -1)`` decrements::
+
+            ticket = state.incr("tickets")   # 1, 2, 3... each worker gets its own
+        """
+        check_key(key)
+        return self._call("incr", key, amount)
+
+    @contextlib.contextmanager
+    def edit(
+        self, key: Any, default: Any = _MISSING, *, timeout: float | None = None
+    ) -> Iterator[Any]:
+        """Read-modify-write any picklable value, atomically against other edits and incr.
+
+        The value is written back when the block ends without an exception; other
+        ``edit()``, ``incr()`` and writes of this key wait meanwhile::
+
+            with state.edit("matrix") as matrix:   # a numpy array, say
+                matrix[1] = 0
+
+        A missing key raises :class:`KeyNotFound` unless a ``default`` is given.
+        ``timeout`` bounds the wait for another client's edit of the same key.
+        """
+        check_key(key)
+        where = describe("state", [key])
+        default_data = None if default is _MISSING else encode(default, where)
+        data = self._call("edit_begin", key, default_data, timeout)
+        try:
+            value = decode(data, where)
+            yield value
+            new_data = encode(value, where)
+        except BaseException:
+            with contextlib.suppress(SharedStateError):
+                self._call("edit_abort", key)
+            raise
+        self._call("edit_commit", key, new_data)
+
+    def to_dict(self) -> dict[Any, Any]:
+        """A plain deep copy of the whole dict."""
+        pairs = self._call("copy").items()
+        return {key: decode(data, describe("state", [key])) for key, data in pairs}
+
+    def close(self) -> None:
+        """Close this process's connections; the next operation reconnects."""
+        self._transport.close()
+
+    def __repr__(self) -> str:
+        return f"<SharedState at {self.address}>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "a SharedState can't be pickled; call get_shared_state() in the other process"
+        )
+
+    def _wrap(self, key: Any, data: bytes) -> Any:
+        return wrap(self._transport, DATA, (key,), decode(data, describe("state", [key])))
+
+
+_states: dict[tuple[Any, ...], SharedState] = {}
+_states_lock = threading.Lock()
+
+
+def get_shared_state(
+    address: str | tuple[str, int] | None = None,
+    authkey: bytes | str | None = None,
+    *,
+    start: bool = True,
+    timeout: float = 10.0,
+) -> SharedState:
+    """Connect to the sharedstate server, starting it first if none is running.
+
+    ``address`` and ``authkey`` default to the settings (``SHAREDSTATE_ADDRESS``...,
+    see the README). With ``start=False``, :class:`ServerNotRunning` is raised when
+    nothing listens. ``timeout`` bounds connecting and starting. Repeated calls with the
+    same arguments return the same object, which is safe to share between threads::
+
+        state = get_shared_state()
+        state.incr("hits")
+    """
+    settings = load_settings({"address": address, "authkey": authkey})
+    cache_key = (settings.address, settings.authkey, settings.authkey_file, start, timeout)
+    with _states_lock:
+        state = _states.get(cache_key)
+        if state is None:
+            connect = functools.partial(connect_or_start, settings, start=start, timeout=timeout)
+            state = SharedState(Transport(connect, settings.address))
+            state._transport.connect()
+            _states[cache_key] = state
+    return state
