@@ -54,9 +54,7 @@ def ensure_socket_dir(path: str) -> None:
     not to replace files in it: it must not be writable by others unless it has the
     sticky bit, like ``/tmp``; and it must belong to us or to root.
     """
-    if not os.path.exists(path):
-        os.makedirs(path, mode=0o700)
-        return
+    os.makedirs(path, mode=0o700, exist_ok=True)  # many workers may race to create it
     info = os.stat(path)
     writable_by_others = info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
     if info.st_uid not in (os.getuid(), 0) or writable_by_others:

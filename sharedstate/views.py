@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
-from typing import Any, SupportsIndex, overload
+from typing import Any, overload
 
 from .codec import check_key, decode, encode, place
 from .errors import IndexOutOfRange, KeyNotFound
@@ -68,8 +68,10 @@ class _View:
         """A plain, deep copy of the value as this view sees it."""
         return copy.deepcopy(self._data)
 
-    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
-        return self._data.__reduce_ex__(protocol)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its plain value (rebuilt with a shallow copy.copy, which any
+        # process can import), never as a view.
+        return (copy.copy, (self._data,))
 
     def __eq__(self, other: object) -> bool:
         return bool(self._data == (other._data if isinstance(other, _View) else other))

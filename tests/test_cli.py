@@ -1,0 +1,55 @@
+"""The CLI's contract that needs no server: usage errors, help, settings output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from sharedstate import __version__
+from sharedstate.cli import cli
+from sharedstate.config import settings_table_markdown
+
+
+def test_usage_errors_exit_2() -> None:
+    result = CliRunner().invoke(cli, ["serve", "--no-such-flag"])
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+def test_config_shows_values_and_their_sources(address: str) -> None:
+    result = CliRunner().invoke(cli, ["config", "--log-level", "debug"])
+    assert result.exit_code == 0
+    assert f"SHAREDSTATE_ADDRESS={address}    # SHAREDSTATE_ADDRESS (environment)" in result.output
+    assert "SHAREDSTATE_LOG_LEVEL=DEBUG    # --log-level" in result.output
+
+
+def test_config_never_prints_the_key() -> None:
+    result = CliRunner(env={"SHAREDSTATE_AUTHKEY": "s3cret-s3cret-s3cret"}).invoke(cli, ["config"])
+    assert "s3cret" not in result.output
+    assert "SHAREDSTATE_AUTHKEY=(set)" in result.output
+
+
+def test_config_markdown_is_the_settings_table() -> None:
+    result = CliRunner().invoke(cli, ["config", "--markdown"])
+    assert result.output == settings_table_markdown()
+
+
+def test_a_bad_setting_is_one_line_on_stderr_with_exit_1() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sharedstate", "status", "--address", "host:notaport"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: --address: ")
+    assert len(result.stderr.strip().splitlines()) == 1

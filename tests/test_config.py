@@ -1,0 +1,126 @@
+"""Settings: one definition each, flags > environment > .env > defaults."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from sharedstate.address import MAX_SOCKET_PATH_BYTES, Address, parse_address
+from sharedstate.config import SETTINGS, load_settings, settings_table_markdown
+from sharedstate.errors import ConfigError
+
+README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+
+
+def test_flag_beats_environment_beats_dotenv_beats_default(
+    workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SHAREDSTATE_ADDRESS")
+    with open(os.path.join(workdir, ".env"), "w") as file:
+        file.write("SHAREDSTATE_ADDRESS=/tmp/from-dotenv.sock\nSHAREDSTATE_LOG_LEVEL=debug\n")
+    assert load_settings().address == Address(path="/tmp/from-dotenv.sock")
+    assert load_settings().log_level == "DEBUG"
+
+    monkeypatch.setenv("SHAREDSTATE_ADDRESS", "/tmp/from-env.sock")
+    settings = load_settings()
+    assert settings.address == Address(path="/tmp/from-env.sock")
+    assert settings.sources["address"] == "SHAREDSTATE_ADDRESS (environment)"
+    assert settings.sources["log_level"].endswith(".env")
+
+    settings = load_settings({"address": "/tmp/from-flag.sock"})
+    assert settings.address == Address(path="/tmp/from-flag.sock")
+    assert settings.sources["address"] == "--address"
+
+
+def test_dotenv_never_changes_the_real_environment(workdir: str) -> None:
+    with open(os.path.join(workdir, ".env"), "w") as file:
+        file.write("SHAREDSTATE_LOG_LEVEL=ERROR\nOTHER_VARIABLE=1\n")
+    assert load_settings().log_level == "ERROR"
+    assert "SHAREDSTATE_LOG_LEVEL" not in os.environ
+    assert "OTHER_VARIABLE" not in os.environ
+
+
+def test_default_address_is_per_user(monkeypatch: pytest.MonkeyPatch, workdir: str) -> None:
+    monkeypatch.delenv("SHAREDSTATE_ADDRESS")
+    assert load_settings().address.path == os.path.join(workdir, "sharedstate", "state.sock")
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    path = load_settings().address.path
+    assert path is not None
+    assert f"sharedstate-{os.getuid()}" in path
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        ("SHAREDSTATE_LOG_LEVEL", "loud", "not a log level"),
+        ("SHAREDSTATE_ALLOW_REMOTE", "maybe", "yes/no"),
+        ("SHAREDSTATE_AUTHKEY", "secret", "at least 16"),
+        ("SHAREDSTATE_ADDRESS", "127.0.0.1:99999", "port"),
+    ],
+)
+def test_a_bad_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, complaint: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=complaint) as raised:
+        load_settings()
+    assert variable in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/run/app/state.sock", Address(path="/run/app/state.sock")),
+        ("unix:/run/x.sock", Address(path="/run/x.sock")),
+        ("127.0.0.1:7000", Address(host="127.0.0.1", port=7000)),
+        ("localhost:7000", Address(host="localhost", port=7000)),
+        (("127.0.0.1", 7000), Address(host="127.0.0.1", port=7000)),
+    ],
+)
+def test_addresses(text: str | tuple[str, int], expected: Address) -> None:
+    assert parse_address(text) == expected
+
+
+def test_relative_socket_paths_become_absolute(workdir: str) -> None:
+    assert parse_address("state.sock") == Address(path=os.path.join(workdir, "state.sock"))
+
+
+@pytest.mark.parametrize("text", ["", "[::1]:7000", ":7000", "host:port", "host:0"])
+def test_bad_addresses_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_address(text)
+
+
+def test_a_socket_path_too_long_for_the_platform_is_refused() -> None:
+    path = "/tmp/" + "x" * MAX_SOCKET_PATH_BYTES + ".sock"
+    with pytest.raises(ConfigError, match="at most"):
+        parse_address(path)
+
+
+def test_loopback_detection() -> None:
+    assert parse_address("127.0.0.1:1").is_loopback
+    assert parse_address("localhost:1").is_loopback
+    assert parse_address("/x.sock").is_loopback
+    assert not parse_address("0.0.0.0:1").is_loopback
+    assert not parse_address("example.com:1").is_loopback
+
+
+def test_every_setting_has_an_environment_variable_and_help() -> None:
+    for spec in SETTINGS:
+        assert spec.env == "SHAREDSTATE_" + spec.name.upper()
+        assert spec.help
+        assert spec.default_doc
+
+
+def test_readme_settings_table_is_generated_from_the_definitions() -> None:
+    with open(README, encoding="utf-8") as file:
+        readme = file.read()
+    match = re.search(
+        r"<!-- settings-table:start -->\n(.*?)<!-- settings-table:end -->", readme, re.DOTALL
+    )
+    assert match, "README.md lacks the settings-table markers"
+    assert (
+        match.group(1) == settings_table_markdown()
+    ), "README settings table is stale; regenerate it with: sharedstate config --markdown"
