@@ -104,13 +104,17 @@ def try_handshake(settings: Settings, timeout: float) -> Connection | None:
     address = settings.address
     key = settings.load_key()
     if key is None:
-        if _listening(settings):
+        if not _listening(settings):
+            return None
+        # A server writes its key file before it listens: if we looked for the key just
+        # before a starting server wrote it, it is there now.
+        key = settings.load_key()
+        if key is None:
             raise AuthenticationFailed(
                 f"the server at {address} was started with a key of its own, and this "
                 "process has none: set SHAREDSTATE_AUTHKEY_FILE (or SHAREDSTATE_AUTHKEY)",
                 address=str(address),
             )
-        return None
     try:
         return handshake(address, key, timeout)
     except (FileNotFoundError, ConnectionRefusedError):

@@ -56,6 +56,7 @@ class Client:
         self.conn = conn
         self.pid = peer_pid(conn)
         self.connected_at = time.time()
+        self.requests = 0  # only this client's thread counts, so no lock is needed
 
     def is_gone(self) -> bool:
         # While a call waits the client sends nothing, so anything readable (most
@@ -189,6 +190,7 @@ class StateServer(Server):
                 request = recv_bytes()
             except (EOFError, OSError):
                 return
+            client.requests += 1
             try:
                 ident, method, args, kwds = pickle.loads(request)
                 obj, exposed, _ = id_to_obj[ident]
@@ -221,7 +223,12 @@ class StateServer(Server):
         """What ``sharedstate status`` shows."""
         with self._clients_lock:
             clients = [
-                {"id": client.id, "pid": client.pid, "connected_at": client.connected_at}
+                {
+                    "id": client.id,
+                    "pid": client.pid,
+                    "connected_at": client.connected_at,
+                    "requests": client.requests,
+                }
                 for client in self.clients.values()
             ]
         return {

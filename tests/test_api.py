@@ -26,6 +26,8 @@ from sharedstate import (
     WrongType,
     get_shared_state,
 )
+from sharedstate.config import load_settings
+from sharedstate.launcher import call_server_function
 
 from .conftest import ServerProcess
 from .processes import run_in_processes
@@ -271,3 +273,36 @@ def test_get_shared_state_returns_the_same_object(state: SharedState) -> None:
     assert repr(state).startswith("<SharedState at ")
     with pytest.raises(TypeError, match="get_shared_state"):
         pickle.dumps(state)
+
+
+def _requests_served() -> int:
+    info = call_server_function(load_settings(), "server_info", 5)
+    return sum(client["requests"] for client in info["clients"])
+
+
+@pytest.mark.parametrize(
+    ("operation", "round_trips"),
+    [
+        (lambda s: s.__setitem__("k", 1), 1),
+        (lambda s: s["k"], 1),
+        (lambda s: "k" in s, 1),
+        (lambda s: len(s), 1),
+        (lambda s: s.get("k"), 1),
+        (lambda s: s.setdefault("k", 1), 1),
+        (lambda s: s.update(a=1, b=2), 1),
+        (lambda s: s.keys(), 1),
+        (lambda s: s.items(), 1),
+        (lambda s: s.incr("n"), 1),
+        (lambda s: s.pop("k"), 1),
+        (lambda s: s.__delitem__("cfg"), 1),
+        (lambda s: s.to_dict(), 1),
+        (lambda s: s["cfg"]["db"].__setitem__("port", 5432), 2),
+    ],
+)
+def test_each_dict_operation_is_one_round_trip(
+    state: SharedState, operation: Any, round_trips: int
+) -> None:
+    state.update(k=0, cfg={"db": {"port": 1}})
+    before = _requests_served()
+    operation(state)
+    assert _requests_served() - before == round_trips
