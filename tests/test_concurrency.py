@@ -133,4 +133,4 @@ def test_lock_is_released_when_holder_is_killed(server: ServerProcess) -> None:
     finally:
         holder.kill()
         holder.join(10)
-    assert "released state.lock" in server.log()
+    server.wait_for_log("released state.lock")

@@ -77,7 +77,7 @@ def test_wrong_key_fails_fast_and_the_server_keeps_serving(
     assert good["x"] == 1
     good.close()
     assert get_shared_state(start=False)["x"] == 1
-    assert "wrong key" in server.log()
+    server.wait_for_log("wrong key")
 
 
 def test_a_key_file_readable_by_others_is_refused(server: ServerProcess) -> None:
