@@ -104,7 +104,7 @@ def test_a_call_cut_off_mid_flight_raises_and_later_calls_work(workdir: str) -> 
         waiter.start()
         _wait_until(lambda: _clients_waiting(workdir))
         for pid in server_pids(workdir):
-            os.kill(pid, signal.SIGKILL)
+            kill_and_wait(pid)
         waiter.join(30)
         assert not waiter.is_alive(), "the cut-off call hung"
     finally:
