@@ -38,15 +38,16 @@ def encode(value: Any, where: str) -> bytes:
         ) from error
 
 
-def decode(data: bytes, where: str) -> Any:
-    """Unpickle a value read from ``where``."""
+_CLIENT_HINT = "is the module defining its class importable in this process?"
+
+
+def decode(data: bytes, where: str, hint: str = _CLIENT_HINT) -> Any:
+    """Unpickle a value read from ``where``; ``hint`` says what to do if that fails."""
     try:
         return pickle.loads(data)
     except Exception as error:
         raise ValueNotLoadable(
-            f"the value at {where} can't be unpickled in this process ({error!r}); "
-            "is the module defining its class importable here?",
-            where=where,
+            f"the value at {where} can't be unpickled ({error!r}); {hint}", where=where
         ) from error
 
 

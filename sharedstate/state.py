@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from .address import Address
 from .codec import DATA, NAMESPACE, check_key, decode, describe, encode
 from .config import load_settings
-from .errors import AttributeNotFound, KeyNotFound, LockError, SharedStateError
+from .errors import AttributeNotFound, KeyNotFound, SharedStateError
 from .launcher import connect_or_start
 from .transport import Transport
 from .views import wrap
@@ -55,7 +55,7 @@ class SharedLock:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             self.release()
-        except (LockError, SharedStateError):
+        except SharedStateError:
             # The block already failed (often because the connection dropped, which
             # released the lock): report that failure, not the failed release.
             if exc_type is None:

@@ -18,9 +18,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .codec import DATA, NAMESPACE, PROTOCOL, describe, place
-from .errors import KeyNotFound, LockError, Timeout, ValueNotLoadable
+from .codec import DATA, NAMESPACE, PROTOCOL, decode, describe, place
+from .errors import KeyNotFound, LockError, Timeout
 from .nested import apply_method, check_method, check_number, step_into
+
+# What to do when the server can't unpickle a value it must work on.
+_SERVER_HINT = (
+    "the server must load the value for incr and nested writes, so its classes must be "
+    "importable there; use state.edit() for objects of your own classes"
+)
 
 # How often a waiting call checks whether its client has gone away.
 WAIT_POLL_SECONDS = 0.2
@@ -169,7 +175,7 @@ class Store:
         mutating or reading methods :mod:`sharedstate.nested` allows for the container.
         """
         where = place(space, path)
-        args, kwargs = _load(call_data, f"the arguments of {where}.{method}()")
+        args, kwargs = decode(call_data, f"the arguments of {where}.{method}()", _SERVER_HINT)
         with self._cond:
             if space == DATA:
                 self._wait_until_not_edited(caller, path[0])
@@ -315,7 +321,7 @@ class Store:
             raise KeyNotFound(key, "state.namespace" if space == NAMESPACE else "state")
         if isinstance(entry, _Live):
             return entry
-        live = _Live(_load(entry, place(space, (key,))))
+        live = _Live(decode(entry, place(space, (key,)), _SERVER_HINT))
         entries[key] = live
         return live
 
@@ -353,15 +359,3 @@ def _encoded(entry: bytes | _Live) -> bytes:
     if entry.encoded is None:
         entry.encoded = pickle.dumps(entry.value, protocol=PROTOCOL)
     return entry.encoded
-
-
-def _load(data: bytes, where: str) -> Any:
-    try:
-        return pickle.loads(data)
-    except Exception as error:
-        raise ValueNotLoadable(
-            f"the server can't load the value at {where} ({error!r}). Operations inside a "
-            "value (incr, nested writes) need its classes importable by the server; "
-            "use state.edit() for objects of your own classes",
-            where=where,
-        ) from error
