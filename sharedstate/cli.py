@@ -41,17 +41,17 @@ class _Commands(click.Group):
 
 
 def setting_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add the CLI flags of the named settings to a command."""
+    """Add the CLI flags of the named settings (default: all that have one) to a command."""
+    names = names or tuple(spec.name for spec in SETTINGS if spec.flag)
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         for name in reversed(names):
             spec = _SPECS[name]
             assert spec.flag is not None
             help_text = f"{spec.help} [env: {spec.env}]"
-            if spec.name == "allow_remote":
-                option = click.option(spec.flag, name, is_flag=True, default=None, help=help_text)
-            else:
-                option = click.option(spec.flag, name, default=None, help=help_text)
+            # A bare switch is a flag; "--x/--no-x" is one by its form; others take values.
+            is_flag = True if spec.is_switch and "/" not in spec.flag else None
+            option = click.option(spec.flag, name, is_flag=is_flag, default=None, help=help_text)
             command = option(command)
         return command
 
@@ -65,7 +65,7 @@ def cli() -> None:
 
 
 @cli.command()
-@setting_options("address", "authkey_file", "log_level", "log_file", "allow_remote")
+@setting_options()
 @click.option("--detach", is_flag=True, help="Run in the background; return once it serves.")
 @click.option("--lock-fd", type=int, hidden=True)
 def serve(detach: bool, lock_fd: int | None, **overrides: Any) -> None:
@@ -118,7 +118,7 @@ def status(as_json: bool, timeout: float, **overrides: Any) -> None:
 
 
 @cli.command()
-@setting_options("address", "authkey_file", "log_level", "log_file", "allow_remote")
+@setting_options()
 @click.option("--markdown", is_flag=True, help="Print the table of all settings instead.")
 def config(markdown: bool, **overrides: Any) -> None:
     """Show the effective settings and where each one came from."""

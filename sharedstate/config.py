@@ -46,6 +46,11 @@ class SettingSpec:
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
+    @property
+    def is_switch(self) -> bool:
+        """An on/off setting: a bare ``--flag`` (or ``--flag/--no-flag``) on the CLI."""
+        return self.parse in (_parse_bool, _parse_bool_default_on)
+
 
 def _setting(
     *,
@@ -88,6 +93,32 @@ def _parse_bool(value: Any) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{value!r} is not a yes/no value; use 1/0, true/false, yes/no or on/off")
+
+
+def _parse_bool_default_on(value: Any) -> bool:
+    return True if value is None else _parse_bool(value)
+
+
+def _parse_interval(value: Any) -> float:
+    if value is None:
+        return 60.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0.1 <= seconds <= 86_400:
+        raise ConfigError(f"{value!r} is not a number of seconds from 0.1 to 86400")
+    return seconds
+
+
+FSYNC_POLICIES = ("always", "everysec", "no")
+
+
+def _parse_fsync(value: Any) -> str:
+    policy = "everysec" if value is None else str(value).strip().lower()
+    if policy not in FSYNC_POLICIES:
+        raise ConfigError(f"{value!r} is not an fsync policy; use always, everysec or no")
+    return policy
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -136,6 +167,34 @@ class Settings:
         help="Server log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
         default_doc="`INFO`",
         parse=_parse_log_level,
+    )
+    snapshot: str | None = _setting(
+        flag="--snapshot",
+        help="Snapshot file; state is loaded from it at start and saved to it, so it "
+        "survives restarts. Unset: state lives in memory only.",
+        default_doc="unset (no persistence)",
+        parse=_parse_path,
+    )
+    snapshot_interval: float = _setting(
+        flag="--snapshot-interval",
+        help="Seconds between snapshots, taken only when the state changed. Each "
+        "snapshot also empties the journal.",
+        default_doc="`60`",
+        parse=_parse_interval,
+    )
+    fsync: str = _setting(
+        flag="--fsync",
+        help="When journal writes reach the disk: `always` (before each write is "
+        "acknowledged), `everysec` (once a second), or `no` (when the OS decides).",
+        default_doc="`everysec`",
+        parse=_parse_fsync,
+    )
+    journal: bool = _setting(
+        flag="--journal/--no-journal",
+        help="Record every write in `<snapshot>.journal` between snapshots. Without "
+        "it, writes since the last snapshot are lost when the server dies.",
+        default_doc="on (when a snapshot is set)",
+        parse=_parse_bool_default_on,
     )
     log_file: str | None = _setting(
         flag="--log-file",

@@ -89,6 +89,21 @@ class LockError(SharedStateError, RuntimeError):
     """The lock or an edit was used out of order (release without acquire, nesting)."""
 
 
+class PersistenceError(SharedStateError, OSError):
+    """A write could not be recorded or made durable, so it was refused (disk full...)."""
+
+
+class CorruptFile(SharedStateError, ValueError):
+    """A snapshot, journal or dump file is damaged or of an unknown format.
+
+    ``path`` and ``offset`` say where; nothing was changed in the file.
+    """
+
+
+class ServerStopping(SharedStateError, ConnectionError):
+    """The server is shutting down and no longer accepts writes."""
+
+
 class ServerError(SharedStateError, RuntimeError):
     """The server failed in a way it did not expect; the message has its traceback."""
 
@@ -127,14 +142,17 @@ __all__ = [
     "AuthenticationFailed",
     "ConfigError",
     "ConnectionLost",
+    "CorruptFile",
     "IndexOutOfRange",
     "InsecurePermissions",
     "InvalidKey",
     "KeyNotFound",
     "LockError",
+    "PersistenceError",
     "ServerError",
     "ServerNotRunning",
     "ServerStartError",
+    "ServerStopping",
     "SharedStateError",
     "Timeout",
     "ValueNotFound",

@@ -38,8 +38,9 @@ from . import __version__
 from .codec import PROTOCOL
 from .errors import SharedStateError
 from .manager import STORE_IDENT, SharedStateManager, serve_store
+from .reservations import CallerGone
 from .sockets import describe_peer, io_timeout, peer_pid
-from .store import CallerGone, Store
+from .store import Store
 
 logger = logging.getLogger("sharedstate")
 

@@ -8,19 +8,24 @@ and are released when it drops (:meth:`Store.release_all`).
 Values arrive pickled (see :mod:`sharedstate.codec`) and are kept as those bytes. Only
 an operation that needs the object (``incr``, a nested write) unpickles it; the entry
 then holds the live object (:class:`_Live`) until it is replaced.
+
+Every write is numbered (:attr:`Store.seq`) and, when a journal is attached, recorded
+in it under the lock, after its checks and before it changes anything: a write the
+journal refuses never happens, and replaying the journal in order repeats the state.
 """
 
 from __future__ import annotations
 
 import pickle
 import threading
-import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .codec import DATA, NAMESPACE, PROTOCOL, decode, describe, place
-from .errors import KeyNotFound, LockError, Timeout
+from .errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
 from .nested import apply_method, check_method, check_number, step_into
+from .reservations import Caller, LocalCaller, Reservations
 
 # What to do when the server can't unpickle a value it must work on.
 _SERVER_HINT = (
@@ -28,31 +33,29 @@ _SERVER_HINT = (
     "importable there; use state.edit() for objects of your own classes"
 )
 
-# How often a waiting call checks whether its client has gone away.
-WAIT_POLL_SECONDS = 0.2
+
+class Recorder(Protocol):
+    """Where writes are recorded before they are applied: the journal."""
+
+    def append(self, seq: int, method: str, args: tuple[Any, ...]) -> None: ...
 
 
-class Caller(Protocol):
-    """The client connection on whose behalf an operation runs."""
+@dataclass
+class Contents:
+    """The whole state at one moment, values pickled, as snapshots hold it."""
 
-    @property
-    def id(self) -> int: ...
-
-    def is_gone(self) -> bool: ...
-
-
-class LocalCaller:
-    """A caller that is always there: for tests and in-process use."""
-
-    def __init__(self, id: int) -> None:
-        self.id = id
-
-    def is_gone(self) -> bool:
-        return False
+    seq: int = 0
+    data: dict[Any, bytes] = field(default_factory=dict)
+    namespace: dict[str, bytes] = field(default_factory=dict)
 
 
-class CallerGone(Exception):
-    """The client disconnected while its call was waiting; nobody is left to answer."""
+REPLAY = LocalCaller(0)
+
+# Store methods a journal record may name.
+REPLAYABLE = frozenset(
+    {"set", "delete", "setdefault", "pop", "update", "clear", "incr", "nested",
+     "ns_set", "ns_delete", "restore"}
+)  # fmt: skip
 
 
 class _Live:
@@ -76,15 +79,19 @@ class Store:
             "ns_lookup", "ns_set", "ns_delete", "ns_items",
             "lock_acquire", "lock_release", "lock_locked",
             "edit_begin", "edit_commit", "edit_abort",
+            "export_all", "restore",
         }
     )  # fmt: skip
 
     def __init__(self) -> None:
         self._spaces: dict[str, dict[Any, bytes | _Live]] = {DATA: {}, NAMESPACE: {}}
         self._data = self._spaces[DATA]
+        self._live_keys: set[Any] = set()  # keys of _data holding a _Live entry
         self._cond = threading.Condition()
-        self._lock_owner: int | None = None
-        self._editors: dict[Any, int] = {}
+        self._reservations = Reservations(self._cond)
+        self.seq = 0  # the number of the last write
+        self.journal: Recorder | None = None
+        self._frozen = False
 
     # -- reads ---------------------------------------------------------------------
 
@@ -120,48 +127,64 @@ class Store:
 
     def set(self, caller: Caller, key: Any, data: bytes) -> None:
         with self._cond:
-            self._wait_until_not_edited(caller, key)
-            self._data[key] = data
+            self._reservations.wait_until_not_edited(caller, key)
+            self._record("set", key, data)
+            self._put(key, data)
 
     def delete(self, caller: Caller, key: Any) -> bool:
         """Remove ``key``; False if it was not there."""
         with self._cond:
-            self._wait_until_not_edited(caller, key)
-            return self._data.pop(key, None) is not None
+            self._reservations.wait_until_not_edited(caller, key)
+            self._record("delete", key)
+            return self._remove(key) is not None
 
     def setdefault(self, caller: Caller, key: Any, data: bytes) -> bytes:
         with self._cond:
-            self._wait_until_not_edited(caller, key)
-            entry = self._data.setdefault(key, data)
-            return _encoded(entry)
+            self._reservations.wait_until_not_edited(caller, key)
+            entry = self._data.get(key)
+            if entry is not None:
+                return _encoded(entry)
+            self._record("setdefault", key, data)
+            self._put(key, data)
+            return data
 
     def pop(self, caller: Caller, key: Any) -> bytes | None:
         with self._cond:
-            self._wait_until_not_edited(caller, key)
-            entry = self._data.pop(key, None)
+            self._reservations.wait_until_not_edited(caller, key)
+            if key not in self._data:
+                return None
+            self._record("pop", key)
+            entry = self._remove(key)
             return None if entry is None else _encoded(entry)
 
     def update(self, caller: Caller, pairs: list[tuple[Any, bytes]]) -> None:
         with self._cond:
             for key, _ in pairs:
-                self._wait_until_not_edited(caller, key)
-            self._data.update(pairs)
+                self._reservations.wait_until_not_edited(caller, key)
+            self._record("update", pairs)
+            for key, data in pairs:
+                self._put(key, data)
 
     def clear(self, caller: Caller) -> None:
         with self._cond:
-            self._wait(lambda: all(owner == caller.id for owner in self._editors.values()), caller)
+            self._reservations.wait_until_no_edits_but(caller)
+            self._record("clear")
             self._data.clear()
+            self._live_keys.clear()
 
     def incr(self, caller: Caller, key: Any, amount: int | float) -> int | float:
         """Add ``amount`` to the number at ``key`` (missing counts as 0); return the sum."""
         check_number(amount, "the amount to add")
         with self._cond:
-            self._wait_until_not_edited(caller, key)
+            self._reservations.wait_until_not_edited(caller, key)
             if key not in self._data:
+                self._record("incr", key, amount)
                 self._data[key] = _Live(amount)
+                self._live_keys.add(key)
                 return amount
             live = self._live(DATA, key)
             check_number(live.value, describe("state", [key]))
+            self._record("incr", key, amount)
             live.value += amount
             live.encoded = None
             return live.value  # type: ignore[no-any-return]
@@ -178,14 +201,15 @@ class Store:
         args, kwargs = decode(call_data, f"the arguments of {where}.{method}()", _SERVER_HINT)
         with self._cond:
             if space == DATA:
-                self._wait_until_not_edited(caller, path[0])
+                self._reservations.wait_until_not_edited(caller, path[0])
             live = self._live(space, path[0])
             container = live.value
             for depth, step in enumerate(path[1:], start=1):
                 container = step_into(container, step, place(space, path[:depth]))
             check_method(container, method, where)
-            result = apply_method(container, method, args, kwargs, where)
+            self._record("nested", space, path, method, call_data)
             live.encoded = None
+            result = apply_method(container, method, args, kwargs, where)
             return pickle.dumps(result, protocol=PROTOCOL)
 
     # -- namespace -------------------------------------------------------------------
@@ -197,11 +221,16 @@ class Store:
 
     def ns_set(self, caller: Caller, name: str, data: bytes) -> None:
         with self._cond:
+            self._record("ns_set", name, data)
             self._spaces[NAMESPACE][name] = data
 
     def ns_delete(self, caller: Caller, name: str) -> bool:
         with self._cond:
-            return self._spaces[NAMESPACE].pop(name, None) is not None
+            if name not in self._spaces[NAMESPACE]:
+                return False
+            self._record("ns_delete", name)
+            del self._spaces[NAMESPACE][name]
+            return True
 
     def ns_items(self, caller: Caller) -> list[tuple[str, bytes]]:
         with self._cond:
@@ -212,29 +241,14 @@ class Store:
     def lock_acquire(self, caller: Caller, timeout: float | None) -> bool:
         """Take the lock for ``caller``; wait at most ``timeout`` seconds (None: forever)."""
         with self._cond:
-            if self._lock_owner == caller.id:
-                raise LockError(
-                    "this thread already holds state.lock, which is not reentrant; "
-                    "release it before acquiring it again"
-                )
-            if not self._wait(lambda: self._lock_owner is None, caller, timeout):
-                return False
-            self._lock_owner = caller.id
-            return True
+            return self._reservations.acquire_lock(caller, timeout)
 
     def lock_release(self, caller: Caller) -> None:
         with self._cond:
-            if self._lock_owner != caller.id:
-                holder = "nobody" if self._lock_owner is None else "another thread or process"
-                raise LockError(
-                    f"state.lock.release() by a thread that does not hold it (held by {holder}); "
-                    "release the lock from the thread that acquired it"
-                )
-            self._lock_owner = None
-            self._cond.notify_all()
+            self._reservations.release_lock(caller)
 
     def lock_locked(self, caller: Caller) -> bool:
-        return self._lock_owner is not None
+        return self._reservations.lock_owner is not None
 
     # -- edits: read-modify-write of one key ---------------------------------------------
 
@@ -247,59 +261,103 @@ class Store:
         :meth:`edit_abort`, or until the caller's connection drops.
         """
         with self._cond:
-            if self._editors.get(key) == caller.id:
-                raise LockError(
-                    f"this thread is already editing state[{key!r}]; nested edit() of the "
-                    "same key would wait for itself forever"
-                )
-            if not self._wait(lambda: key not in self._editors, caller, timeout):
-                raise Timeout(
-                    f"state[{key!r}] was being edited by another client for more than "
-                    f"{timeout} s; try again, or raise the timeout",
-                    key=key,
-                )
+            self._reservations.wait_to_edit(caller, key, timeout)
             entry = self._data.get(key)
             if entry is None and default is None:
                 raise KeyNotFound(key)
-            self._editors[key] = caller.id
+            self._reservations.start_edit(caller, key)
             return default if entry is None else _encoded(entry)  # type: ignore[return-value]
 
     def edit_commit(self, caller: Caller, key: Any, data: bytes) -> None:
+        """Write the edited value and end the edit (it ends even if the write is refused)."""
         with self._cond:
-            self._end_edit(caller, key)
-            self._data[key] = data
+            self._reservations.check_editing(caller, key)
+            try:
+                self._record("set", key, data)
+                self._put(key, data)
+            finally:
+                self._reservations.end_edit(caller, key)
 
     def edit_abort(self, caller: Caller, key: Any) -> None:
         with self._cond:
-            if self._editors.get(key) == caller.id:
-                self._end_edit(caller, key)
+            self._reservations.end_edit(caller, key)
 
-    def _end_edit(self, caller: Caller, key: Any) -> None:
-        if self._editors.get(key) != caller.id:
-            raise LockError(
-                f"no edit of state[{key!r}] is open in this thread (its connection may have "
-                "dropped, which ends the edit); the new value was not written",
-                key=key,
-            )
-        del self._editors[key]
-        self._cond.notify_all()
+    # -- whole-state operations: dump, restore, snapshots, recovery ----------------------
+
+    def export_all(self, caller: Caller) -> tuple[list[tuple[Any, bytes]], list[tuple[str, bytes]]]:
+        """Every key and namespace attribute with its pickled value, at one moment."""
+        contents = self.export()
+        return list(contents.data.items()), list(contents.namespace.items())
+
+    def restore(
+        self,
+        caller: Caller,
+        pairs: list[tuple[Any, bytes]],
+        attributes: list[tuple[str, bytes]],
+        replace: bool,
+    ) -> None:
+        """Load a dump: replace everything with it, or merge it into what is there."""
+        with self._cond:
+            self._reservations.wait_until_no_edits_but(caller)
+            self._record("restore", pairs, attributes, replace)
+            if replace:
+                self._data.clear()
+                self._live_keys.clear()
+                self._spaces[NAMESPACE].clear()
+            for key, data in pairs:
+                self._put(key, data)
+            self._spaces[NAMESPACE].update(attributes)
+
+    def export(self, while_locked: Callable[[], None] | None = None) -> Contents:
+        """A consistent copy of the whole state, taken under the lock.
+
+        The lock is held only for a shallow copy (the values are immutable bytes) plus
+        pickling the few values held live; ``while_locked`` runs at that same moment
+        (the journal starts a new segment there).
+        """
+        with self._cond:
+            data = self._data.copy()
+            for key in self._live_keys:
+                data[key] = _encoded(data[key])
+            namespace = {name: _encoded(entry) for name, entry in self._spaces[NAMESPACE].items()}
+            if while_locked is not None:
+                while_locked()
+            return Contents(self.seq, data, namespace)  # type: ignore[arg-type]
+
+    def load(self, contents: Contents) -> None:
+        """Replace the whole state (at start-up, before any client connects)."""
+        with self._cond:
+            self._data.clear()
+            self._data.update(contents.data)
+            self._live_keys.clear()
+            self._spaces[NAMESPACE].clear()
+            self._spaces[NAMESPACE].update(contents.namespace)
+            self.seq = contents.seq
+
+    def replay(self, seq: int, method: str, args: tuple[Any, ...]) -> None:
+        """Repeat a journal record. Writes that failed when made fail again, harmlessly;
+        a value that can't be loaded here (an import missing) stops recovery."""
+        if method not in REPLAYABLE:
+            raise ValueError(f"journal record {seq} names an unknown operation {method!r}")
+        try:
+            getattr(self, method)(REPLAY, *args)
+        except ValueNotLoadable:
+            raise
+        except SharedStateError:
+            pass
+        self.seq = seq
+
+    def freeze(self) -> None:
+        """Refuse every write from now on: the server is stopping."""
+        with self._cond:
+            self._frozen = True
 
     # -- housekeeping ----------------------------------------------------------------------
 
     def release_all(self, caller: Caller) -> list[str]:
         """Free the lock and the edits ``caller`` holds; say what was freed."""
-        released = []
         with self._cond:
-            if self._lock_owner == caller.id:
-                self._lock_owner = None
-                released.append("state.lock")
-            for key, owner in list(self._editors.items()):
-                if owner == caller.id:
-                    del self._editors[key]
-                    released.append(f"the edit of state[{key!r}]")
-            if released:
-                self._cond.notify_all()
-        return released
+            return self._reservations.release_all(caller)
 
     def stats(self) -> dict[str, Any]:
         """Counts for ``sharedstate status``."""
@@ -307,8 +365,9 @@ class Store:
             return {
                 "keys": len(self._data),
                 "namespace_attributes": len(self._spaces[NAMESPACE]),
-                "lock_holder": self._lock_owner,
-                "open_edits": len(self._editors),
+                "lock_holder": self._reservations.lock_owner,
+                "open_edits": len(self._reservations.editors),
+                "seq": self.seq,
             }
 
     # -- internals ---------------------------------------------------------------------------
@@ -323,34 +382,28 @@ class Store:
             return entry
         live = _Live(decode(entry, place(space, (key,)), _SERVER_HINT))
         entries[key] = live
+        if space == DATA:
+            self._live_keys.add(key)
         return live
 
-    def _wait_until_not_edited(self, caller: Caller, key: Any) -> None:
-        if self._editors:
-            self._wait(lambda: self._editors.get(key, caller.id) == caller.id, caller)
+    def _record(self, method: str, *args: Any) -> None:
+        """Number a write and journal it; if either is refused, the write doesn't happen."""
+        if self._frozen:
+            raise ServerStopping("the server is stopping, so the write was refused")
+        seq = self.seq + 1
+        if self.journal is not None:
+            self.journal.append(seq, method, args)
+        self.seq = seq
 
-    def _wait(
-        self, ready: Callable[[], bool], caller: Caller, timeout: float | None = None
-    ) -> bool:
-        """Wait (holding ``self._cond``) until ``ready()``; False if ``timeout`` passes first.
+    def _put(self, key: Any, data: bytes) -> None:
+        self._data[key] = data
+        if self._live_keys:
+            self._live_keys.discard(key)
 
-        Checks every :data:`WAIT_POLL_SECONDS` that the caller is still connected, so a
-        client that gave up does not end up owning the lock or an edit.
-        """
-        if ready():
-            return True
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            slice_ = WAIT_POLL_SECONDS
-            if deadline is not None:
-                slice_ = min(slice_, deadline - time.monotonic())
-                if slice_ <= 0:
-                    return False
-            self._cond.wait(slice_)
-            if ready():
-                return True
-            if caller.is_gone():
-                raise CallerGone
+    def _remove(self, key: Any) -> bytes | _Live | None:
+        if self._live_keys:
+            self._live_keys.discard(key)
+        return self._data.pop(key, None)
 
 
 def _encoded(entry: bytes | _Live) -> bytes:

@@ -22,7 +22,8 @@ from sharedstate.errors import (
     ValueNotLoadable,
     WrongType,
 )
-from sharedstate.store import CallerGone, LocalCaller, Store
+from sharedstate.reservations import CallerGone, LocalCaller
+from sharedstate.store import Store
 
 ALICE = LocalCaller(1)
 BOB = LocalCaller(2)

@@ -1,0 +1,274 @@
+"""The journal: every write, appended before it is acknowledged.
+
+Records are frames (:mod:`sharedstate.frames`) holding ``(seq, method, args)``: the
+store method that made the write, numbered. They live in segment files named
+``<snapshot>.journal.<first seq>``. Taking a snapshot starts a new segment at the same
+moment the state is copied (:meth:`Journal.rotate`, under the store's lock), so older
+segments hold only writes the snapshot contains and are deleted once it is durable.
+
+When a record reaches the disk depends on the policy:
+
+- ``always``: the writing client's reply waits for an ``fdatasync`` covering its record.
+  Concurrent writers share one fsync (group commit).
+- ``everysec``: a background thread syncs once a second.
+- ``no``: the OS writes it back when it likes.
+
+Every record is handed to the OS (``pwrite``) before the reply under all policies, so
+killing the server loses nothing acknowledged; only an OS crash or power loss can lose
+the unsynced last second (``everysec``) or more (``no``).
+
+If a record can't be written (disk full...), the write is refused and so are all
+further writes, until a snapshot succeeds and starts a clean segment: appending after a
+failed write could leave a damaged record in the middle of a segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from . import durable
+from .errors import CorruptFile, PersistenceError
+from .frames import FrameReader, Torn, dump_plain, frame, load_plain
+
+logger = logging.getLogger("sharedstate")
+
+MAGIC = b"sharedstate journal\n"
+VERSION = 1
+_PREAMBLE = MAGIC + struct.pack("<H", VERSION)
+EVERYSEC_INTERVAL = 1.0
+
+
+def segment_path(snapshot_path: str, first_seq: int) -> str:
+    return f"{snapshot_path}.journal.{first_seq:012d}"
+
+
+def list_segments(snapshot_path: str) -> list[str]:
+    """The journal segments of a snapshot, oldest first."""
+    directory = os.path.dirname(snapshot_path)
+    pattern = re.compile(re.escape(os.path.basename(snapshot_path)) + r"\.journal\.(\d+)$")
+    found = []
+    for name in os.listdir(directory):
+        match = pattern.match(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(directory, name)))
+    return [path for _, path in sorted(found)]
+
+
+@dataclass
+class Record:
+    seq: int
+    method: str
+    args: tuple[Any, ...]
+    path: str
+    offset: int
+
+
+def read_segment(path: str) -> tuple[list[Record], Torn | None]:
+    """The records of one segment, and its torn tail if it has one.
+
+    A segment cut short inside its preamble (a crash right after creating it) counts
+    as empty with a torn tail.
+    """
+    records = []
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        preamble = file.read(len(_PREAMBLE))
+        if len(preamble) < len(_PREAMBLE) and _PREAMBLE.startswith(preamble):
+            return [], (Torn(0, size) if size else None)
+        if preamble[: len(MAGIC)] != MAGIC:
+            raise CorruptFile(f"{path} is not a sharedstate journal", path=path, offset=0)
+        version = struct.unpack("<H", preamble[len(MAGIC) :])[0]
+        if version != VERSION:
+            raise CorruptFile(
+                f"{path} has journal format version {version}; this sharedstate reads "
+                f"version {VERSION}",
+                path=path,
+                offset=len(MAGIC),
+            )
+        reader = FrameReader(file, path, allow_torn_tail=True)
+        for offset, payload in reader:
+            seq, method, args = load_plain(payload, path, offset)
+            records.append(Record(seq, method, args, path, offset))
+    return records, reader.torn
+
+
+class _Segment:
+    """One open segment file: where appends go, and how far it is known durable."""
+
+    def __init__(self, path: str, fd: int, size: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.size = size  # bytes handed to the OS
+        self.synced = 0  # bytes known to be on disk
+        self.dir_synced = False  # is the file's directory entry on disk?
+        self.closed = False
+        self.sync_lock = threading.Lock()
+
+    @classmethod
+    def create(cls, path: str) -> _Segment:
+        fd = durable.disk.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            durable.write_all(fd, _PREAMBLE, 0)
+        except BaseException:
+            durable.disk.close(fd)
+            with contextlib.suppress(OSError):
+                durable.disk.unlink(path)
+            raise
+        return cls(path, fd, len(_PREAMBLE))
+
+    def sync_to(self, offset: int) -> None:
+        """Make the first ``offset`` bytes durable (one fsync serves every waiter)."""
+        if self.synced >= offset:
+            return
+        with self.sync_lock:
+            if self.synced >= offset or self.closed:
+                return
+            target = self.size
+            if not self.dir_synced:
+                durable.disk.sync_dir(os.path.dirname(self.path))
+                self.dir_synced = True
+            durable.disk.sync(self.fd)
+            self.synced = target
+
+    def close(self) -> None:
+        with self.sync_lock:
+            if not self.closed:
+                self.closed = True
+                durable.disk.close(self.fd)
+
+
+class _Pending(threading.local):
+    segment: _Segment | None = None
+    offset = 0
+
+
+class Journal:
+    """Appends records for the store; syncs them according to ``policy``."""
+
+    def __init__(self, snapshot_path: str, policy: str, first_seq: int) -> None:
+        self.snapshot_path = snapshot_path
+        self.policy = policy
+        self.error: str | None = None  # why writes are refused, if they are
+        self._failed: _Segment | None = None  # the segment that failed, if any
+        self._current = _Segment.create(segment_path(snapshot_path, first_seq))
+        self._current.sync_to(self._current.size)
+        self._retired: list[_Segment] = []
+        self._pending = _Pending()
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if policy == "everysec":
+            self._syncer = threading.Thread(target=self._sync_every_second, daemon=True)
+            self._syncer.name = "journal-fsync"
+            self._syncer.start()
+
+    # -- called by the store, under its lock ---------------------------------------
+
+    def append(self, seq: int, method: str, args: tuple[Any, ...]) -> None:
+        """Hand a record to the OS; raise :class:`PersistenceError` if that fails."""
+        if self.error is not None:
+            raise PersistenceError(
+                f"writes are refused: {self.error}. They resume after the next snapshot "
+                "succeeds (free disk space, or fix the permissions, first)",
+                path=self._current.path,
+            )
+        record = frame(dump_plain((seq, method, args)))
+        segment = self._current
+        try:
+            durable.write_all(segment.fd, record, segment.size)
+        except OSError as error:
+            self._fail(segment, f"the journal {segment.path} could not be written ({error})")
+            with contextlib.suppress(OSError):
+                durable.disk.truncate(segment.fd, segment.size)  # drop the partial record
+            raise PersistenceError(
+                f"the write was refused: the journal {segment.path} could not be written "
+                f"({error})",
+                path=segment.path,
+            ) from error
+        segment.size += len(record)
+        self._pending.segment = segment
+        self._pending.offset = segment.size
+
+    def rotate(self, first_seq: int) -> None:
+        """Start a new segment for records from ``first_seq`` on (a snapshot is copying)."""
+        try:
+            new = _Segment.create(segment_path(self.snapshot_path, first_seq))
+        except OSError as error:
+            logger.error(
+                "could not start a new journal segment (%s); keeping %s", error, self._current.path
+            )
+            return
+        self._retired.append(self._current)
+        self._current = new
+
+    # -- called outside the store's lock -----------------------------------------------
+
+    def sync_pending(self) -> None:
+        """Under ``always``: wait until this thread's last record is on disk."""
+        segment = self._pending.segment
+        if segment is None or self.policy != "always":
+            return
+        self._pending.segment = None
+        try:
+            segment.sync_to(self._pending.offset)
+        except OSError as error:
+            self._fail(segment, f"the journal {segment.path} could not be synced ({error})")
+            raise PersistenceError(
+                f"the write was applied in memory but could not be made durable "
+                f"({error}); it may be lost if the server stops. Check the disk",
+                path=segment.path,
+            ) from error
+
+    def seal_retired(self) -> None:
+        """Sync and close the segments retired by :meth:`rotate`."""
+        for segment in self._retired:
+            segment.sync_to(segment.size)
+            segment.close()
+
+    def remove_retired(self) -> None:
+        """Delete every segment but the current one: a durable snapshot now holds them.
+
+        Writes resume if they were refused and the failed segment was among them.
+        """
+        for path in list_segments(self.snapshot_path):
+            if path != self._current.path:
+                durable.disk.unlink(path)
+        self._retired.clear()
+        durable.disk.sync_dir(os.path.dirname(self.snapshot_path))
+        if self._failed is not None and self._failed is not self._current:
+            logger.info("journal healthy again in %s; accepting writes", self._current.path)
+            self._failed = None
+            self.error = None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        for segment in (*self._retired, self._current):
+            with contextlib.suppress(OSError):
+                segment.sync_to(segment.size)
+            segment.close()
+
+    @property
+    def size(self) -> int:
+        return self._current.size
+
+    def _fail(self, segment: _Segment, message: str) -> None:
+        if self.error is None:
+            logger.error("%s; refusing writes until a snapshot succeeds", message)
+        self.error = message
+        self._failed = segment
+
+    def _sync_every_second(self) -> None:
+        while not self._stop.wait(EVERYSEC_INTERVAL):
+            segment = self._current
+            try:
+                segment.sync_to(segment.size)
+            except OSError as error:
+                self._fail(segment, f"the journal {segment.path} could not be synced ({error})")

@@ -1,0 +1,155 @@
+"""Who holds the shared lock and which keys are being edited, and waiting for them.
+
+The lock and edits belong to a *caller*: one client connection. The server releases
+everything a caller holds when its connection drops (:meth:`Reservations.release_all`),
+so a worker killed while holding the lock does not block the others forever.
+
+All state here is guarded by the store's condition, which the store passes in; every
+method must be called with it held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .errors import LockError, Timeout
+
+# How often a waiting call checks whether its client has gone away.
+WAIT_POLL_SECONDS = 0.2
+
+
+class Caller(Protocol):
+    """The client connection on whose behalf an operation runs."""
+
+    @property
+    def id(self) -> int: ...
+
+    def is_gone(self) -> bool: ...
+
+
+class LocalCaller:
+    """A caller that is always there: for tests, in-process use and journal replay."""
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+
+    def is_gone(self) -> bool:
+        return False
+
+
+class CallerGone(Exception):
+    """The client disconnected while its call was waiting; nobody is left to answer."""
+
+
+class Reservations:
+    """The lock's owner and the keys being edited, with waits that notice hang-ups."""
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self._cond = cond
+        self.lock_owner: int | None = None
+        self.editors: dict[Any, int] = {}
+
+    # -- the shared lock ---------------------------------------------------------------
+
+    def acquire_lock(self, caller: Caller, timeout: float | None) -> bool:
+        if self.lock_owner == caller.id:
+            raise LockError(
+                "this thread already holds state.lock, which is not reentrant; "
+                "release it before acquiring it again"
+            )
+        if not self.wait(lambda: self.lock_owner is None, caller, timeout):
+            return False
+        self.lock_owner = caller.id
+        return True
+
+    def release_lock(self, caller: Caller) -> None:
+        if self.lock_owner != caller.id:
+            holder = "nobody" if self.lock_owner is None else "another thread or process"
+            raise LockError(
+                f"state.lock.release() by a thread that does not hold it (held by {holder}); "
+                "release the lock from the thread that acquired it"
+            )
+        self.lock_owner = None
+        self._cond.notify_all()
+
+    # -- edits -----------------------------------------------------------------------------
+
+    def wait_to_edit(self, caller: Caller, key: Any, timeout: float | None) -> None:
+        """Wait until nobody edits ``key``; the caller then reserves it with :meth:`start_edit`."""
+        if self.editors.get(key) == caller.id:
+            raise LockError(
+                f"this thread is already editing state[{key!r}]; nested edit() of the "
+                "same key would wait for itself forever"
+            )
+        if not self.wait(lambda: key not in self.editors, caller, timeout):
+            raise Timeout(
+                f"state[{key!r}] was being edited by another client for more than "
+                f"{timeout} s; try again, or raise the timeout",
+                key=key,
+            )
+
+    def start_edit(self, caller: Caller, key: Any) -> None:
+        self.editors[key] = caller.id
+
+    def check_editing(self, caller: Caller, key: Any) -> None:
+        if self.editors.get(key) != caller.id:
+            raise LockError(
+                f"no edit of state[{key!r}] is open in this thread (its connection may "
+                "have dropped, which ends the edit); the new value was not written",
+                key=key,
+            )
+
+    def end_edit(self, caller: Caller, key: Any) -> None:
+        if self.editors.get(key) == caller.id:
+            del self.editors[key]
+            self._cond.notify_all()
+
+    def wait_until_not_edited(self, caller: Caller, key: Any) -> None:
+        """Writes of a key wait while another caller edits it."""
+        if self.editors:
+            self.wait(lambda: self.editors.get(key, caller.id) == caller.id, caller)
+
+    def wait_until_no_edits_but(self, caller: Caller) -> None:
+        """Whole-state writes (clear, restore) wait until no other caller edits anything."""
+        if self.editors:
+            self.wait(lambda: all(owner == caller.id for owner in self.editors.values()), caller)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def release_all(self, caller: Caller) -> list[str]:
+        """Free the lock and the edits ``caller`` holds; say what was freed."""
+        released = []
+        if self.lock_owner == caller.id:
+            self.lock_owner = None
+            released.append("state.lock")
+        for key, owner in list(self.editors.items()):
+            if owner == caller.id:
+                del self.editors[key]
+                released.append(f"the edit of state[{key!r}]")
+        if released:
+            self._cond.notify_all()
+        return released
+
+    def wait(self, ready: Callable[[], bool], caller: Caller, timeout: float | None = None) -> bool:
+        """Wait (holding the condition) until ``ready()``; False if ``timeout`` passes first.
+
+        Checks every :data:`WAIT_POLL_SECONDS` that the caller is still connected, so a
+        client that gave up does not end up owning the lock or an edit.
+        """
+        if ready():
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            slice_ = WAIT_POLL_SECONDS
+            if deadline is not None:
+                slice_ = min(slice_, deadline - time.monotonic())
+                if slice_ <= 0:
+                    return False
+            self._cond.wait(slice_)
+            if ready():
+                return True
+            if caller.is_gone():
+                raise CallerGone

@@ -1,0 +1,125 @@
+"""The snapshot file: the whole state at one moment, written atomically.
+
+Layout: a magic line with the format version, then frames (:mod:`sharedstate.frames`):
+
+1. ``("meta", {"seq": ..., "created": ..., "keys": ..., "attributes": ...})``;
+2. ``("data", [(key, pickled value), ...])`` and ``("namespace", [...])`` chunks of
+   :data:`CHUNK` entries, so serialising a large state lets client threads run between
+   chunks;
+3. ``("end", entry count, crc32 of all payloads before it)``: a snapshot without it,
+   or whose checksum over the body does not match, is damaged.
+
+``seq`` is the number of the last write the snapshot contains; journal records up to it
+are already in it.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from .durable import write_atomically
+from .errors import CorruptFile
+from .frames import FrameReader, dump_plain, frame, load_plain
+from .store import Contents
+
+MAGIC = b"sharedstate snapshot\n"
+VERSION = 1
+_PREAMBLE = MAGIC + struct.pack("<H", VERSION)
+CHUNK = 10_000
+
+
+def write_snapshot(path: str, contents: Contents) -> int:
+    """Write ``contents`` to ``path`` atomically and durably; return its size in bytes."""
+    return write_atomically(path, _encode(contents))
+
+
+def _encode(contents: Contents) -> Iterator[bytes]:
+    yield _PREAMBLE
+    meta = {
+        "seq": contents.seq,
+        "created": time.time(),
+        "keys": len(contents.data),
+        "attributes": len(contents.namespace),
+    }
+    body_crc = 0
+    count = 0
+    for kind, entries in (("meta", meta), *_chunks(contents)):
+        payload = dump_plain((kind, entries))
+        body_crc = zlib.crc32(payload, body_crc)
+        count += len(entries) if kind != "meta" else 0
+        yield frame(payload)
+    yield frame(dump_plain(("end", count, body_crc)))
+
+
+def _chunks(contents: Contents) -> Iterator[tuple[str, Any]]:
+    for kind, entries in (("data", contents.data), ("namespace", contents.namespace)):
+        items = list(entries.items())
+        for start in range(0, len(items), CHUNK):
+            yield kind, items[start : start + CHUNK]
+
+
+def read_snapshot(path: str, *, salvage: bool = False) -> tuple[Contents, str | None]:
+    """Load a snapshot; return it and, when salvaging a damaged one, what was lost.
+
+    Without ``salvage`` any damage raises :class:`CorruptFile`. With it, the entries
+    before the damage are returned with a description of the damage.
+    """
+    contents = Contents()
+    with open(path, "rb") as file:
+        preamble = file.read(len(_PREAMBLE))
+        if preamble[: len(MAGIC)] != MAGIC:
+            raise CorruptFile(f"{path} is not a sharedstate snapshot", path=path, offset=0)
+        version = (
+            struct.unpack("<H", preamble[len(MAGIC) :])[0]
+            if len(preamble) == len(_PREAMBLE)
+            else -1
+        )
+        if version != VERSION:
+            raise CorruptFile(
+                f"{path} has snapshot format version {version}; this sharedstate reads "
+                f"version {VERSION}. Use the sharedstate version that wrote it.",
+                path=path,
+                offset=len(MAGIC),
+            )
+        try:
+            _read_frames(FrameReader(file, path, allow_torn_tail=False), path, contents)
+        except CorruptFile as damage:
+            if not salvage:
+                raise
+            return contents, str(damage)
+    return contents, None
+
+
+def _read_frames(reader: FrameReader, path: str, contents: Contents) -> None:
+    body_crc = 0
+    count = 0
+    offset = len(_PREAMBLE)
+    for offset, payload in reader:
+        kind, entries = load_plain(payload, path, offset)
+        if kind == "end":
+            expected_count, expected_crc = entries
+            if (count, body_crc) != (expected_count, expected_crc):
+                raise CorruptFile(
+                    f"{path}: the body checksum or entry count does not match its end record",
+                    path=path,
+                    offset=offset,
+                )
+            return
+        body_crc = zlib.crc32(payload, body_crc)
+        if kind == "meta":
+            contents.seq = entries["seq"]
+        elif kind == "data":
+            contents.data.update(entries)
+            count += len(entries)
+        elif kind == "namespace":
+            contents.namespace.update(entries)
+            count += len(entries)
+        else:
+            raise CorruptFile(f"{path}: unknown record {kind!r}", path=path, offset=offset)
+    raise CorruptFile(
+        f"{path} ends without its end record (it was cut short)", path=path, offset=offset
+    )
