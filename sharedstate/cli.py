@@ -16,9 +16,11 @@ import click
 
 from . import __version__
 from .config import SETTINGS, load_settings, settings_table_markdown
-from .errors import ServerNotRunning, SharedStateError
+from .dumpfile import FORMATS, read_dump, write_dump
+from .errors import PersistenceError, ServerNotRunning, SharedStateError
 from .launcher import call_server_function
 from .pidlock import is_held, read_pid
+from .state import connect_state
 
 EXIT_ERROR = 1
 EXIT_NOT_RUNNING = 3
@@ -67,12 +69,18 @@ def cli() -> None:
 @cli.command()
 @setting_options()
 @click.option("--detach", is_flag=True, help="Run in the background; return once it serves.")
+@click.option(
+    "--salvage",
+    is_flag=True,
+    help="Start even if the snapshot or journal is damaged: keep what precedes the "
+    "damage and move the damaged file aside as <file>.damaged-<time>.",
+)
 @click.option("--lock-fd", type=int, hidden=True)
-def serve(detach: bool, lock_fd: int | None, **overrides: Any) -> None:
+def serve(detach: bool, salvage: bool, lock_fd: int | None, **overrides: Any) -> None:
     """Run the server (in the foreground unless --detach) until SIGTERM or `stop`."""
     from .runner import run_server  # the server's imports are not needed by other commands
 
-    run_server(load_settings(overrides), background=detach, lock_fd=lock_fd)
+    run_server(load_settings(overrides), background=detach, lock_fd=lock_fd, salvage=salvage)
 
 
 @cli.command()
@@ -115,6 +123,72 @@ def status(as_json: bool, timeout: float, **overrides: Any) -> None:
     click.echo(f"uptime:   {_duration(info['uptime'])}")
     click.echo(f"keys:     {info['keys']}")
     click.echo(f"clients:  {len(info['clients'])}")
+
+
+@cli.command()
+@setting_options("address", "authkey_file")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
+def snapshot(timeout: float, **overrides: Any) -> None:
+    """Write a snapshot now (the server needs --snapshot)."""
+    info = call_server_function(load_settings(overrides), "snapshot_now", timeout)
+    click.echo(
+        f"wrote {info['path']}: {info['keys']} keys, {info['bytes']} bytes in "
+        f"{info['seconds']:.2f} s"
+    )
+
+
+@cli.command()
+@setting_options("address", "authkey_file")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="pickle", show_default=True,
+    help="pickle keeps every value exactly; json is for plain data and refuses the rest.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+def dump(file: str, fmt: str, force: bool, **overrides: Any) -> None:
+    """Write the whole state (dict and namespace) to FILE (- for standard output)."""
+    state = connect_state(load_settings(overrides), start=False, timeout=10.0)
+    try:
+        contents = state.export()
+    finally:
+        state.close()
+    size = write_dump(file, contents, fmt, force=force)
+    if file != "-":
+        click.echo(
+            f"wrote {file}: {len(contents.data)} keys, {len(contents.namespace)} namespace "
+            f"attributes, {size} bytes"
+        )
+
+
+@cli.command()
+@setting_options("address", "authkey_file")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--replace", "mode", flag_value="replace", help="Replace the whole state with FILE.")
+@click.option("--merge", "mode", flag_value="merge", help="Set the keys of FILE, keep the others.")
+@click.option(
+    "--format", "fmt", type=click.Choice(("auto", *FORMATS)), default="auto", show_default=True
+)
+def restore(file: str, mode: str | None, fmt: str, **overrides: Any) -> None:
+    """Load a dump into the running server and save it (--replace or --merge)."""
+    if mode is None:
+        raise click.UsageError("say what to do with the current state: --replace or --merge")
+    settings = load_settings(overrides)
+    contents = read_dump(file, fmt)
+    state = connect_state(settings, start=False, timeout=10.0)
+    try:
+        state.restore(contents, replace=mode == "replace")
+    finally:
+        state.close()
+    click.echo(
+        f"restored {len(contents.data)} keys and {len(contents.namespace)} namespace "
+        f"attributes from {file} ({mode}d)"
+    )
+    try:
+        info = call_server_function(settings, "snapshot_now", 600.0)
+    except PersistenceError:
+        click.echo("note: the server has no snapshot file, so this state lives in memory only")
+        return
+    click.echo(f"saved in {info['path']}")
 
 
 @cli.command()

@@ -70,18 +70,28 @@ class Record:
     offset: int
 
 
-def read_segment(path: str) -> tuple[list[Record], Torn | None]:
-    """The records of one segment, and its torn tail if it has one.
+@dataclass
+class Segment:
+    """What reading a segment found."""
 
-    A segment cut short inside its preamble (a crash right after creating it) counts
-    as empty with a torn tail.
+    records: list[Record]
+    torn: Torn | None = None  # a record cut short at the end by a crash
+    damage: str | None = None  # with salvage: the damage the records stop before
+
+
+def read_segment(path: str, *, salvage: bool = False) -> Segment:
+    """The records of one segment file.
+
+    A torn last record is dropped and reported. Damage before the end raises
+    :class:`CorruptFile`, or with ``salvage`` ends the records there. A segment cut
+    short inside its preamble (a crash right after creating it) is empty and torn.
     """
-    records = []
+    records: list[Record] = []
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         preamble = file.read(len(_PREAMBLE))
         if len(preamble) < len(_PREAMBLE) and _PREAMBLE.startswith(preamble):
-            return [], (Torn(0, size) if size else None)
+            return Segment(records, Torn(0, size) if size else None)
         if preamble[: len(MAGIC)] != MAGIC:
             raise CorruptFile(f"{path} is not a sharedstate journal", path=path, offset=0)
         version = struct.unpack("<H", preamble[len(MAGIC) :])[0]
@@ -93,10 +103,15 @@ def read_segment(path: str) -> tuple[list[Record], Torn | None]:
                 offset=len(MAGIC),
             )
         reader = FrameReader(file, path, allow_torn_tail=True)
-        for offset, payload in reader:
-            seq, method, args = load_plain(payload, path, offset)
-            records.append(Record(seq, method, args, path, offset))
-    return records, reader.torn
+        try:
+            for offset, payload in reader:
+                seq, method, args = load_plain(payload, path, offset)
+                records.append(Record(seq, method, args, path, offset))
+        except CorruptFile as damage:
+            if not salvage:
+                raise
+            return Segment(records, damage=str(damage))
+    return Segment(records, reader.torn)
 
 
 class _Segment:

@@ -47,12 +47,12 @@ def ensure_private_dir(path: str) -> None:
         )
 
 
-def ensure_socket_dir(path: str) -> None:
-    """Check the directory of an explicitly configured socket, creating it if missing.
+def ensure_safe_dir(path: str) -> None:
+    """Check a directory we put files in (a configured socket's, the snapshot's).
 
-    Others may be allowed to enter it (the socket and key files are owner-only), but
-    not to replace files in it: it must not be writable by others unless it has the
-    sticky bit, like ``/tmp``; and it must belong to us or to root.
+    It is created owner-only if missing. Others may be allowed to enter it (our files
+    in it are owner-only) but not to replace files in it: it must not be writable by
+    others unless it has the sticky bit, like ``/tmp``; and it must belong to us or root.
     """
     os.makedirs(path, mode=0o700, exist_ok=True)  # many workers may race to create it
     info = os.stat(path)
@@ -60,8 +60,8 @@ def ensure_socket_dir(path: str) -> None:
     if info.st_uid not in (os.getuid(), 0) or writable_by_others:
         raise InsecurePermissions(
             f"directory {path} (mode {_mode(info)}, uid {info.st_uid}) lets other users "
-            "replace the socket or key; put the socket in a directory that only you can "
-            "write to",
+            "replace the files sharedstate keeps there; use a directory that only you "
+            "can write to",
             path=path,
         )
 
@@ -77,6 +77,18 @@ def check_private_file(path: str, info: os.stat_result, what: str) -> None:
         raise InsecurePermissions(
             f"{what} {path} is accessible by other users (mode {_mode(info)}); "
             f"run: chmod 600 {path}",
+            path=path,
+        )
+
+
+def check_not_writable_by_others(path: str, what: str) -> None:
+    """Refuse a file others could have written: loading a pickle from it would run their code."""
+    info = os.stat(path)
+    if info.st_uid not in (os.getuid(), 0) or info.st_mode & 0o022:
+        raise InsecurePermissions(
+            f"{what} {path} (mode {_mode(info)}, uid {info.st_uid}) could have been written "
+            "by another user, and loading it could run their code; refusing it. If you "
+            f"trust its content, run: chmod go-w {path} (and chown it to yourself)",
             path=path,
         )
 
@@ -142,4 +154,4 @@ def ensure_files_dir(address: Address) -> None:
     if address.files_dir == runtime_dir():
         ensure_private_dir(address.files_dir)
     else:
-        ensure_socket_dir(address.files_dir)
+        ensure_safe_dir(address.files_dir)

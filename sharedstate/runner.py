@@ -18,6 +18,7 @@ from .config import Settings
 from .daemon import Report, detach
 from .errors import ConfigError, ServerStartError, SharedStateError
 from .permissions import ensure_files_dir
+from .persistence import Persistence
 from .pidlock import ServerLock
 from .server import StateServer
 from .store import Store
@@ -29,11 +30,18 @@ START_TIMEOUT = 30.0  # how long `serve --detach` waits for the server to report
 LOCK_WAIT = 2.0  # a client may be probing the lock for a moment; don't give up at once
 
 
-def run_server(settings: Settings, *, background: bool = False, lock_fd: int | None = None) -> None:
+def run_server(
+    settings: Settings,
+    *,
+    background: bool = False,
+    lock_fd: int | None = None,
+    salvage: bool = False,
+) -> None:
     """Serve ``settings.address`` until SIGTERM, SIGINT, SIGHUP or ``sharedstate stop``.
 
     With ``background=True`` the process detaches first (see :mod:`sharedstate.daemon`).
-    ``lock_fd`` is the server lock handed down by a client that starts us.
+    ``lock_fd`` is the server lock handed down by a client that starts us. ``salvage``
+    starts from the readable part of damaged persistence files.
     """
     address = settings.address
     check_exposure(settings)
@@ -43,7 +51,7 @@ def run_server(settings: Settings, *, background: bool = False, lock_fd: int | N
     report: Report | None = detach(log_path, START_TIMEOUT) if background else None
     _configure_logging(settings, to_file=None if background else settings.log_file)
     try:
-        lock, server = _start(settings, lock_fd)
+        lock, server = _start(settings, lock_fd, salvage)
     except (SharedStateError, OSError) as error:
         logger.error("could not start: %s", error)
         if report:
@@ -61,6 +69,8 @@ def run_server(settings: Settings, *, background: bool = False, lock_fd: int | N
     try:
         server.serve_until_stopped()
     finally:
+        if server.persistence is not None:
+            server.persistence.close()  # the final snapshot, before another server may start
         lock.release()
         logger.info("stopped; %s removed", address if address.is_unix else "listener")
 
@@ -83,7 +93,9 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
-def _start(settings: Settings, lock_fd: int | None) -> tuple[ServerLock, StateServer]:
+def _start(
+    settings: Settings, lock_fd: int | None, salvage: bool
+) -> tuple[ServerLock, StateServer]:
     address = settings.address
     if lock_fd is not None:
         lock = ServerLock.adopt(address.lock_path, lock_fd)
@@ -93,13 +105,20 @@ def _start(settings: Settings, lock_fd: int | None) -> tuple[ServerLock, StateSe
         lock.write_pid()
         key = settings.load_key(create=True)
         assert key is not None
+        store = Store()
+        persistence = None
+        if settings.snapshot is not None:
+            persistence = Persistence(store, settings)
+            persistence.recover(salvage=salvage)
         listener = _listen(address)
     except BaseException:
         lock.release()
         raise
     if not address.is_loopback:
         logger.warning("listening on %s: traffic is authenticated but not encrypted", address)
-    return lock, StateServer(Store(), listener, key, str(address))
+    if persistence is not None:
+        persistence.start()
+    return lock, StateServer(store, listener, key, str(address), persistence)
 
 
 def _listen(address: Address) -> Listener:

@@ -36,8 +36,9 @@ from typing import Any, ClassVar
 
 from . import __version__
 from .codec import PROTOCOL
-from .errors import SharedStateError
+from .errors import PersistenceError, SharedStateError
 from .manager import STORE_IDENT, SharedStateManager, serve_store
+from .persistence import Persistence
 from .reservations import CallerGone
 from .sockets import describe_peer, io_timeout, peer_pid
 from .store import Store
@@ -77,10 +78,17 @@ class StateServer(Server):
     # The functions a new connection may call first: Server's, plus server_info.
     public: ClassVar[list[str]] = [
         "shutdown", "create", "accept_connection", "get_methods", "debug_info",
-        "number_of_objects", "dummy", "incref", "decref", "server_info",
+        "number_of_objects", "dummy", "incref", "decref", "server_info", "snapshot_now",
     ]  # fmt: skip
 
-    def __init__(self, store: Store, listener: Listener, authkey: bytes, address: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        listener: Listener,
+        authkey: bytes,
+        address: str,
+        persistence: Persistence | None = None,
+    ) -> None:
         # Server.__init__ would bind its own listener; set the same attributes instead.
         self.registry = SharedStateManager._registry  # type: ignore[attr-defined]
         self.authkey = process.AuthenticationString(authkey)  # type: ignore[attr-defined]
@@ -92,6 +100,7 @@ class StateServer(Server):
         self.mutex = threading.Lock()
 
         self.store = store
+        self.persistence = persistence
         serve_store(store)
         self.id_to_obj[STORE_IDENT] = (store, Store.EXPOSED, None)
         self.id_to_refcount[STORE_IDENT] = 1  # never released
@@ -137,6 +146,8 @@ class StateServer(Server):
                 return
             try:
                 reply = ("#RETURN", getattr(self, funcname)(conn, *args, **kwds))
+            except SharedStateError as error:
+                reply = ("#ERROR", error)
             except Exception:
                 reply = ("#TRACEBACK", format_exc())
             conn.send_bytes(_dumps(reply))
@@ -186,6 +197,7 @@ class StateServer(Server):
         recv_bytes = client.conn.recv_bytes
         send_bytes = client.conn.send_bytes
         id_to_obj = self.id_to_obj
+        persistence = self.persistence
         while not self.stop_event.is_set():
             try:
                 request = recv_bytes()
@@ -197,7 +209,10 @@ class StateServer(Server):
                 obj, exposed, _ = id_to_obj[ident]
                 if method not in exposed:
                     raise AttributeError(f"{method!r} is not a method clients may call")
-                reply: tuple[str, Any] = ("#RETURN", getattr(obj, method)(client, *args, **kwds))
+                result = getattr(obj, method)(client, *args, **kwds)
+                if persistence is not None:
+                    persistence.sync_pending()  # under fsync=always: durable before the reply
+                reply: tuple[str, Any] = ("#RETURN", result)
             except CallerGone:
                 return
             except SharedStateError as error:
@@ -220,6 +235,15 @@ class StateServer(Server):
         logger.info("stop requested by %s", describe_peer(c))
         self.stop()
 
+    def snapshot_now(self, c: Connection) -> dict[str, Any]:
+        """Write a snapshot now (``sharedstate snapshot``)."""
+        if self.persistence is None:
+            raise PersistenceError(
+                "this server keeps its state in memory only; start it with --snapshot PATH "
+                "(or SHAREDSTATE_SNAPSHOT) to save it"
+            )
+        return self.persistence.snapshot_now()
+
     def server_info(self, c: Connection) -> dict[str, Any]:
         """What ``sharedstate status`` shows."""
         with self._clients_lock:
@@ -239,6 +263,7 @@ class StateServer(Server):
             "started_at": self.started_at,
             "uptime": time.time() - self.started_at,
             "clients": clients,
+            "persistence": self.persistence.status() if self.persistence else None,
             **self.store.stats(),
         }
 

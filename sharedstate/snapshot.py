@@ -34,10 +34,11 @@ CHUNK = 10_000
 
 def write_snapshot(path: str, contents: Contents) -> int:
     """Write ``contents`` to ``path`` atomically and durably; return its size in bytes."""
-    return write_atomically(path, _encode(contents))
+    return write_atomically(path, snapshot_bytes(contents))
 
 
-def _encode(contents: Contents) -> Iterator[bytes]:
+def snapshot_bytes(contents: Contents) -> Iterator[bytes]:
+    """The file's bytes, a chunk at a time."""
     yield _PREAMBLE
     meta = {
         "seq": contents.seq,

@@ -10,9 +10,10 @@ from typing import Any, NoReturn
 
 from .address import Address
 from .codec import DATA, NAMESPACE, check_key, decode, describe, encode
-from .config import load_settings
+from .config import Settings, load_settings
 from .errors import AttributeNotFound, KeyNotFound, SharedStateError
 from .launcher import connect_or_start
+from .store import Contents
 from .transport import Transport
 from .views import wrap
 
@@ -240,6 +241,21 @@ class SharedState(MutableMapping[Any, Any]):
         pairs = self._call("copy").items()
         return {key: decode(data, describe("state", [key])) for key, data in pairs}
 
+    def export(self) -> Contents:
+        """Everything (dict and namespace) at one moment, values still pickled.
+
+        This is what dump files and snapshots hold; see :mod:`sharedstate.dumpfile`.
+        """
+        pairs, attributes = self._call("export_all")
+        return Contents(0, dict(pairs), dict(attributes))
+
+    def restore(self, contents: Contents, *, replace: bool) -> None:
+        """Load what :meth:`export` returned, atomically: replace everything, or merge."""
+        pairs = list(contents.data.items())
+        for key, _ in pairs:
+            check_key(key)
+        self._call("restore", pairs, list(contents.namespace.items()), replace)
+
     def close(self) -> None:
         """Close this process's connections; the next operation reconnects."""
         self._transport.close()
@@ -282,8 +298,14 @@ def get_shared_state(
     with _states_lock:
         state = _states.get(cache_key)
         if state is None:
-            connect = functools.partial(connect_or_start, settings, start=start, timeout=timeout)
-            state = SharedState(Transport(connect, settings.address))
-            state._transport.connect()
+            state = connect_state(settings, start=start, timeout=timeout)
             _states[cache_key] = state
+    return state
+
+
+def connect_state(settings: Settings, *, start: bool, timeout: float) -> SharedState:
+    """A new, connected :class:`SharedState` for ``settings`` (not cached)."""
+    connect = functools.partial(connect_or_start, settings, start=start, timeout=timeout)
+    state = SharedState(Transport(connect, settings.address))
+    state._transport.connect()  # fail now, not at the first operation
     return state

@@ -89,6 +89,9 @@ def server_request(
     except BaseException as error:
         conn.close()
         raise _handshake_error(error, address, timeout) from None
+    if kind == "#ERROR":
+        conn.close()
+        raise result
     if kind != "#RETURN":
         conn.close()
         raise ServerError(f"the server at {address} refused {function}: {result}")

@@ -1,0 +1,128 @@
+"""Dump files: the whole state in a file an operator keeps, moves or edits.
+
+Two formats:
+
+- ``pickle``: the snapshot format (:mod:`sharedstate.snapshot`), checksummed, holding
+  every value exactly as stored, whatever its type. A dump can also serve as a
+  ``--snapshot`` file.
+- ``json``: ``{"data": {...}, "namespace": {...}}`` for plain data only: str keys;
+  dicts, lists, str, int, finite floats, bools and None. Anything else is refused,
+  naming the key, rather than written as something that would load differently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from .codec import decode, describe, encode
+from .durable import write_atomically
+from .errors import ConfigError, CorruptFile, WrongType
+from .permissions import check_not_writable_by_others
+from .snapshot import MAGIC, read_snapshot, snapshot_bytes
+from .store import Contents
+
+FORMATS = ("pickle", "json")
+
+
+def write_dump(path: str, contents: Contents, fmt: str, *, force: bool = False) -> int:
+    """Write ``contents`` to ``path`` (``-``: standard output); return the bytes written.
+
+    An existing file is only replaced with ``force``; the replacement is atomic.
+    """
+    chunks = _json_chunks(contents) if fmt == "json" else snapshot_bytes(contents)
+    if path == "-":
+        size = 0
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+            size += len(chunk)
+        sys.stdout.buffer.flush()
+        return size
+    if os.path.lexists(path) and not force:
+        raise ConfigError(
+            f"{path} already exists; choose another name, or pass --force to replace it"
+        )
+    return write_atomically(path, chunks)
+
+
+def read_dump(path: str, fmt: str = "auto") -> Contents:
+    """Read a dump written by :func:`write_dump` (``fmt="auto"`` tells them apart)."""
+    if fmt == "auto":
+        with open(path, "rb") as file:
+            fmt = "pickle" if file.read(len(MAGIC)) == MAGIC else "json"
+    if fmt == "pickle":
+        check_not_writable_by_others(path, "dump file")
+        contents, _ = read_snapshot(path)
+        return contents
+    return _read_json(path)
+
+
+def _json_chunks(contents: Contents) -> list[bytes]:
+    document: dict[str, dict[str, Any]] = {"data": {}, "namespace": {}}
+    for section, root, entries in (
+        ("data", "state", contents.data),
+        ("namespace", "state.namespace", contents.namespace),
+    ):
+        for key, data in entries.items():
+            where = describe(root, [key]) if section == "data" else f"{root}.{key}"
+            if not isinstance(key, str):
+                raise WrongType(
+                    f"{where}: JSON keys must be strings, not {type(key).__name__}; "
+                    "use --format pickle"
+                )
+            value = decode(data, where)
+            _check_plain_json(value, where)
+            document[section][key] = value
+    return [json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False).encode() + b"\n"]
+
+
+def _check_plain_json(value: Any, where: str) -> None:
+    kind = type(value)
+    if kind in (str, int, bool) or value is None:
+        return
+    if kind is float:
+        if math.isfinite(value):
+            return
+        raise WrongType(f"{where} is {value!r}, which JSON can't hold; use --format pickle")
+    if kind is list:
+        for index, item in enumerate(value):
+            _check_plain_json(item, f"{where}[{index}]")
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise WrongType(
+                    f"{where} has the {type(key).__name__} key {key!r}; JSON keys are strings. "
+                    "Use --format pickle"
+                )
+            _check_plain_json(item, f"{where}[{key!r}]")
+        return
+    raise WrongType(
+        f"{where} holds a {kind.__name__}, which JSON can't represent faithfully; "
+        "use --format pickle"
+    )
+
+
+def _read_json(path: str) -> Contents:
+    with open(path, "rb") as file:
+        try:
+            document = json.load(file)
+        except ValueError as error:
+            raise CorruptFile(
+                f"{path} is neither a sharedstate dump nor valid JSON: {error}", path=path
+            ) from None
+    if not isinstance(document, dict) or not set(document) <= {"data", "namespace"}:
+        raise CorruptFile(
+            f'{path}: expected a JSON object with "data" and/or "namespace" objects', path=path
+        )
+    contents = Contents()
+    for section, target in (("data", contents.data), ("namespace", contents.namespace)):
+        entries = document.get(section, {})
+        if not isinstance(entries, dict):
+            raise CorruptFile(f'{path}: "{section}" must be a JSON object', path=path)
+        for key, value in entries.items():
+            target[key] = encode(value, describe("state", [key]))
+    return contents
