@@ -123,6 +123,17 @@ def status(as_json: bool, timeout: float, **overrides: Any) -> None:
     click.echo(f"uptime:   {_duration(info['uptime'])}")
     click.echo(f"keys:     {info['keys']}")
     click.echo(f"clients:  {len(info['clients'])}")
+    click.echo(f"persistence: {_persistence_summary(info['persistence'])}")
+
+
+def _persistence_summary(persistence: dict[str, Any] | None) -> str:
+    if persistence is None:
+        return "off (state lives in memory only)"
+    journal = f"journal fsync={persistence['fsync']}" if persistence["journal"] else "no journal"
+    health = "ok" if persistence["healthy"] else "UNHEALTHY: " + "; ".join(persistence["problems"])
+    last = persistence["last_snapshot"]
+    when = f", last snapshot {_duration(time.time() - last['at'])} ago" if last else ""
+    return f"{health} ({persistence['snapshot']}, {journal}{when})"
 
 
 @cli.command()

@@ -105,13 +105,22 @@ def read_segment(path: str, *, salvage: bool = False) -> Segment:
         reader = FrameReader(file, path, allow_torn_tail=True)
         try:
             for offset, payload in reader:
-                seq, method, args = load_plain(payload, path, offset)
-                records.append(Record(seq, method, args, path, offset))
+                records.append(_record(load_plain(payload, path, offset), path, offset))
         except CorruptFile as damage:
             if not salvage:
                 raise
             return Segment(records, damage=str(damage))
     return Segment(records, reader.torn)
+
+
+def _record(fields: Any, path: str, offset: int) -> Record:
+    try:
+        seq, method, args = fields
+        if type(seq) is int and type(method) is str and type(args) is tuple:
+            return Record(seq, method, args, path, offset)
+    except (TypeError, ValueError):
+        pass
+    raise CorruptFile(f"{path}: unexpected record at byte {offset}", path=path, offset=offset)
 
 
 class _Segment:
@@ -261,7 +270,9 @@ class Journal:
             self._failed = None
             self.error = None
 
-    def close(self) -> None:
+    def close(self, *, remove: bool = False) -> None:
+        """Sync and close every segment; with ``remove``, delete them (a final snapshot
+        holds everything)."""
         self._stop.set()
         if self._syncer is not None:
             self._syncer.join()
@@ -269,6 +280,10 @@ class Journal:
             with contextlib.suppress(OSError):
                 segment.sync_to(segment.size)
             segment.close()
+        if remove:
+            self.remove_retired()
+            durable.disk.unlink(self._current.path)
+            durable.disk.sync_dir(os.path.dirname(self.snapshot_path))
 
     @property
     def size(self) -> int:

@@ -46,6 +46,7 @@ class Persistence:
         self.journal: Journal | None = None
         self.error: str | None = None  # why the last snapshot failed
         self.last_snapshot: dict[str, Any] | None = None
+        self.saved_seq = 0  # the last write the snapshot file holds
         self._snapshot_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,6 +98,7 @@ class Persistence:
             raise _advise(error) from None
 
         self.store.load(contents)
+        self.saved_seq = contents.seq
         replayed = self._replay(records, contents.seq, salvage)
         logger.info(
             "recovered %d keys from %s and %d journal records in %.2f s",
@@ -146,6 +148,7 @@ class Persistence:
                 logger.error("%s; the previous snapshot is intact", self.error)
                 raise PersistenceError(self.error, path=self.path) from error
             self.error = None
+            self.saved_seq = contents.seq
             if journal is not None:
                 try:
                     journal.remove_retired()
@@ -162,7 +165,7 @@ class Persistence:
             }
             self.last_snapshot = info
             logger.info(
-                "snapshot %s: %d keys, %d bytes in %.2f s (writes paused %.1f ms)",
+                "snapshot %s: %d keys, %d bytes in %.2f s (store paused %.1f ms)",
                 self.path,
                 info["keys"],
                 size,
@@ -183,7 +186,7 @@ class Persistence:
             "problems": problems,
             "last_snapshot": self.last_snapshot,
             "journal_bytes": self.journal.size if self.journal is not None else None,
-            "unsaved_writes": self.store.seq - (self.last_snapshot or {}).get("seq", 0),
+            "writes_since_snapshot": self.store.seq - self.saved_seq,
         }
 
     def close(self) -> None:
@@ -196,8 +199,14 @@ class Persistence:
             self.snapshot_now()
         except PersistenceError:
             logger.error("the final snapshot failed; the journal still holds every write")
+            if self.journal is not None:
+                self.journal.close()
+            return
         if self.journal is not None:
-            self.journal.close()
+            try:
+                self.journal.close(remove=True)  # the final snapshot holds every write
+            except OSError as error:
+                logger.warning("could not remove the journal after the final snapshot: %s", error)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -207,12 +216,10 @@ class Persistence:
             self.journal.rotate(self.store.seq + 1)
 
     def _snapshot_periodically(self) -> None:
-        saved_seq = self.store.seq
         while not self._stop.wait(RETRY_SECONDS if self._unhealthy() else self.interval):
-            if self.store.seq == saved_seq and not self._unhealthy():
-                continue
-            with contextlib.suppress(PersistenceError):
-                saved_seq = self.snapshot_now()["seq"]
+            if self.store.seq != self.saved_seq or self._unhealthy():
+                with contextlib.suppress(PersistenceError):
+                    self.snapshot_now()
 
     def _unhealthy(self) -> bool:
         return self.error is not None or (
@@ -245,7 +252,9 @@ class Persistence:
             aside = f"{path}.damaged-{stamp}"
             durable.disk.rename(path, aside)
             logger.warning("moved the damaged %s aside to %s", path, aside)
-        write_snapshot(self.path, self.store.export())
+        contents = self.store.export()
+        write_snapshot(self.path, contents)
+        self.saved_seq = contents.seq
         for path in segments:
             if path not in damaged:
                 durable.disk.unlink(path)

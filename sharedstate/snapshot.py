@@ -6,8 +6,8 @@ Layout: a magic line with the format version, then frames (:mod:`sharedstate.fra
 2. ``("data", [(key, pickled value), ...])`` and ``("namespace", [...])`` chunks of
    :data:`CHUNK` entries, so serialising a large state lets client threads run between
    chunks;
-3. ``("end", entry count, crc32 of all payloads before it)``: a snapshot without it,
-   or whose checksum over the body does not match, is damaged.
+3. ``("end", (entry count, crc32 of all payloads before it))``: a snapshot without
+   it, or whose checksum over the body does not match, is damaged.
 
 ``seq`` is the number of the last write the snapshot contains; journal records up to it
 are already in it.
@@ -53,7 +53,7 @@ def snapshot_bytes(contents: Contents) -> Iterator[bytes]:
         body_crc = zlib.crc32(payload, body_crc)
         count += len(entries) if kind != "meta" else 0
         yield frame(payload)
-    yield frame(dump_plain(("end", count, body_crc)))
+    yield frame(dump_plain(("end", (count, body_crc))))
 
 
 def _chunks(contents: Contents) -> Iterator[tuple[str, Any]]:
@@ -100,7 +100,12 @@ def _read_frames(reader: FrameReader, path: str, contents: Contents) -> None:
     count = 0
     offset = len(_PREAMBLE)
     for offset, payload in reader:
-        kind, entries = load_plain(payload, path, offset)
+        try:
+            kind, entries = load_plain(payload, path, offset)
+        except (TypeError, ValueError):  # checksummed, but not a (kind, entries) pair
+            raise CorruptFile(
+                f"{path}: unexpected record at byte {offset}", path=path, offset=offset
+            ) from None
         if kind == "end":
             expected_count, expected_crc = entries
             if (count, body_crc) != (expected_count, expected_crc):

@@ -27,6 +27,8 @@ from sharedstate.launcher import call_server_function
 
 from .processes import is_dead, processes_mentioning
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @pytest.fixture
 def workdir() -> Iterator[str]:
@@ -61,20 +63,21 @@ def address(workdir: str) -> str:
 class ServerProcess:
     """A real ``sharedstate serve`` in the foreground, as an operator would run it."""
 
-    def __init__(self, address: str, workdir: str, *args: str) -> None:
+    def __init__(self, address: str, workdir: str, *args: str, faults: str | None = None) -> None:
         self.address = address
         self.log_path = os.path.join(workdir, f"serve-{time.monotonic_ns()}.log")
         self.args = args
+        self.faults = faults  # see tests/faults.py
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
-        argv = [sys.executable, "-m", "sharedstate", "serve", "--address", self.address]
+        module = "sharedstate" if self.faults is None else "tests.fault_server"
+        argv = [sys.executable, "-m", module, "serve", "--address", self.address, *self.args]
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        if self.faults is not None:
+            env["SHAREDSTATE_TEST_FAULTS"] = self.faults
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [*argv, *self.args],
-                stdout=log,
-                stderr=log,
-            )
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
         self.wait_ready(timeout)
         return self
 
@@ -132,8 +135,8 @@ def server_factory(address: str, workdir: str) -> Iterator[type[ServerProcess]]:
     started: list[ServerProcess] = []
 
     class Factory(ServerProcess):
-        def __init__(self, *args: str, address: str = address) -> None:
-            super().__init__(address, workdir, *args)
+        def __init__(self, *args: str, address: str = address, faults: str | None = None) -> None:
+            super().__init__(address, workdir, *args, faults=faults)
             started.append(self)
 
     try:

@@ -1,0 +1,148 @@
+"""Snapshot and journal files on their own: framing, damage, round trips. No server."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from typing import Any
+
+import pytest
+
+from sharedstate.errors import CorruptFile
+from sharedstate.frames import FrameReader, dump_plain, frame, load_plain
+from sharedstate.journal import Journal, list_segments, read_segment
+from sharedstate.snapshot import read_snapshot, write_snapshot
+from sharedstate.store import Contents
+
+
+def frames_file(tmp: str, payloads: list[bytes], tail: bytes = b"") -> str:
+    path = os.path.join(tmp, "frames")
+    with open(path, "wb") as file:
+        for payload in payloads:
+            file.write(frame(payload))
+        file.write(tail)
+    return path
+
+
+def read_all(path: str, allow_torn_tail: bool = True) -> tuple[list[bytes], Any]:
+    with open(path, "rb") as file:
+        reader = FrameReader(file, path, allow_torn_tail=allow_torn_tail)
+        payloads = [payload for _, payload in reader]
+    return payloads, reader.torn
+
+
+def test_intact_frames_read_back(workdir: str) -> None:
+    payloads = [b"one", b"two" * 1000, b"three"]
+    assert read_all(frames_file(workdir, payloads)) == (payloads, None)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["cut in the payload", "cut in the header", "bad last checksum", "zero tail"],
+)
+def test_a_torn_tail_is_dropped_and_measured(workdir: str, damage: str) -> None:
+    good = [b"alpha", b"beta"]
+    last = frame(b"gamma-gamma")
+    tail = {
+        "cut in the payload": last[:-3],
+        "cut in the header": last[:7],
+        "bad last checksum": last[:-1] + b"X",
+        "zero tail": bytes(512),
+    }[damage]
+    payloads, torn = read_all(frames_file(workdir, good, tail))
+    assert payloads == good
+    assert torn is not None
+    assert torn.size == len(tail)
+
+
+def test_damage_before_the_end_is_corruption_even_in_a_journal(workdir: str) -> None:
+    path = frames_file(workdir, [b"alpha", b"beta", b"gamma"])
+    with open(path, "r+b") as file:
+        file.seek(14)  # inside the first payload
+        file.write(b"?")
+    with pytest.raises(CorruptFile, match="before its end") as raised:
+        read_all(path)
+    assert raised.value.offset == 0  # type: ignore[attr-defined]
+    assert raised.value.path == path  # type: ignore[attr-defined]
+
+
+def test_a_damaged_length_is_not_mistaken_for_a_torn_tail(workdir: str) -> None:
+    path = frames_file(workdir, [b"alpha", b"beta", b"gamma"])
+    with open(path, "r+b") as file:
+        file.write(b"\xff\xff\xff\x7f")  # the first length: far past the end of the file
+    with pytest.raises(CorruptFile, match="header is damaged"):
+        read_all(path)
+
+
+def test_a_torn_tail_is_corruption_where_none_is_allowed(workdir: str) -> None:
+    path = frames_file(workdir, [b"alpha"], frame(b"beta")[:-2])
+    with pytest.raises(CorruptFile, match="at its end"):
+        read_all(path, allow_torn_tail=False)
+
+
+def test_plain_loading_refuses_classes() -> None:
+    assert load_plain(dump_plain(("set", ("k", 1), slice(1, 2))), "f", 0)[2] == slice(1, 2)
+    malicious = pickle.dumps(os.system)
+    with pytest.raises(CorruptFile, match="refusing to load"):
+        load_plain(malicious, "f", 0)
+
+
+def test_snapshot_round_trip(workdir: str) -> None:
+    path = os.path.join(workdir, "state.snap")
+    data = {f"k{i}": pickle.dumps(i) for i in range(25_000)}  # several chunks
+    data[("tuple", 1)] = pickle.dumps({"nested": [1, 2]})
+    size = write_snapshot(path, Contents(41, data, {"mode": pickle.dumps("x")}))
+    assert size == os.path.getsize(path)
+    contents, damage = read_snapshot(path)
+    assert damage is None
+    assert contents.seq == 41
+    assert contents.data == data
+    assert contents.namespace == {"mode": pickle.dumps("x")}
+
+
+def test_a_snapshot_without_its_end_record_is_refused(workdir: str) -> None:
+    path = os.path.join(workdir, "state.snap")
+    write_snapshot(path, Contents(1, {"a": pickle.dumps(1)}, {}))
+    with open(path, "rb") as file:
+        file.seek(len(b"sharedstate snapshot\n") + 2)
+        offsets = [offset for offset, _ in FrameReader(file, path, allow_torn_tail=False)]
+    os.truncate(path, offsets[-1])  # cut off exactly the end record
+    with pytest.raises(CorruptFile, match="end record"):
+        read_snapshot(path)
+
+
+def test_journal_appends_rotates_and_removes_retired_segments(workdir: str) -> None:
+    snapshot = os.path.join(workdir, "state.snap")
+    journal = Journal(snapshot, "always", first_seq=1)
+    journal.append(1, "set", ("a", b"1"))
+    journal.sync_pending()
+    journal.append(2, "delete", ("a",))
+    journal.rotate(first_seq=3)
+    journal.append(3, "set", ("b", b"2"))
+    first, second = list_segments(snapshot)
+    assert [r.seq for r in read_segment(first).records] == [1, 2]
+    assert [(r.seq, r.method, r.args) for r in read_segment(second).records] == [
+        (3, "set", ("b", b"2"))
+    ]
+    journal.seal_retired()
+    journal.remove_retired()
+    assert list_segments(snapshot) == [second]
+    journal.close(remove=True)
+    assert list_segments(snapshot) == []
+
+
+def test_a_segment_cut_inside_its_header_is_empty(workdir: str) -> None:
+    path = os.path.join(workdir, "state.snap.journal.000000000001")
+    with open(path, "wb") as file:
+        file.write(b"sharedstate jou")
+    segment = read_segment(path)
+    assert segment.records == []
+    assert segment.torn is not None
+
+
+def test_frame_refuses_empty_payloads() -> None:
+    with pytest.raises(ValueError, match="1 to"):
+        frame(b"")
+    assert len(frame(b"x")) == 13
+    assert io.BytesIO(frame(b"x")).read(4) == b"\x01\x00\x00\x00"

@@ -1,0 +1,395 @@
+"""State survives restarts and crashes; damaged files are refused and never modified."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from sharedstate import PersistenceError, SharedStateError, get_shared_state
+
+from .conftest import REPO_ROOT, ServerProcess
+from .processes import _fork, kill_and_wait, server_pids, start_process
+
+
+@pytest.fixture
+def snapshot(workdir: str) -> str:
+    return os.path.join(workdir, "data", "state.snap")
+
+
+def sharedstate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sharedstate", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
+    )
+
+
+def fingerprint(path: str) -> str:
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()
+
+
+def flip_byte(path: str, offset: int) -> None:
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte[0] ^ 0xFF]))
+
+
+def segments(snapshot: str) -> list[str]:
+    return sorted(glob.glob(snapshot + ".journal.*"))
+
+
+def fresh_state() -> Any:
+    import sharedstate.state
+
+    for state in sharedstate.state._states.values():
+        state.close()
+    sharedstate.state._states.clear()
+    return get_shared_state(start=False)
+
+
+def fill(state: Any) -> None:
+    state["plain"] = "text"
+    state["cfg"] = {"db": {"port": 1, "hosts": ["a"]}}
+    state["cfg"]["db"]["port"] = 5432
+    state["cfg"]["db"]["hosts"].append("b")
+    state.incr("hits", 3)
+    state["gone"] = 1
+    del state["gone"]
+    with state.edit("counts", default={}) as counts:
+        counts["x"] = 1
+    state.namespace.mode = "live"
+
+
+FILLED = {
+    "plain": "text",
+    "cfg": {"db": {"port": 5432, "hosts": ["a", "b"]}},
+    "hits": 3,
+    "counts": {"x": 1},
+}
+
+
+@pytest.mark.parametrize("journal", ["--journal", "--no-journal"])
+def test_state_survives_a_clean_restart(
+    server_factory: type[ServerProcess], snapshot: str, journal: str
+) -> None:
+    first = server_factory("--snapshot", snapshot, journal).start()
+    fill(get_shared_state(start=False))
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    assert segments(snapshot) == [], "a clean stop leaves everything in the snapshot"
+    server_factory("--snapshot", snapshot, journal).start()
+    state = fresh_state()
+    assert state.to_dict() == FILLED
+    assert state.namespace.mode == "live"
+
+
+def test_a_snapshot_is_taken_periodically_when_state_changed(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    server_factory("--snapshot", snapshot, "--snapshot-interval", "0.2").start()
+    get_shared_state(start=False)["x"] = 1
+    _wait_for(lambda: os.path.exists(snapshot))
+    assert segments(snapshot), "the journal goes on after the snapshot"
+
+
+def _write_until_cut(acked: Any, incremented: Any) -> None:
+    state = get_shared_state(start=False)
+    index = acked.value
+    try:
+        while True:
+            index += 1
+            state[f"k{index}"] = index
+            acked.value = index
+            state.incr("n")
+            incremented.value += 1
+    except SharedStateError:
+        return
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("policy", ["always", "everysec", "no"])
+def test_no_acknowledged_write_is_lost_when_the_server_is_killed(
+    server_factory: type[ServerProcess], snapshot: str, policy: str
+) -> None:
+    args = ("--snapshot", snapshot, "--fsync", policy, "--snapshot-interval", "0.3")
+    acked = _fork.Value("q", 0)
+    incremented = _fork.Value("q", 0)
+    server = server_factory(*args).start()
+    for _cycle in range(6 if policy == "always" else 3):
+        before = acked.value
+        writer = start_process(_write_until_cut, acked, incremented)
+        _wait_for(lambda before=before: acked.value > before + 20)
+        time.sleep(random.uniform(0, 0.3))  # kill at a random moment, not a timed assertion
+        kill_and_wait(server.pid)
+        writer.join(30)
+        assert writer.exitcode == 0
+        server = server_factory(*args).start()
+        state = fresh_state().to_dict()
+        missing = [i for i in range(1, acked.value + 1) if state.get(f"k{i}") != i]
+        assert missing == [], f"acknowledged writes lost: {missing[:10]}"
+        assert incremented.value <= state["n"] <= incremented.value + 1
+
+
+def _killed_after_writes(server_factory: type[ServerProcess], snapshot: str, count: int) -> None:
+    server = server_factory("--snapshot", snapshot, "--fsync", "always").start()
+    state = get_shared_state(start=False)
+    for index in range(1, count + 1):
+        state[f"k{index}"] = index
+    kill_and_wait(server.pid)
+
+
+def test_a_torn_last_record_is_dropped_with_a_warning(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    _killed_after_writes(server_factory, snapshot, 10)
+    [segment] = segments(snapshot)
+    size = os.path.getsize(segment)
+    os.truncate(segment, size - 5)  # a crash in the middle of writing the last record
+    server = server_factory("--snapshot", snapshot).start()
+    state = fresh_state()
+    assert sorted(state.keys()) == sorted(f"k{i}" for i in range(1, 10))
+    assert f"at the end of {segment}" in server.log()
+    assert "dropped" in server.log()
+
+
+def test_a_zero_filled_tail_is_dropped_with_a_warning(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    _killed_after_writes(server_factory, snapshot, 10)
+    [segment] = segments(snapshot)
+    with open(segment, "ab") as file:
+        file.write(bytes(4096))  # what a crash can leave after an extended file
+    server = server_factory("--snapshot", snapshot).start()
+    assert len(fresh_state()) == 10
+    assert "dropped 4096 bytes" in server.log()
+
+
+def test_a_flipped_byte_mid_journal_refuses_to_start_and_leaves_the_file_alone(
+    server_factory: type[ServerProcess], snapshot: str, address: str
+) -> None:
+    _killed_after_writes(server_factory, snapshot, 10)
+    [segment] = segments(snapshot)
+    flip_byte(segment, 60)  # inside the first record; nine intact records follow
+    before = fingerprint(segment)
+    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert segment in result.stderr
+    assert "before its end" in result.stderr
+    assert "--salvage" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert fingerprint(segment) == before
+
+
+def test_a_flipped_byte_in_the_snapshot_refuses_to_start_and_leaves_it_alone(
+    server_factory: type[ServerProcess], snapshot: str, address: str
+) -> None:
+    server = server_factory("--snapshot", snapshot).start()
+    fill(get_shared_state(start=False))
+    server.signal(signal.SIGTERM)
+    server.wait()
+    flip_byte(snapshot, os.path.getsize(snapshot) // 2)
+    before = fingerprint(snapshot)
+    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert snapshot in result.stderr
+    assert "byte" in result.stderr
+    assert fingerprint(snapshot) == before
+
+
+def test_an_unknown_snapshot_format_version_is_refused(
+    server_factory: type[ServerProcess], snapshot: str, address: str
+) -> None:
+    server = server_factory("--snapshot", snapshot).start()
+    get_shared_state(start=False)["x"] = 1
+    server.signal(signal.SIGTERM)
+    server.wait()
+    with open(snapshot, "r+b") as file:
+        file.seek(len(b"sharedstate snapshot\n"))
+        file.write(b"\x63\x00")  # version 99
+    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert "format version 99" in result.stderr
+
+
+def test_salvage_starts_from_the_valid_prefix_and_keeps_the_damaged_file(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    _killed_after_writes(server_factory, snapshot, 10)
+    [segment] = segments(snapshot)
+    records = _record_offsets(segment)
+    flip_byte(segment, records[5] + 20)  # inside the sixth record
+    original = fingerprint(segment)
+    server = server_factory("--snapshot", snapshot, "--salvage").start()
+    assert sorted(fresh_state().keys()) == sorted(f"k{i}" for i in range(1, 6))
+    [aside] = glob.glob(segment + ".damaged-*")
+    assert fingerprint(aside) == original, "the damaged file is kept as it was"
+    assert "salvaging" in server.log()
+
+
+def test_a_journal_with_a_missing_segment_is_refused(
+    server_factory: type[ServerProcess], snapshot: str, address: str
+) -> None:
+    server = server_factory("--snapshot", snapshot, "--snapshot-interval", "3600").start()
+    state = get_shared_state(start=False)
+    state["a"] = 1
+    assert sharedstate("snapshot").returncode == 0
+    state["b"] = 2
+    kill_and_wait(server.pid)
+    os.unlink(snapshot)  # now the journal starts after writes nobody has
+    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert "missing or damaged" in result.stderr
+
+
+def test_leftover_temporary_files_are_removed(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    os.makedirs(os.path.dirname(snapshot), mode=0o700)
+    leftover = snapshot + ".tmp-123-abcd"
+    with open(leftover, "wb") as file:
+        file.write(b"half a snapshot")
+    unrelated = snapshot + ".notes"
+    with open(unrelated, "w") as file:
+        file.write("mine")
+    server_factory("--snapshot", snapshot).start()
+    assert not os.path.exists(leftover)
+    assert os.path.exists(unrelated)
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620])
+def test_a_snapshot_others_can_write_is_refused(
+    server_factory: type[ServerProcess], snapshot: str, address: str, mode: int
+) -> None:
+    server = server_factory("--snapshot", snapshot).start()
+    get_shared_state(start=False)["x"] = 1
+    server.signal(signal.SIGTERM)
+    server.wait()
+    os.chmod(snapshot, mode)
+    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert "could have been written by another user" in result.stderr
+
+
+def test_a_snapshot_directory_others_can_write_is_refused(snapshot: str, address: str) -> None:
+    os.makedirs(os.path.dirname(snapshot))
+    os.chmod(os.path.dirname(snapshot), 0o777)  # noqa: S103 - the insecure mode under test
+    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert "only you can write to" in result.stderr
+
+
+def test_persistence_files_are_owner_only(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    server_factory("--snapshot", snapshot, "--snapshot-interval", "3600").start()
+    get_shared_state(start=False)["x"] = 1
+    assert sharedstate("snapshot").returncode == 0
+    for path in (snapshot, *segments(snapshot)):
+        assert os.stat(path).st_mode & 0o077 == 0, path
+
+
+def test_a_failed_snapshot_keeps_the_previous_one_and_the_server_serving(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    args = ("--snapshot", snapshot, "--snapshot-interval", "3600")
+    server = server_factory(*args, faults="replace@state.snap:2-").start()
+    state = get_shared_state(start=False)
+    state["a"] = 1
+    assert sharedstate("snapshot").returncode == 0
+    first = fingerprint(snapshot)
+    state["b"] = 2
+    failed = sharedstate("snapshot")
+    assert failed.returncode == 1
+    assert snapshot in failed.stderr
+    assert fingerprint(snapshot) == first, "the previous snapshot is intact"
+    assert "UNHEALTHY" in sharedstate("status").stdout
+    state["c"] = 3  # still serving, still journaling
+    kill_and_wait(server.pid)
+    server_factory(*args).start()
+    assert fresh_state().to_dict() == {"a": 1, "b": 2, "c": 3}
+
+
+def test_a_journal_write_that_fails_is_refused_not_acknowledged(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    # Journal writes: 1 is the new segment's header, 2 and 3 are k1 and k2, 4 fails.
+    args = ("--snapshot", snapshot, "--snapshot-interval", "3600", "--fsync", "always")
+    server = server_factory(*args, faults="write@journal:4").start()
+    state = get_shared_state(start=False)
+    state["k1"] = 1
+    state["k2"] = 2
+    with pytest.raises(PersistenceError, match="refused"):
+        state["k3"] = 3
+    with pytest.raises(PersistenceError, match="after the next snapshot"):
+        state["k4"] = 4
+    assert "k3" not in state
+    assert "UNHEALTHY" in sharedstate("status").stdout
+    assert sharedstate("snapshot").returncode == 0  # a clean segment: writes resume
+    state["k5"] = 5
+    kill_and_wait(server.pid)
+    server_factory(*args).start()
+    assert fresh_state().to_dict() == {"k1": 1, "k2": 2, "k5": 5}
+
+
+def test_a_journal_sync_that_fails_under_always_is_refused(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    args = ("--snapshot", snapshot, "--snapshot-interval", "3600", "--fsync", "always")
+    server_factory(*args, faults="sync@journal:3").start()
+    state = get_shared_state(start=False)
+    state["k1"] = 1
+    with pytest.raises(PersistenceError, match="could not be made durable"):
+        state["k2"] = 2
+    assert "Traceback" not in sharedstate("status").stderr
+
+
+def test_the_server_started_by_a_worker_reads_persistence_settings_from_the_environment(
+    snapshot: str, monkeypatch: pytest.MonkeyPatch, workdir: str
+) -> None:
+    monkeypatch.setenv("SHAREDSTATE_SNAPSHOT", snapshot)
+    get_shared_state()["kept"] = True
+    assert sharedstate("stop").returncode == 0
+    assert os.path.exists(snapshot)
+    assert fresh_state_starting()["kept"] is True
+    assert len(server_pids(workdir)) == 1
+
+
+def fresh_state_starting() -> Any:
+    import sharedstate.state
+
+    sharedstate.state._states.clear()
+    return get_shared_state()
+
+
+def test_snapshot_command_without_persistence_says_so(server: ServerProcess) -> None:
+    result = sharedstate("snapshot")
+    assert result.returncode == 1
+    assert "--snapshot PATH" in result.stderr
+
+
+def _record_offsets(segment: str) -> list[int]:
+    from sharedstate.journal import read_segment
+
+    return [record.offset for record in read_segment(segment).records]
+
+
+def _wait_for(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
