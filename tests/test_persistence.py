@@ -287,7 +287,7 @@ def test_a_snapshot_others_can_write_is_refused(
 
 def test_a_snapshot_directory_others_can_write_is_refused(snapshot: str, address: str) -> None:
     os.makedirs(os.path.dirname(snapshot))
-    os.chmod(os.path.dirname(snapshot), 0o777)  # noqa: S103 - the insecure mode under test
+    os.chmod(os.path.dirname(snapshot), 0o777)
     result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
     assert result.returncode == 1
     assert "only you can write to" in result.stderr

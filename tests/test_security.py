@@ -120,7 +120,7 @@ def test_a_runtime_directory_open_to_others_is_refused(
     monkeypatch.delenv("SHAREDSTATE_ADDRESS")
     private = os.path.join(workdir, "sharedstate")
     os.mkdir(private)
-    os.chmod(private, 0o755)  # noqa: S103 - the insecure mode under test
+    os.chmod(private, 0o755)
     with pytest.raises(InsecurePermissions, match="chmod 700"):
         get_shared_state()
     assert mode(private) == 0o755, "we never change modes behind the user's back"

@@ -1,0 +1,149 @@
+"""`sharedstate dump` and `restore`: round trips, refusals, and never clobbering files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import sharedstate.state as state_module
+from sharedstate import get_shared_state
+
+from .conftest import REPO_ROOT, ServerProcess
+
+RICH = {
+    "text": "héllo",
+    ("tuple", 1): (1, 2),
+    "set": {1, 2},
+    "when": datetime.datetime(2026, 11, 21, 12, 0),
+    "bytes": b"\x00\xff",
+    "nested": {"a": [1, {"b": None}]},
+}
+PLAIN = {"text": "héllo", "n": 3, "ratio": 0.5, "flags": [True, False, None], "cfg": {"a": [1]}}
+
+
+def sharedstate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sharedstate", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
+    )
+
+
+def test_pickle_dump_and_restore_round_trip_every_value(
+    server: ServerProcess, workdir: str
+) -> None:
+    state = get_shared_state(start=False)
+    state.update(RICH)
+    state.namespace.mode = "live"
+    path = os.path.join(workdir, "backup.dump")
+    result = sharedstate("dump", path)
+    assert result.returncode == 0, result.stderr
+    assert os.stat(path).st_mode & 0o077 == 0
+    state.clear()
+    del state.namespace.mode
+    state["other"] = 1
+    result = sharedstate("restore", path, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert state.to_dict() == RICH
+    assert state.namespace.to_dict() == {"mode": "live"}
+
+
+def test_json_dump_and_merge_restore_round_trip_plain_data(
+    server: ServerProcess, workdir: str
+) -> None:
+    state = get_shared_state(start=False)
+    state.update(PLAIN)
+    path = os.path.join(workdir, "backup.json")
+    assert sharedstate("dump", path, "--format", "json").returncode == 0
+    with open(path, encoding="utf-8") as file:
+        assert json.load(file) == {"data": PLAIN, "namespace": {}}
+    state.clear()
+    state["kept"] = True
+    assert sharedstate("restore", path, "--merge").returncode == 0
+    assert state.to_dict() == {**PLAIN, "kept": True}
+
+
+def test_json_dump_to_standard_output(server: ServerProcess) -> None:
+    get_shared_state(start=False)["n"] = 1
+    result = sharedstate("dump", "-", "--format", "json")
+    assert json.loads(result.stdout) == {"data": {"n": 1}, "namespace": {}}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "complaint"),
+    [
+        ("pair", (1, 2), r"state\['pair'\] holds a tuple"),
+        ("deep", {"a": [1, {2}]}, r"state\['deep'\]\['a'\]\[1\] holds a set"),
+        ("nan", float("nan"), "JSON can't hold"),
+        (7, "int key", "JSON keys must be strings"),
+    ],
+)
+def test_json_dump_refuses_what_json_cannot_hold_and_names_it(
+    server: ServerProcess, workdir: str, key: object, value: object, complaint: str
+) -> None:
+    get_shared_state(start=False)[key] = value
+    path = os.path.join(workdir, "backup.json")
+    result = sharedstate("dump", path, "--format", "json")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--format pickle" in result.stderr
+    assert re.search(complaint, result.stderr), result.stderr
+    assert not os.path.exists(path)
+
+
+def test_dump_never_replaces_a_file_without_force(server: ServerProcess, workdir: str) -> None:
+    get_shared_state(start=False)["n"] = 1
+    path = os.path.join(workdir, "mine.txt")
+    with open(path, "w") as file:
+        file.write("precious")
+    result = sharedstate("dump", path)
+    assert result.returncode == 1
+    assert "--force" in result.stderr
+    with open(path) as file:
+        assert file.read() == "precious"
+    assert sharedstate("dump", path, "--force").returncode == 0
+
+
+def test_restore_needs_to_be_told_replace_or_merge(server: ServerProcess, workdir: str) -> None:
+    path = os.path.join(workdir, "backup.dump")
+    assert sharedstate("dump", path).returncode == 0
+    result = sharedstate("restore", path)
+    assert result.returncode == 2
+    assert "--replace or --merge" in result.stderr
+
+
+def test_a_pickle_dump_others_could_write_is_refused(server: ServerProcess, workdir: str) -> None:
+    path = os.path.join(workdir, "backup.dump")
+    assert sharedstate("dump", path).returncode == 0
+    os.chmod(path, 0o646)
+    result = sharedstate("restore", path, "--merge")
+    assert result.returncode == 1
+    assert "another user" in result.stderr
+
+
+def test_restore_is_saved_in_the_snapshot(
+    server_factory: type[ServerProcess], workdir: str
+) -> None:
+    snapshot = os.path.join(workdir, "data", "state.snap")
+    dump = os.path.join(workdir, "backup.json")
+    with open(dump, "w") as file:
+        json.dump({"data": {"restored": [1, 2]}}, file)
+    server = server_factory("--snapshot", snapshot, "--no-journal").start()
+    result = sharedstate("restore", dump, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert f"saved in {snapshot}" in result.stdout
+    server.signal(signal.SIGKILL)  # no journal, no final snapshot: only the restore's own
+    server.wait()
+    server_factory("--snapshot", snapshot, "--no-journal").start()
+    state_module._states.clear()
+    assert get_shared_state(start=False).to_dict() == {"restored": [1, 2]}
