@@ -2,9 +2,13 @@
 
 Records are frames (:mod:`sharedstate.frames`) holding ``(seq, method, args)``: the
 store method that made the write, numbered. They live in segment files named
-``<snapshot>.journal.<first seq>``. Taking a snapshot starts a new segment at the same
-moment the state is copied (:meth:`Journal.rotate`, under the store's lock), so older
-segments hold only writes the snapshot contains and are deleted once it is durable.
+``<snapshot>.journal.<N>``, where N grows with each segment (it is the write count when
+the segment was created, plus one). Taking a snapshot switches to a new segment at the
+same moment the state is copied (:meth:`Journal.rotate`, under the store's lock), so
+older segments hold only writes the snapshot contains and are deleted once it is
+durable. The new segment file is created beforehand (:meth:`Journal.prepare_rotation`),
+because creating a file can wait for the disk, and nothing slow may happen under the
+store's lock.
 
 When a record reaches the disk depends on the policy:
 
@@ -184,6 +188,7 @@ class Journal:
         self._current = _Segment.create(segment_path(snapshot_path, first_seq))
         self._current.sync_to(self._current.size)
         self._retired: list[_Segment] = []
+        self._next: _Segment | None = None  # created ahead of the next rotation
         self._pending = _Pending()
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -219,19 +224,25 @@ class Journal:
         self._pending.segment = segment
         self._pending.offset = segment.size
 
-    def rotate(self, first_seq: int) -> None:
-        """Start a new segment for records from ``first_seq`` on (a snapshot is copying)."""
+    def rotate(self) -> None:
+        """Switch to the segment :meth:`prepare_rotation` created (a snapshot is copying)."""
+        if self._next is not None:
+            self._retired.append(self._current)
+            self._current, self._next = self._next, None
+
+    # -- called outside the store's lock -----------------------------------------------
+
+    def prepare_rotation(self, seq: int) -> None:
+        """Create the segment the next :meth:`rotate` switches to; ``seq``: writes so far."""
+        path = segment_path(self.snapshot_path, seq + 1)
+        if self._next is not None or path == self._current.path:
+            return  # already prepared, or nothing written since the current one began
         try:
-            new = _Segment.create(segment_path(self.snapshot_path, first_seq))
+            self._next = _Segment.create(path)
         except OSError as error:
             logger.error(
                 "could not start a new journal segment (%s); keeping %s", error, self._current.path
             )
-            return
-        self._retired.append(self._current)
-        self._current = new
-
-    # -- called outside the store's lock -----------------------------------------------
 
     def sync_pending(self) -> None:
         """Under ``always``: wait until this thread's last record is on disk."""
@@ -260,8 +271,9 @@ class Journal:
 
         Writes resume if they were refused and the failed segment was among them.
         """
+        keep = {self._current.path, self._next.path if self._next else None}
         for path in list_segments(self.snapshot_path):
-            if path != self._current.path:
+            if path not in keep:
                 durable.disk.unlink(path)
         self._retired.clear()
         durable.disk.sync_dir(os.path.dirname(self.snapshot_path))
@@ -280,6 +292,10 @@ class Journal:
             with contextlib.suppress(OSError):
                 segment.sync_to(segment.size)
             segment.close()
+        if self._next is not None:  # prepared but never used: empty
+            self._next.close()
+            with contextlib.suppress(OSError):
+                durable.disk.unlink(self._next.path)
         if remove:
             self.remove_retired()
             durable.disk.unlink(self._current.path)

@@ -132,10 +132,12 @@ class Persistence:
         Raises :class:`PersistenceError` if it fails; the previous snapshot stays intact.
         """
         with self._snapshot_lock:
+            journal = self.journal
+            if journal is not None:
+                journal.prepare_rotation(self.store.seq)
             started = time.monotonic()
             contents = self.store.export(while_locked=self._start_new_segment)
             stall = time.monotonic() - started
-            journal = self.journal
             if journal is not None:
                 try:
                     journal.seal_retired()
@@ -213,7 +215,7 @@ class Persistence:
     def _start_new_segment(self) -> None:
         # Runs under the store's lock, at the moment the snapshot's copy is taken.
         if self.journal is not None:
-            self.journal.rotate(self.store.seq + 1)
+            self.journal.rotate()
 
     def _snapshot_periodically(self) -> None:
         while not self._stop.wait(RETRY_SECONDS if self._unhealthy() else self.interval):

@@ -15,6 +15,7 @@ are already in it.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 import zlib
@@ -48,7 +49,9 @@ def snapshot_bytes(contents: Contents) -> Iterator[bytes]:
     }
     body_crc = 0
     count = 0
-    for kind, entries in (("meta", meta), *_chunks(contents)):
+    # Lazily: holding every chunk at once would also free them all at once at the end,
+    # one long deallocation that blocks every client thread (~90 ms at 1M keys).
+    for kind, entries in itertools.chain([("meta", meta)], _chunks(contents)):
         payload = dump_plain((kind, entries))
         body_crc = zlib.crc32(payload, body_crc)
         count += len(entries) if kind != "meta" else 0
@@ -57,10 +60,12 @@ def snapshot_bytes(contents: Contents) -> Iterator[bytes]:
 
 
 def _chunks(contents: Contents) -> Iterator[tuple[str, Any]]:
+    # Lazily, a chunk at a time: listing a million items at once would hold the GIL
+    # (and so stall every client thread) for the whole listing.
     for kind, entries in (("data", contents.data), ("namespace", contents.namespace)):
-        items = list(entries.items())
-        for start in range(0, len(items), CHUNK):
-            yield kind, items[start : start + CHUNK]
+        items = iter(entries.items())
+        while chunk := list(itertools.islice(items, CHUNK)):
+            yield kind, chunk
 
 
 def read_snapshot(path: str, *, salvage: bool = False) -> tuple[Contents, str | None]:

@@ -118,7 +118,8 @@ def test_journal_appends_rotates_and_removes_retired_segments(workdir: str) -> N
     journal.append(1, "set", ("a", b"1"))
     journal.sync_pending()
     journal.append(2, "delete", ("a",))
-    journal.rotate(first_seq=3)
+    journal.prepare_rotation(seq=2)
+    journal.rotate()
     journal.append(3, "set", ("b", b"2"))
     first, second = list_segments(snapshot)
     assert [r.seq for r in read_segment(first).records] == [1, 2]
