@@ -191,8 +191,8 @@ class Settings:
     )
     journal: bool = _setting(
         flag="--journal/--no-journal",
-        help="Record every write in `<snapshot>.journal` between snapshots. Without "
-        "it, writes since the last snapshot are lost when the server dies.",
+        help="Record every write in journal files (`<snapshot>.journal.*`) between "
+        "snapshots. Without it, writes since the last snapshot are lost when the server dies.",
         default_doc="on (when a snapshot is set)",
         parse=_parse_bool_default_on,
     )
