@@ -66,6 +66,26 @@ def load_plain(payload: bytes, path: str, offset: int) -> Any:
         ) from None
 
 
+def preamble(magic: bytes, version: int) -> bytes:
+    """What a file of ours starts with: a magic line, then the format version."""
+    return magic + struct.pack("<H", version)
+
+
+def check_preamble(data: bytes, path: str, magic: bytes, version: int, kind: str) -> None:
+    """Refuse a file that is not ours, or of a format version we can't read."""
+    if data[: len(magic)] != magic:
+        raise CorruptFile(f"{path} is not a sharedstate {kind}", path=path, offset=0)
+    end = len(magic) + 2
+    found = struct.unpack("<H", data[len(magic) : end])[0] if len(data) >= end else -1
+    if found != version:
+        raise CorruptFile(
+            f"{path} has {kind} format version {found}; this sharedstate reads version "
+            f"{version}. Use the sharedstate version that wrote it.",
+            path=path,
+            offset=len(magic),
+        )
+
+
 @dataclass
 class Torn:
     """Where a file's torn tail starts, and how many bytes it holds."""

@@ -32,20 +32,19 @@ import contextlib
 import logging
 import os
 import re
-import struct
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from . import durable
 from .errors import CorruptFile, PersistenceError
-from .frames import FrameReader, Torn, dump_plain, frame, load_plain
+from .frames import FrameReader, Torn, check_preamble, dump_plain, frame, load_plain, preamble
 
 logger = logging.getLogger("sharedstate")
 
 MAGIC = b"sharedstate journal\n"
 VERSION = 1
-_PREAMBLE = MAGIC + struct.pack("<H", VERSION)
+_PREAMBLE = preamble(MAGIC, VERSION)
 EVERYSEC_INTERVAL = 1.0
 
 
@@ -96,16 +95,7 @@ def read_segment(path: str, *, salvage: bool = False) -> Segment:
         preamble = file.read(len(_PREAMBLE))
         if len(preamble) < len(_PREAMBLE) and _PREAMBLE.startswith(preamble):
             return Segment(records, Torn(0, size) if size else None)
-        if preamble[: len(MAGIC)] != MAGIC:
-            raise CorruptFile(f"{path} is not a sharedstate journal", path=path, offset=0)
-        version = struct.unpack("<H", preamble[len(MAGIC) :])[0]
-        if version != VERSION:
-            raise CorruptFile(
-                f"{path} has journal format version {version}; this sharedstate reads "
-                f"version {VERSION}",
-                path=path,
-                offset=len(MAGIC),
-            )
+        check_preamble(preamble, path, MAGIC, VERSION, "journal")
         reader = FrameReader(file, path, allow_torn_tail=True)
         try:
             for offset, payload in reader:

@@ -16,7 +16,6 @@ are already in it.
 from __future__ import annotations
 
 import itertools
-import struct
 import time
 import zlib
 from collections.abc import Iterator
@@ -24,12 +23,12 @@ from typing import Any
 
 from .durable import write_atomically
 from .errors import CorruptFile
-from .frames import FrameReader, dump_plain, frame, load_plain
+from .frames import FrameReader, check_preamble, dump_plain, frame, load_plain, preamble
 from .store import Contents
 
 MAGIC = b"sharedstate snapshot\n"
 VERSION = 1
-_PREAMBLE = MAGIC + struct.pack("<H", VERSION)
+_PREAMBLE = preamble(MAGIC, VERSION)
 CHUNK = 10_000
 
 
@@ -76,21 +75,7 @@ def read_snapshot(path: str, *, salvage: bool = False) -> tuple[Contents, str | 
     """
     contents = Contents()
     with open(path, "rb") as file:
-        preamble = file.read(len(_PREAMBLE))
-        if preamble[: len(MAGIC)] != MAGIC:
-            raise CorruptFile(f"{path} is not a sharedstate snapshot", path=path, offset=0)
-        version = (
-            struct.unpack("<H", preamble[len(MAGIC) :])[0]
-            if len(preamble) == len(_PREAMBLE)
-            else -1
-        )
-        if version != VERSION:
-            raise CorruptFile(
-                f"{path} has snapshot format version {version}; this sharedstate reads "
-                f"version {VERSION}. Use the sharedstate version that wrote it.",
-                path=path,
-                offset=len(MAGIC),
-            )
+        check_preamble(file.read(len(_PREAMBLE)), path, MAGIC, VERSION, "snapshot")
         try:
             _read_frames(FrameReader(file, path, allow_torn_tail=False), path, contents)
         except CorruptFile as damage:

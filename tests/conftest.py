@@ -25,9 +25,7 @@ from sharedstate.config import load_settings
 from sharedstate.errors import SharedStateError
 from sharedstate.launcher import call_server_function
 
-from .processes import is_dead, processes_mentioning
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .processes import REPO_ROOT, is_dead, processes_mentioning
 
 
 @pytest.fixture
@@ -58,6 +56,14 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, workdir: str) -> Iterator[None
 @pytest.fixture
 def address(workdir: str) -> str:
     return os.path.join(workdir, "run", "state.sock")
+
+
+def fresh_state(*, start: bool = False) -> sharedstate.state.SharedState:
+    """A new state object with new connections, as a restarted worker would have."""
+    for state in sharedstate.state._states.values():
+        state.close()
+    sharedstate.state._states.clear()
+    return sharedstate.state.get_shared_state(start=start)
 
 
 class ServerProcess:

@@ -6,10 +6,14 @@ import multiprocessing
 import os
 import queue
 import signal
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Workers are forked, like gunicorn's: they inherit the test's environment and modules.
 _fork = multiprocessing.get_context("fork")
@@ -122,3 +126,25 @@ def server_pids(workdir: str) -> list[int]:
         if b"sharedstate" in argv and b"serve" in argv and not is_dead(pid):
             pids.append(pid)
     return pids
+
+
+def run_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m sharedstate ARGS`` as an operator would; never raises on failure."""
+    return subprocess.run(
+        [sys.executable, "-m", "sharedstate", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT, **(env or {})),
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll ``condition`` until it holds; fail the test if it doesn't within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)

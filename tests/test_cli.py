@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from click.testing import CliRunner
 
 from sharedstate import __version__
 from sharedstate.cli import cli
 from sharedstate.config import settings_table_markdown
+
+from .processes import run_cli
 
 
 def test_usage_errors_exit_2() -> None:
@@ -43,13 +42,7 @@ def test_config_markdown_is_the_settings_table() -> None:
 
 
 def test_a_bad_setting_is_one_line_on_stderr_with_exit_1() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "sharedstate", "status", "--address", "host:notaport"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cli("status", "--address", "host:notaport")
     assert result.returncode == 1
     assert result.stderr.startswith("error: --address: ")
     assert len(result.stderr.strip().splitlines()) == 1

@@ -7,15 +7,13 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import pytest
 
-import sharedstate.state as state_module
 from sharedstate import get_shared_state
 
-from .conftest import REPO_ROOT, ServerProcess
+from .conftest import ServerProcess, fresh_state
+from .processes import run_cli
 
 RICH = {
     "text": "héllo",
@@ -28,17 +26,6 @@ RICH = {
 PLAIN = {"text": "héllo", "n": 3, "ratio": 0.5, "flags": [True, False, None], "cfg": {"a": [1]}}
 
 
-def sharedstate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sharedstate", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
-    )
-
-
 def test_pickle_dump_and_restore_round_trip_every_value(
     server: ServerProcess, workdir: str
 ) -> None:
@@ -46,13 +33,13 @@ def test_pickle_dump_and_restore_round_trip_every_value(
     state.update(RICH)
     state.namespace.mode = "live"
     path = os.path.join(workdir, "backup.dump")
-    result = sharedstate("dump", path)
+    result = run_cli("dump", path)
     assert result.returncode == 0, result.stderr
     assert os.stat(path).st_mode & 0o077 == 0
     state.clear()
     del state.namespace.mode
     state["other"] = 1
-    result = sharedstate("restore", path, "--replace")
+    result = run_cli("restore", path, "--replace")
     assert result.returncode == 0, result.stderr
     assert state.to_dict() == RICH
     assert state.namespace.to_dict() == {"mode": "live"}
@@ -64,18 +51,18 @@ def test_json_dump_and_merge_restore_round_trip_plain_data(
     state = get_shared_state(start=False)
     state.update(PLAIN)
     path = os.path.join(workdir, "backup.json")
-    assert sharedstate("dump", path, "--format", "json").returncode == 0
+    assert run_cli("dump", path, "--format", "json").returncode == 0
     with open(path, encoding="utf-8") as file:
         assert json.load(file) == {"data": PLAIN, "namespace": {}}
     state.clear()
     state["kept"] = True
-    assert sharedstate("restore", path, "--merge").returncode == 0
+    assert run_cli("restore", path, "--merge").returncode == 0
     assert state.to_dict() == {**PLAIN, "kept": True}
 
 
 def test_json_dump_to_standard_output(server: ServerProcess) -> None:
     get_shared_state(start=False)["n"] = 1
-    result = sharedstate("dump", "-", "--format", "json")
+    result = run_cli("dump", "-", "--format", "json")
     assert json.loads(result.stdout) == {"data": {"n": 1}, "namespace": {}}
 
 
@@ -93,7 +80,7 @@ def test_json_dump_refuses_what_json_cannot_hold_and_names_it(
 ) -> None:
     get_shared_state(start=False)[key] = value
     path = os.path.join(workdir, "backup.json")
-    result = sharedstate("dump", path, "--format", "json")
+    result = run_cli("dump", path, "--format", "json")
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert "--format pickle" in result.stderr
@@ -106,27 +93,27 @@ def test_dump_never_replaces_a_file_without_force(server: ServerProcess, workdir
     path = os.path.join(workdir, "mine.txt")
     with open(path, "w") as file:
         file.write("precious")
-    result = sharedstate("dump", path)
+    result = run_cli("dump", path)
     assert result.returncode == 1
     assert "--force" in result.stderr
     with open(path) as file:
         assert file.read() == "precious"
-    assert sharedstate("dump", path, "--force").returncode == 0
+    assert run_cli("dump", path, "--force").returncode == 0
 
 
 def test_restore_needs_to_be_told_replace_or_merge(server: ServerProcess, workdir: str) -> None:
     path = os.path.join(workdir, "backup.dump")
-    assert sharedstate("dump", path).returncode == 0
-    result = sharedstate("restore", path)
+    assert run_cli("dump", path).returncode == 0
+    result = run_cli("restore", path)
     assert result.returncode == 2
     assert "--replace or --merge" in result.stderr
 
 
 def test_a_pickle_dump_others_could_write_is_refused(server: ServerProcess, workdir: str) -> None:
     path = os.path.join(workdir, "backup.dump")
-    assert sharedstate("dump", path).returncode == 0
+    assert run_cli("dump", path).returncode == 0
     os.chmod(path, 0o646)
-    result = sharedstate("restore", path, "--merge")
+    result = run_cli("restore", path, "--merge")
     assert result.returncode == 1
     assert "another user" in result.stderr
 
@@ -139,11 +126,10 @@ def test_restore_is_saved_in_the_snapshot(
     with open(dump, "w") as file:
         json.dump({"data": {"restored": [1, 2]}}, file)
     server = server_factory("--snapshot", snapshot, "--no-journal").start()
-    result = sharedstate("restore", dump, "--replace")
+    result = run_cli("restore", dump, "--replace")
     assert result.returncode == 0, result.stderr
     assert f"saved in {snapshot}" in result.stdout
     server.signal(signal.SIGKILL)  # no journal, no final snapshot: only the restore's own
     server.wait()
     server_factory("--snapshot", snapshot, "--no-journal").start()
-    state_module._states.clear()
-    assert get_shared_state(start=False).to_dict() == {"restored": [1, 2]}
+    assert fresh_state().to_dict() == {"restored": [1, 2]}

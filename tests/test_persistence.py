@@ -7,8 +7,6 @@ import hashlib
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -16,24 +14,13 @@ import pytest
 
 from sharedstate import PersistenceError, SharedStateError, get_shared_state
 
-from .conftest import REPO_ROOT, ServerProcess
-from .processes import _fork, kill_and_wait, server_pids, start_process
+from .conftest import ServerProcess, fresh_state
+from .processes import _fork, kill_and_wait, run_cli, server_pids, start_process, wait_until
 
 
 @pytest.fixture
 def snapshot(workdir: str) -> str:
     return os.path.join(workdir, "data", "state.snap")
-
-
-def sharedstate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sharedstate", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
-    )
 
 
 def fingerprint(path: str) -> str:
@@ -51,15 +38,6 @@ def flip_byte(path: str, offset: int) -> None:
 
 def segments(snapshot: str) -> list[str]:
     return sorted(glob.glob(snapshot + ".journal.*"))
-
-
-def fresh_state() -> Any:
-    import sharedstate.state
-
-    for state in sharedstate.state._states.values():
-        state.close()
-    sharedstate.state._states.clear()
-    return get_shared_state(start=False)
 
 
 def fill(state: Any) -> None:
@@ -103,7 +81,7 @@ def test_a_snapshot_is_taken_periodically_when_state_changed(
 ) -> None:
     server_factory("--snapshot", snapshot, "--snapshot-interval", "0.2").start()
     get_shared_state(start=False)["x"] = 1
-    _wait_for(lambda: os.path.exists(snapshot))
+    wait_until(lambda: os.path.exists(snapshot))
     assert segments(snapshot), "the journal goes on after the snapshot"
 
 
@@ -133,7 +111,7 @@ def test_no_acknowledged_write_is_lost_when_the_server_is_killed(
     for _cycle in range(6 if policy == "always" else 3):
         before = acked.value
         writer = start_process(_write_until_cut, acked, incremented)
-        _wait_for(lambda before=before: acked.value > before + 20)
+        wait_until(lambda before=before: acked.value > before + 20)
         time.sleep(random.uniform(0, 0.3))  # kill at a random moment, not a timed assertion
         kill_and_wait(server.pid)
         writer.join(30)
@@ -188,7 +166,7 @@ def test_a_flipped_byte_mid_journal_refuses_to_start_and_leaves_the_file_alone(
     [segment] = segments(snapshot)
     flip_byte(segment, 60)  # inside the first record; nine intact records follow
     before = fingerprint(segment)
-    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    result = run_cli("serve", "--address", address, "--snapshot", snapshot)
     assert result.returncode == 1
     assert segment in result.stderr
     assert "before its end" in result.stderr
@@ -206,7 +184,7 @@ def test_a_flipped_byte_in_the_snapshot_refuses_to_start_and_leaves_it_alone(
     server.wait()
     flip_byte(snapshot, os.path.getsize(snapshot) // 2)
     before = fingerprint(snapshot)
-    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    result = run_cli("serve", "--address", address, "--snapshot", snapshot)
     assert result.returncode == 1
     assert snapshot in result.stderr
     assert "byte" in result.stderr
@@ -223,7 +201,7 @@ def test_an_unknown_snapshot_format_version_is_refused(
     with open(snapshot, "r+b") as file:
         file.seek(len(b"sharedstate snapshot\n"))
         file.write(b"\x63\x00")  # version 99
-    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    result = run_cli("serve", "--address", address, "--snapshot", snapshot)
     assert result.returncode == 1
     assert "format version 99" in result.stderr
 
@@ -249,11 +227,11 @@ def test_a_journal_with_a_missing_segment_is_refused(
     server = server_factory("--snapshot", snapshot, "--snapshot-interval", "3600").start()
     state = get_shared_state(start=False)
     state["a"] = 1
-    assert sharedstate("snapshot").returncode == 0
+    assert run_cli("snapshot").returncode == 0
     state["b"] = 2
     kill_and_wait(server.pid)
     os.unlink(snapshot)  # now the journal starts after writes nobody has
-    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    result = run_cli("serve", "--address", address, "--snapshot", snapshot)
     assert result.returncode == 1
     assert "missing or damaged" in result.stderr
 
@@ -282,7 +260,7 @@ def test_a_snapshot_others_can_write_is_refused(
     server.signal(signal.SIGTERM)
     server.wait()
     os.chmod(snapshot, mode)
-    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    result = run_cli("serve", "--address", address, "--snapshot", snapshot)
     assert result.returncode == 1
     assert "could have been written by another user" in result.stderr
 
@@ -290,7 +268,7 @@ def test_a_snapshot_others_can_write_is_refused(
 def test_a_snapshot_directory_others_can_write_is_refused(snapshot: str, address: str) -> None:
     os.makedirs(os.path.dirname(snapshot))
     os.chmod(os.path.dirname(snapshot), 0o777)
-    result = sharedstate("serve", "--address", address, "--snapshot", snapshot)
+    result = run_cli("serve", "--address", address, "--snapshot", snapshot)
     assert result.returncode == 1
     assert "only you can write to" in result.stderr
 
@@ -300,7 +278,7 @@ def test_persistence_files_are_owner_only(
 ) -> None:
     server_factory("--snapshot", snapshot, "--snapshot-interval", "3600").start()
     get_shared_state(start=False)["x"] = 1
-    assert sharedstate("snapshot").returncode == 0
+    assert run_cli("snapshot").returncode == 0
     for path in (snapshot, *segments(snapshot)):
         assert os.stat(path).st_mode & 0o077 == 0, path
 
@@ -312,14 +290,14 @@ def test_a_failed_snapshot_keeps_the_previous_one_and_the_server_serving(
     server = server_factory(*args, faults="replace@state.snap:2-").start()
     state = get_shared_state(start=False)
     state["a"] = 1
-    assert sharedstate("snapshot").returncode == 0
+    assert run_cli("snapshot").returncode == 0
     first = fingerprint(snapshot)
     state["b"] = 2
-    failed = sharedstate("snapshot")
+    failed = run_cli("snapshot")
     assert failed.returncode == 1
     assert snapshot in failed.stderr
     assert fingerprint(snapshot) == first, "the previous snapshot is intact"
-    assert "UNHEALTHY" in sharedstate("status").stdout
+    assert "UNHEALTHY" in run_cli("status").stdout
     state["c"] = 3  # still serving, still journaling
     kill_and_wait(server.pid)
     server_factory(*args).start()
@@ -340,8 +318,8 @@ def test_a_journal_write_that_fails_is_refused_not_acknowledged(
     with pytest.raises(PersistenceError, match="after the next snapshot"):
         state["k4"] = 4
     assert "k3" not in state
-    assert "UNHEALTHY" in sharedstate("status").stdout
-    assert sharedstate("snapshot").returncode == 0  # a clean segment: writes resume
+    assert "UNHEALTHY" in run_cli("status").stdout
+    assert run_cli("snapshot").returncode == 0  # a clean segment: writes resume
     state["k5"] = 5
     kill_and_wait(server.pid)
     server_factory(*args).start()
@@ -357,7 +335,7 @@ def test_a_journal_sync_that_fails_under_always_is_refused(
     state["k1"] = 1
     with pytest.raises(PersistenceError, match="could not be made durable"):
         state["k2"] = 2
-    assert "Traceback" not in sharedstate("status").stderr
+    assert "Traceback" not in run_cli("status").stderr
 
 
 def test_the_server_started_by_a_worker_reads_persistence_settings_from_the_environment(
@@ -365,21 +343,14 @@ def test_the_server_started_by_a_worker_reads_persistence_settings_from_the_envi
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_SNAPSHOT", snapshot)
     get_shared_state()["kept"] = True
-    assert sharedstate("stop").returncode == 0
+    assert run_cli("stop").returncode == 0
     assert os.path.exists(snapshot)
-    assert fresh_state_starting()["kept"] is True
+    assert fresh_state(start=True)["kept"] is True
     assert len(server_pids(workdir)) == 1
 
 
-def fresh_state_starting() -> Any:
-    import sharedstate.state
-
-    sharedstate.state._states.clear()
-    return get_shared_state()
-
-
 def test_snapshot_command_without_persistence_says_so(server: ServerProcess) -> None:
-    result = sharedstate("snapshot")
+    result = run_cli("snapshot")
     assert result.returncode == 1
     assert "--snapshot PATH" in result.stderr
 
@@ -388,10 +359,3 @@ def _record_offsets(segment: str) -> list[int]:
     from sharedstate.journal import read_segment
 
     return [record.offset for record in read_segment(segment).records]
-
-
-def _wait_for(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)

@@ -14,7 +14,7 @@ from sharedstate import ConnectionLost, ServerNotRunning, get_shared_state
 from sharedstate.pidlock import read_pid
 
 from .conftest import ServerProcess
-from .processes import _fork, kill_and_wait, server_pids, start_process
+from .processes import _fork, kill_and_wait, server_pids, start_process, wait_until
 
 
 def test_state_created_before_fork_works_in_the_child(server: ServerProcess) -> None:
@@ -102,7 +102,7 @@ def test_a_call_cut_off_mid_flight_raises_and_later_calls_work(workdir: str) -> 
 
         waiter = threading.Thread(target=wait_for_lock)
         waiter.start()
-        _wait_until(lambda: _clients_waiting(workdir))
+        wait_until(lambda: _clients_waiting(workdir))
         for pid in server_pids(workdir):
             kill_and_wait(pid)
         waiter.join(30)
@@ -160,10 +160,3 @@ def _clients_waiting(workdir: str) -> bool:
 def _parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat", encoding="ascii") as file:
         return int(file.read().rsplit(")", 1)[1].split()[1])
-
-
-def _wait_until(condition: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import subprocess
-import sys
 
 import pytest
 
 from sharedstate import AuthenticationFailed, InsecurePermissions, get_shared_state
 
 from .conftest import ServerProcess
+from .processes import run_cli
 
 STRONG_KEY = "k" * 40
 
@@ -25,17 +24,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sharedstate", "serve", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("default_address", [True, False], ids=["default", "configured"])
@@ -92,7 +80,7 @@ def test_a_server_refuses_a_key_file_readable_by_others(workdir: str) -> None:
     with open(key_file, "w") as file:
         file.write(STRONG_KEY)
     os.chmod(key_file, 0o640)
-    result = serve("--authkey-file", key_file)
+    result = run_cli("serve", "--authkey-file", key_file)
     assert result.returncode == 1
     assert "chmod 600" in result.stderr
     assert "Traceback" not in result.stderr
@@ -148,10 +136,10 @@ def test_tcp_on_loopback_works(server_factory: type[ServerProcess]) -> None:
 
 def test_a_non_loopback_address_needs_both_opt_in_and_a_key(workdir: str) -> None:
     address = f"0.0.0.0:{free_port()}"
-    refused = serve("--address", address)
+    refused = run_cli("serve", "--address", address)
     assert refused.returncode == 1
     assert "--allow-remote" in refused.stderr
-    keyless = serve("--address", address, "--allow-remote")
+    keyless = run_cli("serve", "--address", address, "--allow-remote")
     assert keyless.returncode == 1
     assert "key you chose" in keyless.stderr
 

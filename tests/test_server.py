@@ -5,25 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from sharedstate import get_shared_state
 
 from .conftest import ServerProcess
-from .processes import is_dead, server_pids
-
-
-def sharedstate(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sharedstate", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from .processes import is_dead, run_cli, server_pids
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -37,7 +25,7 @@ def test_a_signal_stops_the_server_cleanly(server: ServerProcess, signum: int) -
 
 
 def test_status_reports_address_and_pid(server: ServerProcess) -> None:
-    result = sharedstate("status")
+    result = run_cli("status")
     assert result.returncode == 0
     assert server.address in result.stdout
     assert f"pid:      {server.pid}" in result.stdout
@@ -45,14 +33,14 @@ def test_status_reports_address_and_pid(server: ServerProcess) -> None:
 
 def test_status_and_stop_exit_3_when_nothing_runs(address: str) -> None:
     for command in ("status", "stop"):
-        result = sharedstate(command)
+        result = run_cli(command)
         assert result.returncode == 3, command
         assert address in result.stderr
         assert "Traceback" not in result.stderr
 
 
 def test_stop_stops_the_server_and_waits_for_it(server: ServerProcess) -> None:
-    result = sharedstate("stop")
+    result = run_cli("stop")
     assert result.returncode == 0, result.stderr
     assert f"pid {server.pid}" in result.stdout
     assert is_dead(server.pid) or server.wait(5) == 0
@@ -60,7 +48,7 @@ def test_stop_stops_the_server_and_waits_for_it(server: ServerProcess) -> None:
 
 
 def test_a_second_server_on_the_same_address_is_refused(server: ServerProcess) -> None:
-    result = sharedstate("serve")
+    result = run_cli("serve")
     assert result.returncode == 1
     assert "already running" in result.stderr
     assert str(server.pid) in result.stderr
@@ -71,7 +59,7 @@ def test_a_file_that_is_not_a_socket_is_never_replaced(address: str) -> None:
     os.makedirs(os.path.dirname(address), mode=0o700)
     with open(address, "w") as file:
         file.write("my notes")
-    result = sharedstate("serve")
+    result = run_cli("serve")
     assert result.returncode == 1
     assert "not a socket" in result.stderr
     with open(address) as file:
@@ -83,7 +71,7 @@ def test_an_address_used_by_another_program_is_refused(address: str) -> None:
     with socket.socket(socket.AF_UNIX) as other_program:
         other_program.bind(address)
         other_program.listen()
-        result = sharedstate("serve")
+        result = run_cli("serve")
         assert result.returncode == 1
         assert "another program" in result.stderr
         assert os.path.exists(address)
@@ -94,17 +82,17 @@ def test_a_tcp_port_used_by_another_program_is_refused() -> None:
         other_program.bind(("127.0.0.1", 0))
         other_program.listen()
         port = other_program.getsockname()[1]
-        result = sharedstate("serve", "--address", f"127.0.0.1:{port}")
+        result = run_cli("serve", "--address", f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert "already in use" in result.stderr
 
 
 def test_serve_detach_returns_once_serving(workdir: str, address: str) -> None:
-    result = sharedstate("serve", "--detach")
+    result = run_cli("serve", "--detach")
     assert result.returncode == 0, result.stderr
     assert "started in the background" in result.stdout
     [pid] = server_pids(workdir)
     assert str(pid) in result.stdout
     assert os.getsid(pid) == pid, "a detached server leads its own session"
     assert get_shared_state(start=False).incr("n") == 1
-    assert sharedstate("stop").returncode == 0
+    assert run_cli("stop").returncode == 0

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pickle
 import sys
 import threading
-import time
 import types
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,15 +23,10 @@ from sharedstate.errors import (
 from sharedstate.reservations import CallerGone, LocalCaller
 from sharedstate.store import Store
 
+from .processes import wait_until
+
 ALICE = LocalCaller(1)
 BOB = LocalCaller(2)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 def p(value: Any) -> bytes:
