@@ -7,20 +7,22 @@ codes: 0 ok, 1 error, 2 usage error, 3 no server running.
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
 from . import __version__
 from .config import SETTINGS, load_settings, settings_table_markdown
-from .dumpfile import FORMATS, read_dump, write_dump
-from .errors import PersistenceError, ServerNotRunning, SharedStateError
-from .launcher import call_server_function
-from .pidlock import is_held, read_pid
-from .state import connect_state
+from .dumpfile import FORMATS, check_plain_json, read_dump, write_dump
+from .errors import PersistenceError, ServerNotRunning, SharedStateError, WrongType
+from .launcher import call_server_function, stop_server
+from .state import SharedState, connect_state
+from .views import SharedDict, SharedList
 
 EXIT_ERROR = 1
 EXIT_NOT_RUNNING = 3
@@ -89,14 +91,7 @@ def serve(detach: bool, salvage: bool, lock_fd: int | None, **overrides: Any) ->
 def stop(timeout: float, **overrides: Any) -> None:
     """Stop the running server and wait until it has exited."""
     settings = load_settings(overrides)
-    lock_path = settings.address.lock_path
-    pid = read_pid(lock_path)
-    call_server_function(settings, "shutdown", timeout)
-    deadline = time.monotonic() + timeout
-    while is_held(lock_path):
-        if time.monotonic() > deadline:
-            raise SharedStateError(f"the server (pid {pid}) did not exit within {timeout:g} s")
-        time.sleep(0.05)
+    pid = stop_server(settings, timeout)
     click.echo(f"stopped the server at {settings.address} (pid {pid})")
 
 
@@ -123,6 +118,8 @@ def status(as_json: bool, timeout: float, **overrides: Any) -> None:
     click.echo(f"uptime:   {_duration(info['uptime'])}")
     click.echo(f"keys:     {info['keys']}")
     click.echo(f"clients:  {len(info['clients'])}")
+    if info.get("memory_bytes"):
+        click.echo(f"memory:   {info['memory_bytes'] / 1e6:.1f} MB")
     click.echo(f"persistence: {_persistence_summary(info['persistence'])}")
 
 
@@ -134,6 +131,95 @@ def _persistence_summary(persistence: dict[str, Any] | None) -> str:
     last = persistence["last_snapshot"]
     when = f", last snapshot {_duration(time.time() - last['at'])} ago" if last else ""
     return f"{health} ({persistence['snapshot']}, {journal}{when})"
+
+
+@contextlib.contextmanager
+def _connected(overrides: dict[str, Any]) -> Iterator[SharedState]:
+    state = connect_state(load_settings(overrides), start=False, timeout=10.0)
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+def _show(value: Any, raw: bool) -> str:
+    if raw and isinstance(value, str):
+        return value
+    plain = value.copy() if isinstance(value, (SharedDict, SharedList)) else value
+    try:
+        check_plain_json(plain, "the value")
+    except WrongType:
+        return repr(plain)  # JSON can't hold it exactly (a tuple, a set...): Python's notation
+    return json.dumps(plain, ensure_ascii=False)
+
+
+@cli.command("get")
+@setting_options("address", "authkey_file")
+@click.argument("key")
+@click.option("--raw", is_flag=True, help="Print a str value as it is, not as JSON.")
+def get_command(key: str, raw: bool, **overrides: Any) -> None:
+    """Print the value of KEY (as JSON when it can be)."""
+    with _connected(overrides) as state:
+        click.echo(_show(state[key], raw))
+
+
+@cli.command("set")
+@setting_options("address", "authkey_file")
+@click.argument("key")
+@click.argument("value")
+@click.option("--raw", is_flag=True, help="Store VALUE as a plain string.")
+def set_command(key: str, value: str, raw: bool, **overrides: Any) -> None:
+    """Set KEY to VALUE, read as JSON (or a plain string with --raw)."""
+    if raw:
+        parsed: Any = value
+    else:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is not JSON; write strings as JSON ('\"text\"') or pass --raw",
+                param_hint="VALUE",
+            ) from None
+    with _connected(overrides) as state:
+        state[key] = parsed
+
+
+@cli.command("del")
+@setting_options("address", "authkey_file")
+@click.argument("key")
+def del_command(key: str, **overrides: Any) -> None:
+    """Delete KEY (exit 1 if there is no such key)."""
+    with _connected(overrides) as state:
+        del state[key]
+
+
+@cli.command("keys")
+@setting_options("address", "authkey_file")
+@click.argument("pattern", default="*")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def keys_command(pattern: str, as_json: bool, **overrides: Any) -> None:
+    """List the keys matching PATTERN (shell-style: * ? [abc]), sorted."""
+    with _connected(overrides) as state:
+        names = [key if isinstance(key, str) else repr(key) for key in state]
+    matching = sorted(name for name in names if fnmatch.fnmatchcase(name, pattern))
+    click.echo(json.dumps(matching) if as_json else "\n".join(matching))
+
+
+@cli.command("incr", context_settings={"ignore_unknown_options": True})  # for "incr k -2"
+@setting_options("address", "authkey_file")
+@click.argument("key")
+@click.argument("amount", default="1")
+def incr_command(key: str, amount: str, **overrides: Any) -> None:
+    """Add AMOUNT (default 1, may be negative or decimal) to KEY; print the result."""
+    try:
+        number: int | float = int(amount)
+    except ValueError:
+        try:
+            number = float(amount)
+        except ValueError:
+            raise click.BadParameter(f"{amount!r} is not a number", param_hint="AMOUNT") from None
+    with _connected(overrides) as state:
+        click.echo(_show(state.incr(key, number), raw=False))
 
 
 @cli.command()
@@ -158,11 +244,8 @@ def snapshot(timeout: float, **overrides: Any) -> None:
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
 def dump(file: str, fmt: str, force: bool, **overrides: Any) -> None:
     """Write the whole state (dict and namespace) to FILE (- for standard output)."""
-    state = connect_state(load_settings(overrides), start=False, timeout=10.0)
-    try:
+    with _connected(overrides) as state:
         contents = state.export()
-    finally:
-        state.close()
     size = write_dump(file, contents, fmt, force=force)
     if file != "-":
         click.echo(
@@ -185,11 +268,8 @@ def restore(file: str, mode: str | None, fmt: str, **overrides: Any) -> None:
         raise click.UsageError("say what to do with the current state: --replace or --merge")
     settings = load_settings(overrides)
     contents = read_dump(file, fmt)
-    state = connect_state(settings, start=False, timeout=10.0)
-    try:
+    with _connected(overrides) as state:
         state.restore(contents, replace=mode == "replace")
-    finally:
-        state.close()
     click.echo(
         f"restored {len(contents.data)} keys and {len(contents.namespace)} namespace "
         f"attributes from {file} ({mode}d)"

@@ -111,6 +111,25 @@ def _parse_interval(value: Any) -> float:
     return seconds
 
 
+def _parse_pid(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        pid = int(value)
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise ConfigError(f"{value!r} is not a process id")
+    return pid
+
+
+def _parse_when_owner_dies(value: Any) -> str:
+    choice = "stay" if value is None else str(value).strip().lower()
+    if choice not in ("stay", "stop"):
+        raise ConfigError(f"{value!r} is neither stay nor stop")
+    return choice
+
+
 FSYNC_POLICIES = ("always", "everysec", "no")
 
 
@@ -196,6 +215,27 @@ class Settings:
         default_doc="on (when a snapshot is set)",
         parse=_parse_bool_default_on,
     )
+    owner_pid: int | None = _setting(
+        flag=None,
+        help="The process that owns the server: the gunicorn master, set by "
+        "`sharedstate.gunicorn`. The server watches it (see the next setting).",
+        default_doc="unset",
+        parse=_parse_pid,
+    )
+    when_owner_dies: str = _setting(
+        flag=None,
+        help="If the owner dies without stopping the server (a crashed gunicorn "
+        "master): `stay` up for the next gunicorn, or `stop` after a final snapshot.",
+        default_doc="`stay`",
+        parse=_parse_when_owner_dies,
+    )
+    stop_with_gunicorn: bool = _setting(
+        flag=None,
+        help="When gunicorn exits cleanly, stop the server it owns (after a final "
+        "snapshot). Off: the server keeps running until `sharedstate stop`.",
+        default_doc="on",
+        parse=_parse_bool_default_on,
+    )
     log_file: str | None = _setting(
         flag="--log-file",
         help="Server log file.",
@@ -243,11 +283,13 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     dotenv_dir: str | None = None,
+    overrides_from: str = "flag",
 ) -> Settings:
     """Resolve every setting by precedence: ``overrides`` > environment > ``.env`` > default.
 
-    ``overrides`` maps setting names to values from flags or function arguments; ``None``
-    values count as not given::
+    ``overrides`` maps setting names to values from flags, function arguments or
+    ``app.config`` (``overrides_from``: ``"flag"``, ``"argument"`` or ``"app.config"``,
+    for messages); ``None`` values count as not given::
 
         settings = load_settings({"address": "/tmp/app/state.sock"})
     """
@@ -260,7 +302,9 @@ def load_settings(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for spec in SETTINGS:
-        raw, origin = _pick(spec, overrides or {}, environ, from_dotenv, dotenv_path)
+        raw, origin = _pick(
+            spec, overrides or {}, overrides_from, environ, from_dotenv, dotenv_path
+        )
         try:
             values[spec.name] = spec.parse(raw)
         except ConfigError as error:
@@ -272,12 +316,17 @@ def load_settings(
 def _pick(
     spec: SettingSpec,
     overrides: Mapping[str, Any],
+    overrides_from: str,
     environ: Mapping[str, str],
     from_dotenv: Mapping[str, str],
     dotenv_path: str,
 ) -> tuple[Any, str]:
     if overrides.get(spec.name) is not None:
-        return overrides[spec.name], spec.flag or spec.name
+        origin = {
+            "argument": f"get_shared_state({spec.name}=...)",
+            "app.config": f"app.config[{spec.env!r}]",
+        }.get(overrides_from, spec.flag or spec.name)
+        return overrides[spec.name], origin
     if environ.get(spec.env):
         return environ[spec.env], f"{spec.env} (environment)"
     if from_dotenv.get(spec.env):

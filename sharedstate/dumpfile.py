@@ -74,12 +74,13 @@ def _json_chunks(contents: Contents) -> list[bytes]:
                     "use --format pickle"
                 )
             value = decode(data, where)
-            _check_plain_json(value, where)
+            check_plain_json(value, where)
             document[section][key] = value
     return [json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False).encode() + b"\n"]
 
 
-def _check_plain_json(value: Any, where: str) -> None:
+def check_plain_json(value: Any, where: str) -> None:
+    """Raise :class:`WrongType`, naming the place, unless JSON holds ``value`` exactly."""
     kind = type(value)
     if kind in (str, int, bool) or value is None:
         return
@@ -89,7 +90,7 @@ def _check_plain_json(value: Any, where: str) -> None:
         raise WrongType(f"{where} is {value!r}, which JSON can't hold; use --format pickle")
     if kind is list:
         for index, item in enumerate(value):
-            _check_plain_json(item, f"{where}[{index}]")
+            check_plain_json(item, f"{where}[{index}]")
         return
     if kind is dict:
         for key, item in value.items():
@@ -98,7 +99,7 @@ def _check_plain_json(value: Any, where: str) -> None:
                     f"{where} has the {type(key).__name__} key {key!r}; JSON keys are strings. "
                     "Use --format pickle"
                 )
-            _check_plain_json(item, f"{where}[{key!r}]")
+            check_plain_json(item, f"{where}[{key!r}]")
         return
     raise WrongType(
         f"{where} holds a {kind.__name__}, which JSON can't represent faithfully; "

@@ -28,7 +28,7 @@ from typing import Any
 from .config import Settings
 from .errors import AuthenticationFailed, ServerNotRunning, ServerStartError, Timeout
 from .permissions import ensure_files_dir
-from .pidlock import ServerLock, read_pid
+from .pidlock import ServerLock, is_held, read_pid
 from .transport import handshake, server_request
 
 RETRY_SECONDS = 0.02
@@ -86,17 +86,40 @@ def try_connect(settings: Settings, timeout: float) -> Connection | None:
     return conn
 
 
-def call_server_function(settings: Settings, function: str, timeout: float) -> Any:
-    """Call a server function (``server_info``, ``shutdown``) of the running server."""
+def call_server_function(
+    settings: Settings, function: str, timeout: float, args: tuple[Any, ...] = ()
+) -> Any:
+    """Call a server function (``server_info``, ``shutdown``...) of the running server."""
     conn = try_handshake(settings, timeout)
     if conn is None:
         raise ServerNotRunning(
-            f"no sharedstate server is running at {settings.address}", address=str(settings.address)
+            f"no sharedstate server is running at {settings.address}",
+            address=str(settings.address),
         )
     try:
-        return server_request(conn, settings.address, function, (), timeout)
+        return server_request(conn, settings.address, function, args, timeout)
     finally:
         conn.close()
+
+
+def stop_server(settings: Settings, timeout: float) -> int | None:
+    """Ask the running server to stop and wait until it has exited; return its pid.
+
+    Returns after its final snapshot, once the server lock is free, so a new server
+    may start right away.
+    """
+    lock_path = settings.address.lock_path
+    pid = read_pid(lock_path)
+    call_server_function(settings, "shutdown", timeout)
+    deadline = time.monotonic() + timeout
+    while is_held(lock_path):
+        if time.monotonic() > deadline:
+            raise Timeout(
+                f"the server at {settings.address} (pid {pid}) did not exit within {timeout:g} s",
+                address=str(settings.address),
+            )
+        time.sleep(0.05)
+    return pid
 
 
 def try_handshake(settings: Settings, timeout: float) -> Connection | None:

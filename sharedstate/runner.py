@@ -48,16 +48,20 @@ def run_server(
     os.umask(0o077)  # everything the server creates is owner-only
     ensure_files_dir(address)
     log_path = settings.log_file or address.log_path
+    # A server handed a lock was started by a client: our parent, until we detach.
+    started_by = os.getppid() if lock_fd is not None else None
     report: Report | None = detach(log_path, START_TIMEOUT) if background else None
     _configure_logging(settings, to_file=None if background else settings.log_file)
     try:
-        lock, server = _start(settings, lock_fd, salvage)
+        lock, server = _start(settings, lock_fd, salvage, started_by)
     except (SharedStateError, OSError) as error:
         logger.error("could not start: %s", error)
         if report:
             report(str(error))
         raise
     _stop_on_signals(server)
+    if settings.owner_pid is not None:
+        server.watch_owner(settings.owner_pid, settings.when_owner_dies)
     key_origin = (
         "the configured key" if settings.has_explicit_key else f"key file {address.key_path}"
     )
@@ -94,7 +98,7 @@ def check_exposure(settings: Settings) -> None:
 
 
 def _start(
-    settings: Settings, lock_fd: int | None, salvage: bool
+    settings: Settings, lock_fd: int | None, salvage: bool, started_by: int | None
 ) -> tuple[ServerLock, StateServer]:
     address = settings.address
     if lock_fd is not None:
@@ -118,7 +122,7 @@ def _start(
         logger.warning("listening on %s: traffic is authenticated but not encrypted", address)
     if persistence is not None:
         persistence.start()
-    return lock, StateServer(store, listener, key, str(address), persistence)
+    return lock, StateServer(store, listener, key, str(address), persistence, started_by)
 
 
 def _listen(address: Address) -> Listener:

@@ -40,7 +40,7 @@ from .errors import PersistenceError, SharedStateError
 from .manager import STORE_IDENT, SharedStateManager, serve_store
 from .persistence import Persistence
 from .reservations import CallerGone
-from .sockets import describe_peer, io_timeout, peer_pid
+from .sockets import describe_peer, hang_up, io_timeout, peer_pid
 from .store import Store
 
 logger = logging.getLogger("sharedstate")
@@ -56,7 +56,8 @@ class Client:
     def __init__(self, conn: Connection) -> None:
         self.id = next(self._ids)
         self.conn = conn
-        self.pid = peer_pid(conn)
+        # The kernel's word for Unix sockets; over TCP, what the client announced.
+        self.pid = peer_pid(conn) or _announced_pid(threading.current_thread().name)
         self.connected_at = time.time()
         self.requests = 0  # only this client's thread counts, so no lock is needed
 
@@ -79,6 +80,7 @@ class StateServer(Server):
     public: ClassVar[list[str]] = [
         "shutdown", "create", "accept_connection", "get_methods", "debug_info",
         "number_of_objects", "dummy", "incref", "decref", "server_info", "snapshot_now",
+        "release_pid", "set_owner",
     ]  # fmt: skip
 
     def __init__(
@@ -88,6 +90,7 @@ class StateServer(Server):
         authkey: bytes,
         address: str,
         persistence: Persistence | None = None,
+        started_by: int | None = None,
     ) -> None:
         # Server.__init__ would bind its own listener; set the same attributes instead.
         self.registry = SharedStateManager._registry  # type: ignore[attr-defined]
@@ -101,6 +104,9 @@ class StateServer(Server):
 
         self.store = store
         self.persistence = persistence
+        self.started_by = started_by  # the process that ran `serve --detach`, if any
+        self.owner_pid: int | None = None
+        self.when_owner_dies = "stay"
         serve_store(store)
         self.id_to_obj[STORE_IDENT] = (store, Store.EXPOSED, None)
         self.id_to_refcount[STORE_IDENT] = 1  # never released
@@ -244,6 +250,47 @@ class StateServer(Server):
             )
         return self.persistence.snapshot_now()
 
+    def set_owner(self, c: Connection, pid: int, when_owner_dies: str) -> None:
+        """Server function: tie this server to process ``pid`` (a gunicorn master)."""
+        self.watch_owner(pid, when_owner_dies)
+
+    def watch_owner(self, pid: int, when_owner_dies: str) -> None:
+        """Watch ``pid``; when it dies, stay up or stop, as ``when_owner_dies`` says."""
+        first = self.owner_pid is None
+        self.owner_pid = pid
+        self.when_owner_dies = when_owner_dies
+        logger.info("owned by process %d (if it dies: %s)", pid, when_owner_dies)
+        if first:
+            threading.Thread(target=self._watch_owner, name="owner-watch", daemon=True).start()
+
+    def _watch_owner(self) -> None:
+        while not self.stop_event.wait(0.5):
+            pid = self.owner_pid
+            if pid is None or is_running(pid):
+                continue
+            if self.when_owner_dies == "stop":
+                logger.warning("the owner of this server (pid %d) is gone; stopping", pid)
+                self.stop()
+            else:
+                logger.warning("the owner of this server (pid %d) is gone; staying up", pid)
+            return
+
+    def release_pid(self, c: Connection, pid: int) -> list[str]:
+        """Free what the connections of process ``pid`` hold and hang them up.
+
+        gunicorn's ``child_exit`` calls this for a dead worker: a belt to the release
+        that happens anyway when its connections drop.
+        """
+        with self._clients_lock:
+            victims = [client for client in self.clients.values() if client.pid == pid]
+        released = []
+        for client in victims:
+            released += self.store.release_all(client)
+            hang_up(client.conn)
+        if released:
+            logger.info("process %d is gone; released %s", pid, ", ".join(released))
+        return released
+
     def server_info(self, c: Connection) -> dict[str, Any]:
         """What ``sharedstate status`` shows."""
         with self._clients_lock:
@@ -264,8 +311,41 @@ class StateServer(Server):
             "uptime": time.time() - self.started_at,
             "clients": clients,
             "persistence": self.persistence.status() if self.persistence else None,
+            "owner_pid": self.owner_pid,
+            "started_by": self.started_by,
+            "memory_bytes": _rss_bytes(),
             **self.store.stats(),
         }
+
+
+def is_running(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as file:
+                return file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user's process
+    return True
+
+
+def _announced_pid(name: str) -> int | None:
+    prefix, _, pid = name.partition("-")
+    return int(pid) if prefix == "client" and pid.isdigit() else None
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as file:
+            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _dumps(message: Any) -> bytes:

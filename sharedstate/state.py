@@ -293,7 +293,7 @@ def get_shared_state(
         state = get_shared_state()
         state.incr("hits")
     """
-    settings = load_settings({"address": address, "authkey": authkey})
+    settings = load_settings({"address": address, "authkey": authkey}, overrides_from="argument")
     cache_key = (settings.address, settings.authkey, settings.authkey_file, start, timeout)
     with _states_lock:
         state = _states.get(cache_key)
@@ -303,9 +303,27 @@ def get_shared_state(
     return state
 
 
-def connect_state(settings: Settings, *, start: bool, timeout: float) -> SharedState:
-    """A new, connected :class:`SharedState` for ``settings`` (not cached)."""
+def connect_state(
+    settings: Settings, *, start: bool, timeout: float, lazy: bool = False
+) -> SharedState:
+    """A new :class:`SharedState` for ``settings`` (not cached).
+
+    It connects now, so errors show at once, unless ``lazy``: then on first use, in
+    whichever process and thread uses it (what a web app built before forking needs).
+    """
     connect = functools.partial(connect_or_start, settings, start=start, timeout=timeout)
     state = SharedState(Transport(connect, settings.address))
-    state._transport.connect()  # fail now, not at the first operation
+    if not lazy:
+        state._transport.connect()
     return state
+
+
+def reset_after_fork() -> None:
+    """Drop the connections this process inherited; each state reconnects on first use.
+
+    Calls after ``fork()`` do this by themselves; gunicorn's ``post_fork`` calls it so
+    that a worker never even holds a reference to its master's sockets.
+    """
+    with _states_lock:
+        for state in _states.values():
+            state._transport.forget_inherited()

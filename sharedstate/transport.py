@@ -212,6 +212,11 @@ class Transport:
         if conn is not None:
             conn.close()
 
+    def forget_inherited(self) -> None:
+        """After ``fork()``: drop the parent's connections (never close them)."""
+        if self._pid != os.getpid():
+            self._forget_parent_connections()
+
     def _forget_parent_connections(self) -> None:
         # Never close them here: that is the parent's business. Dropping our
         # references closes only this process's copies of the descriptors.

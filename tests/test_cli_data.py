@@ -1,0 +1,100 @@
+"""Operator commands against a running server: get, set, del, keys, incr, status."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sharedstate import get_shared_state
+
+from .conftest import ServerProcess
+from .processes import run_cli
+
+
+def test_set_then_get_as_json(server: ServerProcess) -> None:
+    assert run_cli("set", "cfg", '{"db": {"port": 5432}, "hosts": ["a"]}').returncode == 0
+    assert get_shared_state(start=False)["cfg"] == {"db": {"port": 5432}, "hosts": ["a"]}
+    result = run_cli("get", "cfg")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"db": {"port": 5432}, "hosts": ["a"]}
+
+
+def test_raw_strings(server: ServerProcess) -> None:
+    assert run_cli("set", "greeting", "hello world", "--raw").returncode == 0
+    assert get_shared_state(start=False)["greeting"] == "hello world"
+    assert run_cli("get", "greeting").stdout == '"hello world"\n'
+    assert run_cli("get", "greeting", "--raw").stdout == "hello world\n"
+
+
+def test_a_value_that_is_not_json_is_a_usage_error(server: ServerProcess) -> None:
+    result = run_cli("set", "greeting", "hello world")
+    assert result.returncode == 2
+    assert "--raw" in result.stderr
+    assert "greeting" not in get_shared_state(start=False)
+
+
+def test_values_json_cannot_hold_are_shown_in_python_notation(server: ServerProcess) -> None:
+    get_shared_state(start=False)["pair"] = (1, 2)
+    assert run_cli("get", "pair").stdout == "(1, 2)\n"
+
+
+def test_incr_and_del(server: ServerProcess) -> None:
+    assert run_cli("incr", "hits").stdout == "1\n"
+    assert run_cli("incr", "hits", "10").stdout == "11\n"
+    assert run_cli("incr", "hits", "-2").stdout == "9\n"
+    assert run_cli("incr", "ratio", "0.5").stdout == "0.5\n"
+    assert run_cli("del", "hits").returncode == 0
+    assert "hits" not in get_shared_state(start=False)
+
+
+def test_keys_with_a_pattern(server: ServerProcess) -> None:
+    get_shared_state(start=False).update({"user:1": 1, "user:2": 2, "session:9": 3, 7: "int"})
+    assert run_cli("keys").stdout.split() == ["7", "session:9", "user:1", "user:2"]
+    assert run_cli("keys", "user:*").stdout.split() == ["user:1", "user:2"]
+    assert json.loads(run_cli("keys", "user:?", "--json").stdout) == ["user:1", "user:2"]
+
+
+@pytest.mark.parametrize(
+    ("command", "complaint"),
+    [
+        (("get", "missing"), "key 'missing' not found"),
+        (("del", "missing"), "key 'missing' not found"),
+        (("incr", "text"), "not a number"),
+    ],
+)
+def test_runtime_errors_are_one_line_and_exit_1(
+    server: ServerProcess, command: tuple[str, ...], complaint: str
+) -> None:
+    get_shared_state(start=False)["text"] = "abc"
+    result = run_cli(*command)
+    assert result.returncode == 1
+    assert complaint in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_incr_amount_must_be_a_number(server: ServerProcess) -> None:
+    assert run_cli("incr", "hits", "many").returncode == 2
+
+
+def test_status_json_has_the_operator_facts(server: ServerProcess) -> None:
+    get_shared_state(start=False)["x"] = 1
+    info = json.loads(run_cli("status", "--json").stdout)
+    assert info["running"] is True
+    assert info["pid"] == server.pid
+    assert info["keys"] == 1
+    assert info["memory_bytes"] > 1_000_000
+    assert info["persistence"] is None
+    assert isinstance(info["clients"], list)
+    assert info["uptime"] >= 0
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("get", "k"), ("set", "k", "1"), ("del", "k"), ("keys",), ("incr", "k"), ("status",),
+     ("stop",), ("snapshot",), ("dump", "-")],
+)  # fmt: skip
+def test_commands_exit_3_when_no_server_runs(command: tuple[str, ...]) -> None:
+    result = run_cli(*command)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,70 @@
+"""The Flask extension, with Flask's test client and a real sharedstate server."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from flask import Flask
+
+import sharedstate
+from sharedstate import ConfigError
+from sharedstate.flask import SharedState, shared_state
+
+from .conftest import ServerProcess
+from .processes import server_pids
+
+
+def make_app(**config: object) -> Flask:
+    app = Flask(__name__)
+    app.config.update(config)
+
+    @app.get("/hits")
+    def hits() -> str:
+        return str(shared_state().incr("hits"))
+
+    return app
+
+
+def test_the_state_is_an_app_extension_and_a_request_helper(server: ServerProcess) -> None:
+    app = make_app()
+    SharedState(app)
+    assert isinstance(app.extensions["sharedstate"], sharedstate.SharedState)
+    client = app.test_client()
+    assert client.get("/hits").text == "1"
+    assert client.get("/hits").text == "2"
+    with app.app_context():
+        assert shared_state()["hits"] == 2
+
+
+def test_app_config_comes_before_the_environment(
+    server_factory: type[ServerProcess], workdir: str
+) -> None:
+    elsewhere = os.path.join(workdir, "other", "state.sock")
+    server_factory(address=elsewhere).start()
+    app = make_app(SHAREDSTATE_ADDRESS=elsewhere)
+    extension = SharedState()
+    extension.init_app(app)  # the app-factory way
+    assert app.test_client().get("/hits").text == "1"
+    with app.app_context():
+        assert str(extension.state.address) == elsewhere
+
+
+def test_creating_the_app_connects_nothing_until_first_use(workdir: str) -> None:
+    app = make_app()
+    SharedState(app)  # as in a gunicorn master with --preload: no server needed yet
+    assert server_pids(workdir) == []
+    assert app.test_client().get("/hits").text == "1"  # started on first use
+    assert len(server_pids(workdir)) == 1
+
+
+def test_a_bad_setting_in_app_config_is_reported_at_setup() -> None:
+    app = make_app(SHAREDSTATE_FSYNC="sometimes")
+    with pytest.raises(ConfigError, match=r"app.config\['SHAREDSTATE_FSYNC'\]: 'sometimes'"):
+        SharedState(app)
+
+
+def test_the_helper_says_when_the_extension_is_missing() -> None:
+    app = make_app()
+    with app.app_context(), pytest.raises(ConfigError, match="SharedState"):
+        shared_state()

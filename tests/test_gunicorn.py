@@ -1,0 +1,282 @@
+"""Under real gunicorn, real HTTP over loopback: the example config and app, as users run them."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from sharedstate import get_shared_state
+from sharedstate.config import load_settings
+from sharedstate.launcher import call_server_function
+
+from .conftest import ServerProcess, fresh_state
+from .processes import REPO_ROOT, is_dead, server_pids, wait_until
+
+CONFIG = os.path.join(REPO_ROOT, "examples", "gunicorn", "gunicorn.conf.py")
+
+
+def _control_socket_args(workdir: str) -> list[str]:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--help"], capture_output=True, text=True, check=False
+    ).stdout
+    return ["--no-control-socket"] if "--no-control-socket" in help_text else []
+
+
+class Gunicorn:
+    """A real gunicorn master serving tests/gunicorn_app.py with the example config."""
+
+    def __init__(self, workdir: str, *args: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.log_path = os.path.join(workdir, f"gunicorn-{self.port}.log")
+        self.argv = [
+            sys.executable, "-m", "gunicorn", "-c", CONFIG, "--chdir", REPO_ROOT,
+            "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5",
+            *_control_socket_args(workdir), *args, "tests.gunicorn_app:app",
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Gunicorn:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.process.poll() is None, self.log()
+            try:
+                if self.get("/pid")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+
+    def get(self, path: str, method: str = "GET", timeout: float = 30) -> tuple[int, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def worker_pids(self) -> set[int]:
+        children = set()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat", "rb") as file:
+                        fields = file.read().rsplit(b")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == self.pid and fields[0] != b"Z":
+                    children.add(int(entry))
+        return children
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(60)
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as file:
+            return file.read()
+
+
+@pytest.fixture
+def gunicorn(workdir: str) -> Iterator[Any]:
+    started: list[Gunicorn] = []
+
+    def start(*args: str) -> Gunicorn:
+        server = Gunicorn(workdir, *args).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(30)
+
+
+def concurrent_gets(server: Gunicorn, path: str, count: int) -> list[tuple[int, str]]:
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        return list(pool.map(lambda _: server.get(path), range(count)))
+
+
+def server_info() -> dict[str, Any]:
+    return call_server_function(load_settings(), "server_info", 10)  # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("worker_class", "preload"),
+    [("sync", False), ("sync", True), ("gthread", False), ("gthread", True)],
+)
+def test_100_concurrent_requests_get_1_to_100_each_once(
+    gunicorn: Any, worker_class: str, preload: bool
+) -> None:
+    args = ["-w", "4", "-k", worker_class]
+    args += ["--threads", "4"] if worker_class == "gthread" else []
+    args += ["--preload"] if preload else []
+    server = gunicorn(*args)
+    responses = concurrent_gets(server, "/count", 100)
+    assert {status for status, _ in responses} == {200}
+    assert sorted(int(body) for _, body in responses) == list(range(1, 101))
+    wait_until(lambda: len(server.worker_pids()) == 4)
+
+
+def test_nested_data_and_locked_updates_from_all_workers(gunicorn: Any) -> None:
+    server = gunicorn()
+    for page in ["home", "about", "home"] * 10:
+        assert server.get(f"/visits/{page}", "POST")[0] == 200
+    assert get_shared_state(start=False)["stats"] == {"pages": {"home": 20, "about": 10}}
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        responses = list(pool.map(lambda _: server.get("/log", "POST"), range(40)))
+    assert {status for status, _ in responses} == {200}
+    assert len(get_shared_state(start=False)["log"]) == 5
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_worker_is_replaced_and_its_lock_released(gunicorn: Any) -> None:
+    server = gunicorn("-w", "4")
+    holder_request = threading.Thread(target=lambda: _ignore_errors(server.get, "/hold-lock"))
+    holder_request.start()
+    wait_until(lambda: server_info()["lock_holder"] is not None)
+    info = server_info()
+    [holder] = [c["pid"] for c in info["clients"] if c["id"] == info["lock_holder"]]
+    assert holder in server.worker_pids()
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        counting = pool.map(lambda _: server.get("/count"), range(60))
+        os.kill(holder, signal.SIGKILL)
+        responses = list(counting)
+    holder_request.join(30)
+    assert {status for status, _ in responses} == {200}
+    assert sorted(int(body) for _, body in responses) == list(range(1, 61))
+
+    wait_until(lambda: holder not in server.worker_pids() and len(server.worker_pids()) == 4)
+    state = get_shared_state(start=False)
+    assert state.lock.acquire(timeout=10), "the dead worker's lock was not released"
+    state.lock.release()
+    assert server.get("/count") == (200, "61"), "the new worker sees the same state"
+
+
+@pytest.mark.timeout(120)
+def test_hup_reload_keeps_state_and_serves_without_errors(gunicorn: Any) -> None:
+    server = gunicorn("-w", "4")
+    get_shared_state(start=False)["before"] = "reload"
+    old_workers = server.worker_pids()
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def keep_counting() -> None:
+        while not stop.is_set():
+            results.append(server.get("/count"))
+
+    clients = [threading.Thread(target=keep_counting) for _ in range(4)]
+    for client in clients:
+        client.start()
+    wait_until(lambda: len(results) > 50)
+    server.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    wait_until(lambda: len(server.worker_pids()) == 4 and not server.worker_pids() & old_workers)
+    served = len(results)
+    wait_until(lambda: len(results) > served + 50)  # the new workers serve too
+    stop.set()
+    for client in clients:
+        client.join(30)
+    assert {status for status, _ in results} == {200}
+    assert sorted(int(body) for _, body in results) == list(range(1, len(results) + 1))
+    assert get_shared_state(start=False)["before"] == "reload"
+
+
+@pytest.mark.timeout(120)
+def test_the_counter_continues_after_gunicorn_restarts_with_a_snapshot(
+    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHAREDSTATE_SNAPSHOT", os.path.join(workdir, "var", "state.snap"))
+    first = gunicorn("-w", "4")
+    concurrent_gets(first, "/count", 25)
+    assert first.stop() == 0
+    assert server_pids(workdir) == [], "gunicorn stops the server it started"
+    second = gunicorn("-w", "4")
+    assert second.get("/count") == (200, "26")
+
+
+def test_a_server_running_before_gunicorn_keeps_running_after_it(
+    gunicorn: Any, server: ServerProcess
+) -> None:
+    first = gunicorn("-w", "2")
+    assert first.get("/count") == (200, "1")
+    first.stop()
+    assert server.process is not None
+    assert server.process.poll() is None
+    assert fresh_state()["hits"] == 1
+
+
+def test_stop_with_gunicorn_off_keeps_the_server(
+    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHAREDSTATE_STOP_WITH_GUNICORN", "0")
+    first = gunicorn("-w", "2")
+    first.get("/count")
+    first.stop()
+    assert len(server_pids(workdir)) == 1
+    assert fresh_state()["hits"] == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when_owner_dies", ["stay", "stop"])
+def test_the_server_notices_a_crashed_master(
+    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch, when_owner_dies: str
+) -> None:
+    monkeypatch.setenv("SHAREDSTATE_WHEN_OWNER_DIES", when_owner_dies)
+    first = gunicorn("-w", "2")
+    first.get("/count")
+    workers = first.worker_pids()
+    [server_pid] = server_pids(workdir)
+    assert server_info()["owner_pid"] == first.pid
+    first.stop(signal.SIGKILL)  # no on_exit
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    if when_owner_dies == "stop":
+        wait_until(lambda: is_dead(server_pid))
+    else:
+        log = pathlib.Path(workdir, "run", "state.sock.log")
+        wait_until(lambda: "staying up" in log.read_text())
+        assert fresh_state()["hits"] == 1
+
+
+def test_a_preload_app_that_starts_the_server_makes_it_gunicorns(
+    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_TOUCH_STATE_AT_IMPORT", "1")
+    first = gunicorn("-w", "2", "--preload")
+    assert server_info()["owner_pid"] == first.pid
+    assert first.get("/count") == (200, "1")
+    first.stop()
+    assert server_pids(workdir) == []
+
+
+def _ignore_errors(call: Any, *args: Any) -> None:
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        call(*args)
