@@ -42,6 +42,11 @@ class _Commands(click.Group):
         except SharedStateError as error:
             click.echo(f"error: {error}", err=True)
             ctx.exit(EXIT_ERROR)
+        except OSError as error:  # a file the operator named can't be read or written
+            click.echo(
+                f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), err=True
+            )
+            ctx.exit(EXIT_ERROR)
 
 
 def setting_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -133,3 +133,12 @@ def test_restore_is_saved_in_the_snapshot(
     server.wait()
     server_factory("--snapshot", snapshot, "--no-journal").start()
     assert fresh_state().to_dict() == {"restored": [1, 2]}
+
+
+def test_a_dump_path_that_cannot_be_written_is_one_line_and_exit_1(
+    server: ServerProcess, workdir: str
+) -> None:
+    result = run_cli("dump", os.path.join(workdir, "no-such-dir", "backup.dump"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: No such file or directory")
+    assert len(result.stderr.strip().splitlines()) == 1
