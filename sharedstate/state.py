@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NoReturn
 
 from .address import Address
@@ -187,6 +187,34 @@ class SharedState(MutableMapping[Any, Any]):
 
     def clear(self) -> None:
         self._call("clear")
+
+    # -- batches: one round trip each -----------------------------------------------
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """The values of ``keys`` that exist, in one round trip, taken at one moment::
+
+        state.get_many(["a", "b", "missing"])   # {"a": 1, "b": 2}
+        """
+        wanted = list(keys)
+        for key in wanted:
+            check_key(key)
+        found = self._call("get_many", wanted)
+        return {
+            key: self._wrap(key, data)
+            for key, data in zip(wanted, found, strict=True)
+            if data is not None
+        }
+
+    def set_many(self, mapping: Mapping[Any, Any]) -> None:
+        """Set every key of ``mapping`` in one round trip, atomically (same as update)."""
+        self.update(mapping)
+
+    def delete_many(self, keys: Iterable[Any]) -> int:
+        """Delete ``keys`` in one round trip, atomically; return how many existed."""
+        wanted = list(keys)
+        for key in wanted:
+            check_key(key)
+        return int(self._call("delete_many", wanted))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):

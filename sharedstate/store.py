@@ -54,7 +54,7 @@ REPLAY = LocalCaller(0)
 # Store methods a journal record may name.
 REPLAYABLE = frozenset(
     {"set", "delete", "setdefault", "pop", "update", "clear", "incr", "nested",
-     "ns_set", "ns_delete", "restore"}
+     "ns_set", "ns_delete", "restore", "delete_many"}
 )  # fmt: skip
 
 
@@ -79,7 +79,7 @@ class Store:
             "ns_lookup", "ns_set", "ns_delete", "ns_items",
             "lock_acquire", "lock_release", "lock_locked",
             "edit_begin", "edit_commit", "edit_abort",
-            "export_all", "restore",
+            "export_all", "restore", "get_many", "delete_many",
         }
     )  # fmt: skip
 
@@ -100,6 +100,12 @@ class Store:
         with self._cond:
             entry = self._data.get(key)
             return None if entry is None else _encoded(entry)
+
+    def get_many(self, caller: Caller, keys: list[Any]) -> list[bytes | None]:
+        """The pickled values of ``keys`` (``None`` where missing), at one moment."""
+        with self._cond:
+            found = [self._data.get(key) for key in keys]
+            return [None if entry is None else _encoded(entry) for entry in found]
 
     def contains(self, caller: Caller, key: Any) -> bool:
         return key in self._data
@@ -164,6 +170,19 @@ class Store:
             self._record("update", pairs)
             for key, data in pairs:
                 self._put(key, data)
+
+    def delete_many(self, caller: Caller, keys: list[Any]) -> int:
+        """Remove ``keys``; return how many were there."""
+        with self._cond:
+            for key in keys:
+                self._reservations.wait_until_not_edited(caller, key)
+            present = [key for key in keys if key in self._data]
+            if not present:
+                return 0
+            self._record("delete_many", present)
+            for key in present:
+                self._remove(key)
+            return len(present)
 
     def clear(self, caller: Caller) -> None:
         with self._cond:

@@ -306,3 +306,16 @@ def test_each_dict_operation_is_one_round_trip(
     before = _requests_served()
     operation(state)
     assert _requests_served() - before == round_trips
+
+
+def test_batches_are_one_round_trip_each(state: SharedState) -> None:
+    before = _requests_served()
+    state.set_many({f"k{i}": i for i in range(100)})
+    assert _requests_served() - before == 1
+    before = _requests_served()
+    values = state.get_many([f"k{i}" for i in range(100)] + ["missing"])
+    assert _requests_served() - before == 1
+    assert values == {f"k{i}": i for i in range(100)}
+    assert state.delete_many(["k1", "k2", "missing"]) == 2
+    assert "k1" not in state
+    assert len(state) == 98

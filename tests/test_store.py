@@ -212,3 +212,42 @@ def test_a_waiting_call_gives_up_when_its_caller_is_gone(store: Store) -> None:
     with pytest.raises(CallerGone):
         store.lock_acquire(Leaving(3), None)
     assert store.lock_acquire(BOB, 0) is False  # still Alice's
+
+
+class ListJournal:
+    """Records what the store journals, like the journal does on disk."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, str, tuple[Any, ...]]] = []
+
+    def append(self, seq: int, method: str, args: tuple[Any, ...]) -> None:
+        self.records.append((seq, method, args))
+
+
+def test_replaying_the_journal_rebuilds_the_same_state(store: Store) -> None:
+    journal = ListJournal()
+    store.journal = journal
+    store.set(ALICE, "a", p(1))
+    store.update(ALICE, [("b", p([1, 2])), ("c", p({"x": 1})), ("d", p(4))])
+    store.incr(ALICE, "n", 5)
+    nested(store, ("b",), "append", 3)
+    nested(store, ("c",), "__setitem__", "y", 2)
+    store.setdefault(ALICE, "e", p("e"))
+    store.pop(ALICE, "a")
+    store.delete(ALICE, "zzz")
+    store.delete_many(ALICE, ["d", "missing"])
+    store.ns_set(ALICE, "mode", p("live"))
+    store.edit_begin(ALICE, "n", None, None)
+    store.edit_commit(ALICE, "n", p(50))
+    store.restore(ALICE, [("r", p("restored"))], [], False)
+    with pytest.raises(WrongType):
+        store.incr(ALICE, "e", 1)  # refused before it is journaled
+    copy = Store()
+    for seq, method, args in journal.records:
+        copy.replay(seq, method, args)
+    original, rebuilt = store.export(), copy.export()
+    assert rebuilt.seq == original.seq
+    assert {k: pickle.loads(v) for k, v in rebuilt.data.items()} == {
+        k: pickle.loads(v) for k, v in original.data.items()
+    }
+    assert rebuilt.namespace == original.namespace
