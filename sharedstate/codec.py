@@ -13,7 +13,7 @@ tuples of them): they are compared and hashed inside the server, where a custom
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import InvalidKey, ValueNotLoadable, ValueNotPicklable
@@ -26,42 +26,59 @@ NAMESPACE = "namespace"
 _PLAIN_KEY_TYPES = (str, int, float, bytes, bool, type(None))
 
 
-def encode(value: Any, where: str) -> bytes:
+# Where a value is going or coming from, for error messages: a description, the key path
+# under ``state``, or a function making the description. The last two are cheap to pass
+# on every call and are formatted only if something fails.
+Where = str | tuple[Any, ...] | Callable[[], str]
+
+
+def where_text(where: Where) -> str:
+    if isinstance(where, str):
+        return where
+    if isinstance(where, tuple):
+        return describe("state", where)
+    return where()
+
+
+def encode(value: Any, where: Where) -> bytes:
     """Pickle ``value``, naming ``where`` it was going if that fails."""
     try:
         return pickle.dumps(value, protocol=PROTOCOL)
     except Exception as error:
+        place = where_text(where)
         raise ValueNotPicklable(
-            f"can't store {type(value).__name__} value at {where}: it can't be pickled "
+            f"can't store {type(value).__name__} value at {place}: it can't be pickled "
             f"({error}). Store plain data, or make the object picklable.",
-            where=where,
+            where=place,
         ) from error
 
 
 _CLIENT_HINT = "is the module defining its class importable in this process?"
 
 
-def decode(data: bytes, where: str, hint: str = _CLIENT_HINT) -> Any:
+def decode(data: bytes, where: Where, hint: str = _CLIENT_HINT) -> Any:
     """Unpickle a value read from ``where``; ``hint`` says what to do if that fails."""
     try:
         return pickle.loads(data)
     except Exception as error:
+        place = where_text(where)
         raise ValueNotLoadable(
-            f"the value at {where} can't be unpickled ({error!r}); {hint}", where=where
+            f"the value at {place} can't be unpickled ({error!r}); {hint}", where=place
         ) from error
 
 
-def check_key(key: Any, where: str = "state") -> None:
+def check_key(key: Any, where: Where = "state") -> None:
     """Raise :class:`InvalidKey` unless ``key`` is plain hashable data."""
     kind = type(key)
     if kind is str or kind in _PLAIN_KEY_TYPES:
         return
     if kind is tuple and all(_is_plain_key(part) for part in key):
         return
+    place = where_text(where)
     raise InvalidKey(
-        f"{kind.__name__} key {key!r} can't be used in {where}: keys must be str, int, "
+        f"{kind.__name__} key {key!r} can't be used in {place}: keys must be str, int, "
         "float, bytes, bool, None, or tuples of those",
-        where=where,
+        where=place,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .codec import Where, where_text
 from .errors import IndexOutOfRange, KeyNotFound, SharedStateError, ValueNotFound, WrongType
 
 DICT_METHODS = frozenset(
@@ -22,44 +23,47 @@ LIST_METHODS = frozenset(
 )  # fmt: skip
 
 
-def step_into(container: Any, step: Any, where: str) -> Any:
+def step_into(container: Any, step: Any, where: Where) -> Any:
     """``container[step]``, with an error naming ``where`` when that is impossible."""
     if isinstance(container, dict):
         try:
             return container[step]
         except KeyError:
-            raise KeyNotFound(step, where) from None
+            raise KeyNotFound(step, where_text(where)) from None
     if isinstance(container, list):
         if type(step) is not int:
-            raise WrongType(f"{where} is a list; index it with an int, not {step!r}")
+            raise WrongType(f"{where_text(where)} is a list; index it with an int, not {step!r}")
         try:
             return container[step]
         except IndexError:
             raise IndexOutOfRange(
-                f"index {step} is out of range for {where} (length {len(container)})"
+                f"index {step} is out of range for {where_text(where)} (length {len(container)})"
             ) from None
+    kind = type(container).__name__
     raise WrongType(
-        f"{where} is a {type(container).__name__}, not a dict or list, so {step!r} can't be "
-        "looked up in it"
+        f"{where_text(where)} is a {kind}, not a dict or list, so {step!r} can't be looked up in it"
     )
 
 
-def check_method(container: Any, method: str, where: str) -> None:
+def check_method(container: Any, method: str, where: Where) -> None:
     """Refuse anything but the listed methods of a dict or list."""
     if isinstance(container, dict):
         allowed = DICT_METHODS
     elif isinstance(container, list):
         allowed = LIST_METHODS
     else:
+        kind = type(container).__name__
         raise WrongType(
-            f"{where} is a {type(container).__name__}; only dicts and lists can be changed "
-            "in place. Use state.edit() to change other objects"
+            f"{where_text(where)} is a {kind}; only dicts and lists can be changed in place. "
+            "Use state.edit() to change other objects"
         )
     if method not in allowed:
-        raise WrongType(f"{method}() is not an operation on {where}, a {type(container).__name__}")
+        raise WrongType(
+            f"{method}() is not an operation on {where_text(where)}, a {type(container).__name__}"
+        )
 
 
-def apply_method(container: Any, method: str, args: Any, kwargs: Any, where: str) -> Any:
+def apply_method(container: Any, method: str, args: Any, kwargs: Any, where: Where) -> Any:
     """Run an allowed ``method`` on ``container``; turn its errors into ours."""
     try:
         if method == "incr":
@@ -69,18 +73,20 @@ def apply_method(container: Any, method: str, args: Any, kwargs: Any, where: str
         raise
     except KeyError as error:
         if method == "popitem":
-            raise KeyNotFound("popitem(): the dict is empty", where) from None
-        raise KeyNotFound(error.args[0] if error.args else None, where) from None
+            raise KeyNotFound("popitem(): the dict is empty", where_text(where)) from None
+        raise KeyNotFound(error.args[0] if error.args else None, where_text(where)) from None
     except IndexError as error:
-        raise IndexOutOfRange(f"{where}.{method}(): {error}") from None
+        raise IndexOutOfRange(f"{where_text(where)}.{method}(): {error}") from None
     except ValueError as error:
-        raise ValueNotFound(f"{where}.{method}(): {error}") from None
+        raise ValueNotFound(f"{where_text(where)}.{method}(): {error}") from None
     except TypeError as error:
-        raise WrongType(f"{where}.{method}(): {error}") from None
+        raise WrongType(f"{where_text(where)}.{method}(): {error}") from None
 
 
-def _incr(container: Any, key: Any, amount: Any, *, where: str) -> Any:
-    place = f"{where}[{key!r}]"
+def _incr(container: Any, key: Any, amount: Any, *, where: Where) -> Any:
+    def place() -> str:  # formatted only on error
+        return f"{where_text(where)}[{key!r}]"
+
     if isinstance(container, dict):
         current = container.get(key, 0)
     else:
@@ -91,9 +97,8 @@ def _incr(container: Any, key: Any, amount: Any, *, where: str) -> Any:
     return container[key]
 
 
-def check_number(value: Any, what: str) -> None:
+def check_number(value: Any, what: Where) -> None:
     """``incr`` works on ints and floats only (not bools, which would quietly become ints)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise WrongType(
-            f"{what} is a {type(value).__name__}, not a number; incr needs an int or float"
-        )
+        kind = type(value).__name__
+        raise WrongType(f"{where_text(what)} is a {kind}, not a number; incr needs an int or float")

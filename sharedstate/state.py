@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import pickle
 import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NoReturn
 
 from .address import Address
-from .codec import DATA, NAMESPACE, check_key, decode, describe, encode
+from .codec import DATA, NAMESPACE, check_key, decode, encode
 from .config import Settings, load_settings
 from .errors import AttributeNotFound, KeyNotFound, SharedStateError
 from .launcher import connect_or_start
@@ -118,11 +119,11 @@ class SharedState(MutableMapping[Any, Any]):
         data = self._call("lookup", key)
         if data is None:
             raise KeyNotFound(key)
-        return wrap(self._transport, DATA, (key,), decode(data, describe("state", [key])))
+        return self._wrap(key, data)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         check_key(key)
-        self._call("set", key, encode(value, describe("state", [key])))
+        self._call("set", key, encode(value, (key,)))
 
     def __delitem__(self, key: Any) -> None:
         check_key(key)
@@ -158,14 +159,14 @@ class SharedState(MutableMapping[Any, Any]):
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         check_key(key)
-        data = self._call("setdefault", key, encode(default, describe("state", [key])))
+        data = self._call("setdefault", key, encode(default, (key,)))
         return self._wrap(key, data)
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         check_key(key)
         data = self._call("pop", key)
         if data is not None:
-            return decode(data, describe("state", [key]))
+            return decode(data, (key,))
         if default is _MISSING:
             raise KeyNotFound(key)
         return default
@@ -182,7 +183,7 @@ class SharedState(MutableMapping[Any, Any]):
         pairs = []
         for key, value in changes.items():
             check_key(key)
-            pairs.append((key, encode(value, describe("state", [key]))))
+            pairs.append((key, encode(value, (key,))))
         self._call("update", pairs)
 
     def clear(self) -> None:
@@ -251,7 +252,7 @@ class SharedState(MutableMapping[Any, Any]):
         ``timeout`` bounds the wait for another client's edit of the same key.
         """
         check_key(key)
-        where = describe("state", [key])
+        where = (key,)
         default_data = None if default is _MISSING else encode(default, where)
         data = self._call("edit_begin", key, default_data, timeout)
         try:
@@ -267,7 +268,7 @@ class SharedState(MutableMapping[Any, Any]):
     def to_dict(self) -> dict[Any, Any]:
         """A plain deep copy of the whole dict."""
         pairs = self._call("copy").items()
-        return {key: decode(data, describe("state", [key])) for key, data in pairs}
+        return {key: decode(data, (key,)) for key, data in pairs}
 
     def export(self) -> Contents:
         """Everything (dict and namespace) at one moment, values still pickled.
@@ -297,7 +298,14 @@ class SharedState(MutableMapping[Any, Any]):
         )
 
     def _wrap(self, key: Any, data: bytes) -> Any:
-        return wrap(self._transport, DATA, (key,), decode(data, describe("state", [key])))
+        """The value stored at ``key``: dicts and lists as views (the hot path of reads)."""
+        try:
+            value = pickle.loads(data)
+        except Exception:
+            return decode(data, (key,))  # raises, naming the key
+        if isinstance(value, (dict, list)):
+            return wrap(self._transport, DATA, (key,), value)
+        return value
 
 
 _states: dict[tuple[Any, ...], SharedState] = {}

@@ -16,13 +16,14 @@ journal refuses never happens, and replaying the journal in order repeats the st
 
 from __future__ import annotations
 
+import functools
 import pickle
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .codec import DATA, NAMESPACE, PROTOCOL, decode, describe, place
+from .codec import DATA, NAMESPACE, PROTOCOL, decode, place
 from .errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
 from .nested import apply_method, check_method, check_number, step_into
 from .reservations import Caller, LocalCaller, Reservations
@@ -202,7 +203,7 @@ class Store:
                 self._live_keys.add(key)
                 return amount
             live = self._live(DATA, key)
-            check_number(live.value, describe("state", [key]))
+            check_number(live.value, (key,))
             self._record("incr", key, amount)
             live.value += amount
             live.encoded = None
@@ -216,15 +217,19 @@ class Store:
         ``call_data`` is the pickled ``(args, kwargs)``; ``method`` must be one of the
         mutating or reading methods :mod:`sharedstate.nested` allows for the container.
         """
-        where = place(space, path)
-        args, kwargs = decode(call_data, f"the arguments of {where}.{method}()", _SERVER_HINT)
+        where = functools.partial(place, space, path)  # formatted only if needed
+        args, kwargs = decode(
+            call_data, lambda: f"the arguments of {where()}.{method}()", _SERVER_HINT
+        )
         with self._cond:
             if space == DATA:
                 self._reservations.wait_until_not_edited(caller, path[0])
             live = self._live(space, path[0])
             container = live.value
             for depth, step in enumerate(path[1:], start=1):
-                container = step_into(container, step, place(space, path[:depth]))
+                container = step_into(
+                    container, step, functools.partial(place, space, path[:depth])
+                )
             check_method(container, method, where)
             self._record("nested", space, path, method, call_data)
             live.encoded = None
@@ -399,7 +404,7 @@ class Store:
             raise KeyNotFound(key, "state.namespace" if space == NAMESPACE else "state")
         if isinstance(entry, _Live):
             return entry
-        live = _Live(decode(entry, place(space, (key,)), _SERVER_HINT))
+        live = _Live(decode(entry, functools.partial(place, space, (key,)), _SERVER_HINT))
         entries[key] = live
         if space == DATA:
             self._live_keys.add(key)

@@ -52,10 +52,9 @@ class _View:
 
     def _remote(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``method`` on the server's copy of this container; return its result."""
-        where = place(self._space, self._path)
-        call_data = encode((args, kwargs), f"{where}.{method}()")
+        call_data = encode((args, kwargs), lambda: f"{self._where}.{method}()")
         result = self._transport.call("nested", self._space, self._path, method, call_data)
-        return decode(result, f"the result of {where}.{method}()")
+        return decode(result, lambda: f"the result of {self._where}.{method}()")
 
     def _child(self, step: Any, value: Any) -> Any:
         return wrap(self._transport, self._space, (*self._path, step), value)
@@ -63,6 +62,9 @@ class _View:
     @property
     def _where(self) -> str:
         return place(self._space, self._path)
+
+    def _where_later(self) -> str:  # for messages formatted only when something fails
+        return self._where
 
     def copy(self) -> Any:
         """A plain, deep copy of the value as this view sees it."""
@@ -95,7 +97,7 @@ class SharedDict(_View, MutableMapping[Any, Any]):
         return self._child(key, value)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        check_key(key, self._where)
+        check_key(key, self._where_later)
         self._remote("__setitem__", key, value)
         self._data[key] = value
 
@@ -124,7 +126,7 @@ class SharedDict(_View, MutableMapping[Any, Any]):
         return key, value
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
-        check_key(key, self._where)
+        check_key(key, self._where_later)
         value = self._remote("setdefault", key, default)
         self._data.setdefault(key, value)
         return self._child(key, value)
@@ -132,7 +134,7 @@ class SharedDict(_View, MutableMapping[Any, Any]):
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         changes = dict(other, **kwargs)
         for key in changes:
-            check_key(key, self._where)
+            check_key(key, self._where_later)
         self._remote("update", changes)
         self._data.update(changes)
 
@@ -142,7 +144,7 @@ class SharedDict(_View, MutableMapping[Any, Any]):
 
     def incr(self, key: Any, amount: int | float = 1) -> Any:
         """Atomically add ``amount`` to the number at ``key`` (missing: 0); return the sum."""
-        check_key(key, self._where)
+        check_key(key, self._where_later)
         value = self._remote("incr", key, amount)
         self._data[key] = value
         return value
