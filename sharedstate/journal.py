@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,21 +235,30 @@ class Journal:
                 "could not start a new journal segment (%s); keeping %s", error, self._current.path
             )
 
-    def sync_pending(self) -> None:
-        """Under ``always``: wait until this thread's last record is on disk."""
+    def take_pending_sync(self) -> Callable[[], None] | None:
+        """Under ``always``: the sync this thread's last record needs before its reply.
+
+        Returns a function to run (in any thread) that raises :class:`PersistenceError`
+        if the record could not be made durable; ``None`` when nothing needs syncing.
+        """
         segment = self._pending.segment
         if segment is None or self.policy != "always":
-            return
+            return None
         self._pending.segment = None
-        try:
-            segment.sync_to(self._pending.offset)
-        except OSError as error:
-            self._fail(segment, f"the journal {segment.path} could not be synced ({error})")
-            raise PersistenceError(
-                f"the write was applied in memory but could not be made durable "
-                f"({error}); it may be lost if the server stops. Check the disk",
-                path=segment.path,
-            ) from error
+        offset = self._pending.offset
+
+        def sync() -> None:
+            try:
+                segment.sync_to(offset)
+            except OSError as error:
+                self._fail(segment, f"the journal {segment.path} could not be synced ({error})")
+                raise PersistenceError(
+                    f"the write was applied in memory but could not be made durable "
+                    f"({error}); it may be lost if the server stops. Check the disk",
+                    path=segment.path,
+                ) from error
+
+        return sync
 
     def seal_retired(self) -> None:
         """Sync and close the segments retired by :meth:`rotate`."""

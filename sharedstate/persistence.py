@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import durable
@@ -121,10 +122,9 @@ class Persistence:
 
     # -- while serving -------------------------------------------------------------------
 
-    def sync_pending(self) -> None:
-        """Before replying to a write under ``always``: make its record durable."""
-        if self.journal is not None:
-            self.journal.sync_pending()
+    def take_pending_sync(self) -> Callable[[], None] | None:
+        """Under ``always``: what must run before the reply to the write just made."""
+        return self.journal.take_pending_sync() if self.journal is not None else None
 
     def snapshot_now(self) -> dict[str, Any]:
         """Write a snapshot of the current state; return what was written.

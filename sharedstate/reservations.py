@@ -27,11 +27,18 @@ class Caller(Protocol):
     @property
     def id(self) -> int: ...
 
+    @property
+    def may_wait(self) -> bool:
+        """False on the server's event loop, which must never block: see :class:`WouldWait`."""
+        ...
+
     def is_gone(self) -> bool: ...
 
 
 class LocalCaller:
     """A caller that is always there: for tests, in-process use and journal replay."""
+
+    may_wait = True
 
     def __init__(self, id: int) -> None:
         self.id = id
@@ -42,6 +49,14 @@ class LocalCaller:
 
 class CallerGone(Exception):
     """The client disconnected while its call was waiting; nobody is left to answer."""
+
+
+class WouldWait(Exception):
+    """The operation would have to wait (for the lock, or another client's edit).
+
+    Raised only for callers that may not wait, before the operation changed anything,
+    so the server can run it again from a thread that may.
+    """
 
 
 class Reservations:
@@ -141,6 +156,10 @@ class Reservations:
         """
         if ready():
             return True
+        if timeout is not None and timeout <= 0:
+            return False
+        if not caller.may_wait:
+            raise WouldWait
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             slice_ = WAIT_POLL_SECONDS

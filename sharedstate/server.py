@@ -1,4 +1,4 @@
-"""The server: ``multiprocessing.managers.Server`` serving one store, one thread per client.
+"""The server: a ``multiprocessing.managers.Server`` serving one store.
 
 What we change from the stock Server, and why:
 
@@ -6,21 +6,23 @@ What we change from the stock Server, and why:
   so 16+ workers starting at once are not refused;
 - the handshake runs with a timeout, failures are logged, and a wrong key never
   disturbs other clients;
-- each connection is a :class:`Client` that owns the locks and edits it takes; when the
-  connection drops, for whatever reason, they are released;
+- authenticated connections are served by one event-loop thread
+  (:mod:`sharedstate.loop`) instead of a thread each;
+- each connection is a :class:`~sharedstate.loop.Client` that owns the locks and edits it
+  takes; when the connection drops, for whatever reason, they are released;
 - store methods receive that client as their first argument;
-- requests are (un)pickled with the C pickler directly rather than through
-  ``ForkingPickler`` (same bytes on the wire, less overhead);
 - stopping is an event the main thread waits on, so SIGTERM and ``shutdown`` both end
   in the same clean-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import pickle
+import socket
 import threading
 import time
 from multiprocessing import AuthenticationError, process
@@ -37,40 +39,15 @@ from typing import Any, ClassVar
 from . import __version__
 from .codec import PROTOCOL
 from .errors import PersistenceError, SharedStateError
+from .loop import Client, ClientLoop
 from .manager import STORE_IDENT, SharedStateManager, serve_store
 from .persistence import Persistence
-from .reservations import CallerGone
-from .sockets import describe_peer, hang_up, io_timeout, peer_pid
+from .sockets import describe_peer, io_timeout, peer_pid
 from .store import Store
 
 logger = logging.getLogger("sharedstate")
 
 HANDSHAKE_TIMEOUT = 10.0
-
-
-class Client:
-    """One client connection, as the store sees it: it can own the lock and edits."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, conn: Connection) -> None:
-        self.id = next(self._ids)
-        self.conn = conn
-        # The kernel's word for Unix sockets; over TCP, what the client announced.
-        self.pid = peer_pid(conn) or _announced_pid(threading.current_thread().name)
-        self.connected_at = time.time()
-        self.requests = 0  # only this client's thread counts, so no lock is needed
-
-    def is_gone(self) -> bool:
-        # While a call waits the client sends nothing, so anything readable (most
-        # likely end-of-file) means it hung up or gave up.
-        try:
-            return self.conn.poll(0)
-        except OSError:
-            return True
-
-    def __str__(self) -> str:
-        return f"client #{self.id}" + (f" (pid {self.pid})" if self.pid else "")
 
 
 class StateServer(Server):
@@ -115,6 +92,13 @@ class StateServer(Server):
         self.started_at = time.time()
         self.clients: dict[int, Client] = {}
         self._clients_lock = threading.Lock()
+        self._client_ids = itertools.count(1)
+        self.loop = ClientLoop(
+            self.id_to_obj,
+            release=store.release_all,
+            take_pending_sync=persistence.take_pending_sync if persistence else None,
+            on_departure=self._forget,
+        )
 
     # -- accepting and authenticating --------------------------------------------------
 
@@ -122,8 +106,11 @@ class StateServer(Server):
         """Accept clients until :meth:`stop` (a signal handler, or ``shutdown``)."""
         accepter = threading.Thread(target=self.accepter, name="accepter", daemon=True)
         accepter.start()
+        loop = threading.Thread(target=self.loop.run, name="clients", daemon=True)
+        loop.start()
         while not self.stop_event.wait(0.5):
             pass
+        self.loop.stop()
         self.listener.close()  # also removes the socket file
 
     def stop(self) -> None:
@@ -148,7 +135,7 @@ class StateServer(Server):
                 return
             if funcname == "accept_connection":
                 conn.send_bytes(_dumps(("#RETURN", None)))
-                self.serve_client(conn)
+                self._adopt(conn, args[0] if args else "")
                 return
             try:
                 reply = ("#RETURN", getattr(self, funcname)(conn, *args, **kwds))
@@ -183,57 +170,19 @@ class StateServer(Server):
 
     # -- serving one client --------------------------------------------------------------
 
-    def serve_client(self, conn: Connection) -> None:
-        client = Client(conn)
+    def _adopt(self, conn: Connection, name: str) -> None:
+        """Hand an authenticated connection to the event loop."""
+        pid = peer_pid(conn) or _announced_pid(name)
+        sock = socket.socket(fileno=os.dup(conn.fileno()))  # conn itself is closed after
+        client = Client(next(self._client_ids), sock, pid)
         with self._clients_lock:
             self.clients[client.id] = client
         logger.debug("%s connected", client)
-        try:
-            self._serve(client)
-        finally:
-            with self._clients_lock:
-                del self.clients[client.id]
-            released = self.store.release_all(client)
-            if released:
-                logger.info("%s disconnected; released %s", client, ", ".join(released))
-            else:
-                logger.debug("%s disconnected", client)
+        self.loop.adopt(client)
 
-    def _serve(self, client: Client) -> None:
-        recv_bytes = client.conn.recv_bytes
-        send_bytes = client.conn.send_bytes
-        id_to_obj = self.id_to_obj
-        persistence = self.persistence
-        while not self.stop_event.is_set():
-            try:
-                request = recv_bytes()
-            except (EOFError, OSError):
-                return
-            client.requests += 1
-            try:
-                ident, method, args, kwds = pickle.loads(request)
-                obj, exposed, _ = id_to_obj[ident]
-                if method not in exposed:
-                    raise AttributeError(f"{method!r} is not a method clients may call")
-                result = getattr(obj, method)(client, *args, **kwds)
-                if persistence is not None:
-                    persistence.sync_pending()  # under fsync=always: durable before the reply
-                reply: tuple[str, Any] = ("#RETURN", result)
-            except CallerGone:
-                return
-            except SharedStateError as error:
-                reply = ("#ERROR", error)
-            except Exception:
-                logger.exception("error serving %s", client)
-                reply = ("#TRACEBACK", format_exc())
-            try:
-                data = _dumps(reply)
-            except Exception:
-                data = _dumps(("#UNSERIALIZABLE", format_exc()))
-            try:
-                send_bytes(data)
-            except OSError:
-                return
+    def _forget(self, client: Client) -> None:
+        with self._clients_lock:
+            self.clients.pop(client.id, None)
 
     # -- server functions (callable on a fresh connection) -----------------------------
 
@@ -286,7 +235,8 @@ class StateServer(Server):
         released = []
         for client in victims:
             released += self.store.release_all(client)
-            hang_up(client.conn)
+            with contextlib.suppress(OSError):
+                client.sock.shutdown(socket.SHUT_RDWR)  # the loop sees it leave
         if released:
             logger.info("process %d is gone; released %s", pid, ", ".join(released))
         return released

@@ -68,9 +68,3 @@ def peer_pid(conn: Connection) -> int | None:
         return None
     pid = int(struct.unpack("3i", raw)[0])
     return pid or None
-
-
-def hang_up(conn: Connection) -> None:
-    """Shut ``conn`` down from another thread: the thread reading it sees end-of-file."""
-    with contextlib.suppress(OSError), _socket_of(conn) as sock:
-        sock.shutdown(socket.SHUT_RDWR)

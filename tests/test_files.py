@@ -116,7 +116,10 @@ def test_journal_appends_rotates_and_removes_retired_segments(workdir: str) -> N
     snapshot = os.path.join(workdir, "state.snap")
     journal = Journal(snapshot, "always", first_seq=1)
     journal.append(1, "set", ("a", b"1"))
-    journal.sync_pending()
+    sync = journal.take_pending_sync()
+    assert sync is not None
+    sync()
+    assert journal.take_pending_sync() is None
     journal.append(2, "delete", ("a",))
     journal.prepare_rotation(seq=2)
     journal.rotate()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
+import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -160,3 +163,46 @@ def _clients_waiting(workdir: str) -> bool:
 def _parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat", encoding="ascii") as file:
         return int(file.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_large_values_cross_in_pieces_both_ways(server: ServerProcess) -> None:
+    state = get_shared_state(start=False)
+    big = os.urandom(5_000_000)  # far larger than one read or one send
+    state["big"] = big
+    assert state["big"] == big
+    state.set_many({f"part{i}": big[i::4] for i in range(4)})
+    assert state.get_many(["part3"])["part3"] == big[3::4]
+
+
+def test_a_request_split_into_single_bytes_is_still_understood(server: ServerProcess) -> None:
+    from sharedstate.config import load_settings
+    from sharedstate.launcher import try_connect
+    from sharedstate.manager import STORE_IDENT
+
+    conn = try_connect(load_settings(), 5)
+    assert conn is not None
+    request = pickle.dumps((STORE_IDENT, "incr", ("split", 1), {}))
+    framed = struct.pack("!i", len(request)) + request
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        for byte in framed:
+            sock.send(bytes([byte]))
+    kind, result = pickle.loads(conn.recv_bytes())
+    conn.close()
+    assert (kind, result) == ("#RETURN", 1)
+
+
+def test_a_malformed_message_disconnects_only_its_sender(server: ServerProcess) -> None:
+    from sharedstate.config import load_settings
+    from sharedstate.launcher import try_connect
+
+    state = get_shared_state(start=False)
+    state["x"] = 1
+    conn = try_connect(load_settings(), 5)
+    assert conn is not None
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.send(struct.pack("!i", -7))  # a negative length: not a message
+    with pytest.raises(EOFError):
+        conn.recv_bytes()
+    conn.close()
+    assert state["x"] == 1, "the other client and the server are fine"
+    server.wait_for_log("malformed message")
