@@ -31,6 +31,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from queue import SimpleQueue
 from traceback import format_exc
@@ -61,7 +62,7 @@ class Client:
         self.connected_at = time.time()
         self.requests = 0
         self.inbox = bytearray()
-        self.outbox = bytearray()
+        self.outbox: deque[memoryview] = deque()  # unsent reply bytes, never copied again
         self.busy = False  # a helper thread is answering its request
         self.watched = 0  # the selector events it is registered for (0: not registered)
         self.gone = False
@@ -267,23 +268,28 @@ class ClientLoop:
                 return
             if sent == len(frame):
                 return
-            client.outbox += frame[sent:]
+            client.outbox.append(memoryview(frame)[sent:])
         else:
-            client.outbox += header
-            client.outbox += data
+            client.outbox.append(memoryview(header))
+            client.outbox.append(memoryview(data))
         self._flush(client)
 
     def _flush(self, client: Client) -> None:
         if client.gone:
             return
-        try:
-            sent = client.sock.send(client.outbox)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._depart(client)
-            return
-        del client.outbox[:sent]
+        outbox = client.outbox
+        while outbox:
+            try:
+                sent = client.sock.send(outbox[0])
+            except BlockingIOError:
+                break
+            except OSError:
+                self._depart(client)
+                return
+            if sent < len(outbox[0]):
+                outbox[0] = outbox[0][sent:]
+                break
+            outbox.popleft()
         if client.watched:
             self._watch(client)  # and for writing, while bytes are left to send
 
