@@ -152,12 +152,15 @@ def test_a_stale_socket_from_a_dead_server_is_replaced(workdir: str, address: st
 
 
 def _clients_waiting(workdir: str) -> bool:
-    # Our waiting thread shows up as a second connected client of the server.
+    """True once the waiter (the newest client) has sent its acquire to the server."""
     from sharedstate.config import load_settings
     from sharedstate.launcher import call_server_function
 
-    info = call_server_function(load_settings(), "server_info", 5)
-    return len(info["clients"]) >= 3  # the holder, our main thread, the waiter
+    clients = call_server_function(load_settings(), "server_info", 5)["clients"]
+    if len(clients) < 3:  # the holder, our main thread, the waiter
+        return False
+    newest = max(clients, key=lambda client: client["id"])
+    return bool(newest["requests"] >= 1)
 
 
 def _parent_of(pid: int) -> int:
