@@ -27,6 +27,10 @@ from .permissions import load_or_create_key, read_key_file
 
 ENV_PREFIX = "SHAREDSTATE_"
 MIN_KEY_BYTES = 16
+DEFAULT_MAX_CLIENTS = 1000
+DEFAULT_CALL_TIMEOUT = 10.0
+DEFAULT_MAX_VALUE_BYTES = 64 << 20
+MAX_REQUEST_BYTES = 1 << 30  # one call's whole message, on both sides of the wire
 
 logger = logging.getLogger("sharedstate")
 
@@ -128,6 +132,49 @@ def _parse_when_owner_dies(value: Any) -> str:
     if choice not in ("stay", "stop"):
         raise ConfigError(f"{value!r} is neither stay nor stop")
     return choice
+
+
+def _parse_max_clients(value: Any) -> int:
+    if value is None:
+        return DEFAULT_MAX_CLIENTS
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError(f"{value!r} is not a number of clients (a whole number from 1)")
+    return count
+
+
+def _parse_call_timeout(value: Any) -> float | None:
+    if value is None:
+        return DEFAULT_CALL_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(f"{value!r} is not a number of seconds (0 waits forever)")
+    return seconds or None
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _parse_size(value: Any) -> int:
+    if value is None:
+        return DEFAULT_MAX_VALUE_BYTES
+    text = str(value).strip().lower().removesuffix("b").removesuffix("i")
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _SIZE_UNITS else (text, "")
+    try:
+        size = int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        size = 0
+    if not 1 <= size <= MAX_REQUEST_BYTES:
+        raise ConfigError(
+            f"{value!r} is not a size from 1 byte to 1 GiB; write bytes, or e.g. 64M or 1G"
+        )
+    return size
 
 
 FSYNC_POLICIES = ("always", "everysec", "no")
@@ -235,6 +282,27 @@ class Settings:
         "snapshot). Off: the server keeps running until `sharedstate stop`.",
         default_doc="on",
         parse=_parse_bool_default_on,
+    )
+    max_clients: int = _setting(
+        flag="--max-clients",
+        help="Connections the server serves at once (each thread of each worker has "
+        "one). Past it, new clients are refused with TooManyClients.",
+        default_doc=f"`{DEFAULT_MAX_CLIENTS}`",
+        parse=_parse_max_clients,
+    )
+    call_timeout: float | None = _setting(
+        flag=None,
+        help="Seconds a worker waits for the server to answer a call (not counting "
+        "waits it asked for, like a lock timeout) before raising Timeout. 0: forever.",
+        default_doc=f"`{DEFAULT_CALL_TIMEOUT:g}`",
+        parse=_parse_call_timeout,
+    )
+    max_value_bytes: int = _setting(
+        flag=None,
+        help="Largest value a worker sends, pickled (e.g. `64M`); larger ones raise "
+        "ValueTooLarge before anything is sent. At most `1G`.",
+        default_doc="`64M`",
+        parse=_parse_size,
     )
     log_file: str | None = _setting(
         flag="--log-file",

@@ -89,6 +89,14 @@ class LockError(SharedStateError, RuntimeError):
     """The lock or an edit was used out of order (release without acquire, nesting)."""
 
 
+class LeaseExpired(LockError):
+    """``state.lock.release()`` came after the lock's lease ran out.
+
+    The server had already freed the lock, so another holder may have overlapped with
+    the work done under it.
+    """
+
+
 class PersistenceError(SharedStateError, OSError):
     """A write could not be recorded or made durable, so it was refused (disk full...)."""
 
@@ -98,6 +106,10 @@ class CorruptFile(SharedStateError, ValueError):
 
     ``path`` and ``offset`` say where; nothing was changed in the file.
     """
+
+
+class TooManyClients(SharedStateError, ConnectionError):
+    """The server already serves as many connections as ``max_clients`` allows."""
 
 
 class ServerStopping(SharedStateError, ConnectionError):
@@ -132,6 +144,10 @@ class IndexOutOfRange(SharedStateError, IndexError):
     """A list index inside a nested value is out of range."""
 
 
+class ValueTooLarge(SharedStateError, ValueError):
+    """A value pickles to more bytes than ``max_value_bytes``; it was not sent."""
+
+
 class ValueNotFound(SharedStateError, ValueError):
     """``remove(x)`` on a nested list that does not contain ``x``."""
 
@@ -147,6 +163,7 @@ __all__ = [
     "InsecurePermissions",
     "InvalidKey",
     "KeyNotFound",
+    "LeaseExpired",
     "LockError",
     "PersistenceError",
     "ServerError",
@@ -155,8 +172,10 @@ __all__ = [
     "ServerStopping",
     "SharedStateError",
     "Timeout",
+    "TooManyClients",
     "ValueNotFound",
     "ValueNotLoadable",
     "ValueNotPicklable",
+    "ValueTooLarge",
     "WrongType",
 ]

@@ -10,12 +10,15 @@ method must be called with it held.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import LockError, Timeout
+from .errors import LeaseExpired, LockError, Timeout
+
+logger = logging.getLogger("sharedstate")
 
 # How often a waiting call checks whether its client has gone away.
 WAIT_POLL_SECONDS = 0.2
@@ -65,30 +68,61 @@ class Reservations:
     def __init__(self, cond: threading.Condition) -> None:
         self._cond = cond
         self.lock_owner: int | None = None
+        self._lease_ends: float | None = None  # time.monotonic() when the lock is taken back
+        self._lease: float | None = None
+        self._lapsed: set[int] = set()  # callers whose lease ran out before they released
         self.editors: dict[Any, int] = {}
 
     # -- the shared lock ---------------------------------------------------------------
 
-    def acquire_lock(self, caller: Caller, timeout: float | None) -> bool:
-        if self.lock_owner == caller.id:
+    def acquire_lock(self, caller: Caller, timeout: float | None, lease: float | None) -> bool:
+        if not self.lock_is_free() and self.lock_owner == caller.id:
             raise LockError(
                 "this thread already holds state.lock, which is not reentrant; "
                 "release it before acquiring it again"
             )
-        if not self.wait(lambda: self.lock_owner is None, caller, timeout):
+        if not self.wait(self.lock_is_free, caller, timeout):
             return False
         self.lock_owner = caller.id
+        self._lapsed.discard(caller.id)
+        self._lease = lease
+        self._lease_ends = None if lease is None else time.monotonic() + lease
         return True
 
     def release_lock(self, caller: Caller) -> None:
+        self.lock_is_free()  # a lease that just ran out is taken back first
+        if caller.id in self._lapsed:
+            self._lapsed.discard(caller.id)
+            raise LeaseExpired(
+                "state.lock.release() came after the lock's lease ran out, so the server "
+                "had already freed the lock and another thread or process may have held it "
+                "in the meantime; give acquire() a longer lease, or keep the work under the "
+                "lock shorter"
+            )
         if self.lock_owner != caller.id:
             holder = "nobody" if self.lock_owner is None else "another thread or process"
             raise LockError(
                 f"state.lock.release() by a thread that does not hold it (held by {holder}); "
                 "release the lock from the thread that acquired it"
             )
-        self.lock_owner = None
+        self.lock_owner = self._lease_ends = None
         self._cond.notify_all()
+
+    def lock_is_free(self) -> bool:
+        """Whether nobody holds the lock; takes it back first if its lease ran out."""
+        if self.lock_owner is None:
+            return True
+        if self._lease_ends is None or time.monotonic() < self._lease_ends:
+            return False
+        logger.warning(
+            "client #%d held state.lock past its %g s lease; the lock is freed",
+            self.lock_owner,
+            self._lease,
+        )
+        self._lapsed.add(self.lock_owner)
+        self.lock_owner = self._lease_ends = None
+        self._cond.notify_all()
+        return True
 
     # -- edits -----------------------------------------------------------------------------
 
@@ -137,8 +171,9 @@ class Reservations:
     def release_all(self, caller: Caller) -> list[str]:
         """Free the lock and the edits ``caller`` holds; say what was freed."""
         released = []
+        self._lapsed.discard(caller.id)
         if self.lock_owner == caller.id:
-            self.lock_owner = None
+            self.lock_owner = self._lease_ends = None
             released.append("state.lock")
         for key, owner in list(self.editors.items()):
             if owner == caller.id:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -20,7 +21,7 @@ from .errors import ConfigError, ServerStartError, SharedStateError
 from .permissions import ensure_files_dir
 from .persistence import Persistence
 from .pidlock import ServerLock
-from .server import StateServer
+from .server import MAX_HANDSHAKES, StateServer
 from .store import Store
 
 logger = logging.getLogger("sharedstate")
@@ -122,7 +123,32 @@ def _start(
         logger.warning("listening on %s: traffic is authenticated but not encrypted", address)
     if persistence is not None:
         persistence.start()
-    return lock, StateServer(store, listener, key, str(address), persistence, started_by)
+    _make_room_for(settings.max_clients)
+    server = StateServer(
+        store, listener, key, str(address), persistence, started_by, settings.max_clients
+    )
+    return lock, server
+
+
+def _make_room_for(max_clients: int) -> None:
+    """Raise the soft open-files limit so ``max_clients`` connections fit, if allowed."""
+    # A descriptor per client and per handshake, plus files, logs and the event loop.
+    needed = max_clients + MAX_HANDSHAKES + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logger.warning(
+            "the open-files limit (%d) leaves room for about %d clients, fewer than "
+            "max_clients=%d; raise it (ulimit -n, LimitNOFILE=) or lower "
+            "SHAREDSTATE_MAX_CLIENTS",
+            target,
+            target - MAX_HANDSHAKES - 64,
+            max_clients,
+        )
 
 
 def _listen(address: Address) -> Listener:

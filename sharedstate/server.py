@@ -38,7 +38,8 @@ from typing import Any, ClassVar
 
 from . import __version__
 from .codec import PROTOCOL
-from .errors import PersistenceError, SharedStateError
+from .config import DEFAULT_MAX_CLIENTS
+from .errors import PersistenceError, SharedStateError, TooManyClients
 from .loop import Client, ClientLoop
 from .manager import STORE_IDENT, SharedStateManager, serve_store
 from .persistence import Persistence
@@ -48,6 +49,10 @@ from .store import Store
 logger = logging.getLogger("sharedstate")
 
 HANDSHAKE_TIMEOUT = 10.0
+# New connections authenticated at once, a thread each. More wait in the listen backlog,
+# so a flood of connections that never finish their handshake can't spawn threads
+# without end (each holds a slot for at most HANDSHAKE_TIMEOUT).
+MAX_HANDSHAKES = 64
 
 
 class StateServer(Server):
@@ -68,6 +73,7 @@ class StateServer(Server):
         address: str,
         persistence: Persistence | None = None,
         started_by: int | None = None,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
     ) -> None:
         # Server.__init__ would bind its own listener; set the same attributes instead.
         self.registry = SharedStateManager._registry  # type: ignore[attr-defined]
@@ -91,6 +97,8 @@ class StateServer(Server):
         self.stop_event = threading.Event()
         self.started_at = time.time()
         self.clients: dict[int, Client] = {}
+        self.max_clients = max_clients
+        self._handshake_slots = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self._clients_lock = threading.Lock()
         self._client_ids = itertools.count(1)
         self.loop = ClientLoop(
@@ -118,9 +126,11 @@ class StateServer(Server):
 
     def accepter(self) -> None:
         while not self.stop_event.is_set():
+            self._handshake_slots.acquire()  # released by handle_request
             try:
                 conn = self.listener.accept()
             except OSError:
+                self._handshake_slots.release()
                 continue
             threading.Thread(target=self.handle_request, args=(conn,), daemon=True).start()
 
@@ -134,8 +144,7 @@ class StateServer(Server):
                 conn.send_bytes(_dumps(("#TRACEBACK", f"{funcname!r} is not a server function")))
                 return
             if funcname == "accept_connection":
-                conn.send_bytes(_dumps(("#RETURN", None)))
-                self._adopt(conn, args[0] if args else "")
+                self._accept_client(conn, args[0] if args else "")
                 return
             try:
                 reply = ("#RETURN", getattr(self, funcname)(conn, *args, **kwds))
@@ -150,6 +159,7 @@ class StateServer(Server):
             logger.exception("unexpected error on a new connection from %s", describe_peer(conn))
         finally:
             conn.close()
+            self._handshake_slots.release()
 
     def _authenticate(self, conn: Connection) -> bool:
         try:
@@ -170,13 +180,36 @@ class StateServer(Server):
 
     # -- serving one client --------------------------------------------------------------
 
-    def _adopt(self, conn: Connection, name: str) -> None:
-        """Hand an authenticated connection to the event loop."""
+    def _accept_client(self, conn: Connection, name: str) -> None:
+        """Hand an authenticated connection to the event loop, if there is room."""
         pid = peer_pid(conn) or _announced_pid(name)
-        sock = socket.socket(fileno=os.dup(conn.fileno()))  # conn itself is closed after
-        client = Client(next(self._client_ids), sock, pid)
         with self._clients_lock:
-            self.clients[client.id] = client
+            if len(self.clients) >= self.max_clients:
+                client = None
+            else:
+                sock = socket.socket(fileno=os.dup(conn.fileno()))  # conn is closed after
+                client = Client(next(self._client_ids), sock, pid)
+                self.clients[client.id] = client
+        if client is None:
+            logger.warning(
+                "refused a client%s: already serving %d clients (max_clients)",
+                f" (pid {pid})" if pid else "",
+                self.max_clients,
+            )
+            error = TooManyClients(
+                f"the server at {self.display_address} already serves {self.max_clients} "
+                "connections (one per thread of each worker process); raise its "
+                "SHAREDSTATE_MAX_CLIENTS (--max-clients), or use fewer threads or workers",
+                address=self.display_address,
+            )
+            conn.send_bytes(_dumps(("#ERROR", error)))
+            return
+        try:
+            conn.send_bytes(_dumps(("#RETURN", None)))
+        except BaseException:
+            self._forget(client)
+            client.sock.close()
+            raise
         logger.debug("%s connected", client)
         self.loop.adopt(client)
 

@@ -23,23 +23,32 @@ def _socket_of(conn: Connection) -> socket.socket:
     return socket.socket(fileno=os.dup(conn.fileno()))
 
 
-def _set_timeouts(conn: Connection, seconds: float) -> None:
+def set_timeouts(conn: Connection, seconds: float | None, *, sending: bool = True) -> None:
+    """Make reads (and writes) on ``conn`` fail with ``BlockingIOError`` after ``seconds``.
+
+    ``None`` (or 0) removes the timeout.
+    """
+    seconds = seconds or 0.0
     whole = int(seconds)
     value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
-    with _socket_of(conn) as sock:
+    sock = socket.socket(fileno=conn.fileno())  # no dup: a wrapper we detach, not close
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        if sending:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    finally:
+        sock.detach()
 
 
 @contextlib.contextmanager
 def io_timeout(conn: Connection, seconds: float) -> Iterator[None]:
     """Make reads and writes on ``conn`` fail with ``OSError`` after ``seconds``."""
-    _set_timeouts(conn, max(seconds, 0.001))
+    set_timeouts(conn, max(seconds, 0.001))
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
-            _set_timeouts(conn, 0)  # zero means: no timeout
+            set_timeouts(conn, None)
 
 
 def describe_peer(conn: Connection) -> str:

@@ -10,9 +10,16 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NoReturn
 
 from .address import Address
-from .codec import DATA, NAMESPACE, check_key, decode, encode
+from .codec import DATA, NAMESPACE, check_key, decode
 from .config import Settings, load_settings
-from .errors import AttributeNotFound, KeyNotFound, SharedStateError
+from .errors import (
+    AttributeNotFound,
+    ConfigError,
+    KeyNotFound,
+    LeaseExpired,
+    SharedStateError,
+    Timeout,
+)
 from .launcher import connect_or_start
 from .store import Contents
 from .transport import Transport
@@ -25,8 +32,10 @@ class SharedLock:
     """The server's one shared lock, owned by the thread that acquires it.
 
     If the owning process dies (even by SIGKILL) its connection drops and the server
-    releases the lock. It is not reentrant: acquiring it twice in one thread is an
-    error rather than a deadlock.
+    releases the lock. A process that hangs while holding it (stopped, deadlocked) keeps
+    its connection, so for that case ``acquire(lease=...)`` lets the server take the lock
+    back after a time. It is not reentrant: acquiring it twice in one thread is an error
+    rather than a deadlock.
     """
 
     __slots__ = ("_transport",)
@@ -34,15 +43,25 @@ class SharedLock:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
 
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Take the lock; True if taken. ``timeout=None`` (or -1) waits as long as needed."""
+    def acquire(
+        self, blocking: bool = True, timeout: float | None = None, lease: float | None = None
+    ) -> bool:
+        """Take the lock; True if taken. ``timeout=None`` (or -1) waits as long as needed.
+
+        ``lease``: seconds after which the server frees the lock even if this thread has
+        not released it; the late ``release()`` then raises :class:`LeaseExpired`.
+        """
         if not blocking:
             wait: float | None = 0.0
         elif timeout is None or timeout < 0:
             wait = None
         else:
             wait = float(timeout)
-        return bool(self._transport.call("lock_acquire", wait))
+        if lease is not None:
+            lease = float(lease)
+            if not 0 < lease < float("inf"):
+                raise ConfigError(f"lock lease must be a positive number of seconds, not {lease}")
+        return bool(self._transport.call("lock_acquire", wait, lease, waits=wait))
 
     def release(self) -> None:
         self._transport.call("lock_release")
@@ -51,12 +70,32 @@ class SharedLock:
         """Whether anyone holds the lock right now."""
         return bool(self._transport.call("lock_locked"))
 
+    @contextlib.contextmanager
+    def hold(self, timeout: float | None = None, lease: float | None = None) -> Iterator[None]:
+        """``with state.lock.hold(timeout=5, lease=30):``: like ``with state.lock:``.
+
+        Raises :class:`Timeout` if the lock can't be had within ``timeout`` seconds.
+        """
+        if not self.acquire(timeout=timeout, lease=lease):
+            raise Timeout(
+                f"state.lock was held by another thread or process for more than {timeout} s; "
+                "try again, or raise the timeout"
+            )
+        try:
+            yield
+        except BaseException as error:
+            self.__exit__(type(error), error, None)
+            raise
+        self.__exit__(None, None, None)
+
     def __enter__(self) -> bool:
         return self.acquire()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             self.release()
+        except LeaseExpired:
+            raise  # the work under the lock may have overlapped: always worth knowing
         except SharedStateError:
             # The block already failed (often because the connection dropped, which
             # released the lock): report that failure, not the failed release.
@@ -81,7 +120,9 @@ class SharedNamespace:
         return wrap(self._transport, NAMESPACE, (name,), decode(data, f"state.namespace.{name}"))
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self._transport.call("ns_set", name, encode(value, f"state.namespace.{name}"))
+        self._transport.call(
+            "ns_set", name, self._transport.encode(value, f"state.namespace.{name}")
+        )
 
     def __delattr__(self, name: str) -> None:
         if not self._transport.call("ns_delete", name):
@@ -123,7 +164,7 @@ class SharedState(MutableMapping[Any, Any]):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         check_key(key)
-        self._call("set", key, encode(value, (key,)))
+        self._call("set", key, self._transport.encode(value, (key,)))
 
     def __delitem__(self, key: Any) -> None:
         check_key(key)
@@ -159,7 +200,7 @@ class SharedState(MutableMapping[Any, Any]):
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         check_key(key)
-        data = self._call("setdefault", key, encode(default, (key,)))
+        data = self._call("setdefault", key, self._transport.encode(default, (key,)))
         return self._wrap(key, data)
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
@@ -183,7 +224,7 @@ class SharedState(MutableMapping[Any, Any]):
         pairs = []
         for key, value in changes.items():
             check_key(key)
-            pairs.append((key, encode(value, (key,))))
+            pairs.append((key, self._transport.encode(value, (key,))))
         self._call("update", pairs)
 
     def clear(self) -> None:
@@ -253,12 +294,12 @@ class SharedState(MutableMapping[Any, Any]):
         """
         check_key(key)
         where = (key,)
-        default_data = None if default is _MISSING else encode(default, where)
-        data = self._call("edit_begin", key, default_data, timeout)
+        default_data = None if default is _MISSING else self._transport.encode(default, where)
+        data = self._transport.call("edit_begin", key, default_data, timeout, waits=timeout)
         try:
             value = decode(data, where)
             yield value
-            new_data = encode(value, where)
+            new_data = self._transport.encode(value, where)
         except BaseException:
             with contextlib.suppress(SharedStateError):
                 self._call("edit_abort", key)
@@ -348,7 +389,13 @@ def connect_state(
     whichever process and thread uses it (what a web app built before forking needs).
     """
     connect = functools.partial(connect_or_start, settings, start=start, timeout=timeout)
-    state = SharedState(Transport(connect, settings.address))
+    transport = Transport(
+        connect,
+        settings.address,
+        call_timeout=settings.call_timeout,
+        max_value_bytes=settings.max_value_bytes,
+    )
+    state = SharedState(transport)
     if not lazy:
         state._transport.connect()
     return state

@@ -262,17 +262,24 @@ class Store:
 
     # -- the shared lock ---------------------------------------------------------------
 
-    def lock_acquire(self, caller: Caller, timeout: float | None) -> bool:
-        """Take the lock for ``caller``; wait at most ``timeout`` seconds (None: forever)."""
+    def lock_acquire(
+        self, caller: Caller, timeout: float | None, lease: float | None = None
+    ) -> bool:
+        """Take the lock for ``caller``; wait at most ``timeout`` seconds (None: forever).
+
+        With a ``lease`` (seconds), the lock is taken back from ``caller`` once the lease
+        runs out, so a hung holder can't block everyone; its late release then fails.
+        """
         with self._cond:
-            return self._reservations.acquire_lock(caller, timeout)
+            return self._reservations.acquire_lock(caller, timeout, lease)
 
     def lock_release(self, caller: Caller) -> None:
         with self._cond:
             self._reservations.release_lock(caller)
 
     def lock_locked(self, caller: Caller) -> bool:
-        return self._reservations.lock_owner is not None
+        with self._cond:
+            return not self._reservations.lock_is_free()
 
     # -- edits: read-modify-write of one key ---------------------------------------------
 

@@ -31,16 +31,18 @@ from multiprocessing.connection import (
 from typing import Any
 
 from .address import Address
-from .codec import PROTOCOL
+from .codec import PROTOCOL, Where, encode, where_text
+from .config import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, MAX_REQUEST_BYTES
 from .errors import (
     AuthenticationFailed,
     ConnectionLost,
     ServerError,
     Timeout,
     ValueNotPicklable,
+    ValueTooLarge,
 )
 from .manager import STORE_IDENT
-from .sockets import io_timeout
+from .sockets import io_timeout, set_timeouts
 
 
 def handshake(address: Address, authkey: bytes, timeout: float) -> Connection:
@@ -120,27 +122,66 @@ class _ThreadConnection(threading.local):
 
 
 class Transport:
-    """Sends store calls to the server over per-thread, per-process connections."""
+    """Sends store calls to the server over per-thread, per-process connections.
 
-    def __init__(self, connect: Callable[[], Connection], address: Address) -> None:
+    ``call_timeout`` bounds the wait for each reply (None: forever), so a stopped or
+    wedged server gives :class:`Timeout` instead of hanging every worker.
+    ``max_value_bytes`` is the largest value :meth:`encode` lets through.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        address: Address,
+        *,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    ) -> None:
         self._connect = connect
         self.address = address
+        self.call_timeout = call_timeout
+        self.max_value_bytes = max_value_bytes
         self._pid = os.getpid()
         self._local = _ThreadConnection()
         self._opened: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._opened_lock = threading.Lock()
 
-    def call(self, method: str, *args: Any) -> Any:
-        """Run ``Store.<method>(client, *args)`` on the server and return its result."""
+    def encode(self, value: Any, where: Where) -> bytes:
+        """Pickle a value to send; refuse it if it is larger than ``max_value_bytes``."""
+        data = encode(value, where)
+        if len(data) > self.max_value_bytes:
+            place = where_text(where)
+            raise ValueTooLarge(
+                f"the value for {place} is {len(data):,} bytes pickled, over the limit of "
+                f"{self.max_value_bytes:,} (SHAREDSTATE_MAX_VALUE_BYTES); it was not sent. "
+                "Store it in smaller pieces, or raise the limit",
+                where=place,
+            )
+        return data
+
+    def call(self, method: str, *args: Any, waits: float | None = 0.0) -> Any:
+        """Run ``Store.<method>(client, *args)`` on the server and return its result.
+
+        ``waits``: seconds the server may take on purpose (a lock or edit timeout) on
+        top of ``call_timeout``; None if it may wait forever.
+        """
         try:
             request = _dumps((STORE_IDENT, method, args, {}))
         except Exception as error:
             raise ValueNotPicklable(
                 f"the arguments of {method}() can't be pickled: {error}"
             ) from error
+        if len(request) > MAX_REQUEST_BYTES:
+            raise ValueTooLarge(
+                f"{method}() would send {len(request):,} bytes; one call carries at most "
+                f"{MAX_REQUEST_BYTES:,}. Send fewer values per call"
+            )
         conn, reused = self._connection()
         try:
             conn.send_bytes(request)
+        except BlockingIOError:
+            self._drop()
+            raise self._timeout(method) from None
         except OSError:
             self._drop()
             if not reused:
@@ -150,8 +191,15 @@ class Transport:
         except BaseException:
             self._drop()
             raise
+        call_timeout = self.call_timeout
+        extended = waits != 0.0 and call_timeout is not None
+        if extended and call_timeout is not None:
+            set_timeouts(conn, None if waits is None else call_timeout + waits, sending=False)
         try:
             kind, result = pickle.loads(conn.recv_bytes())
+        except BlockingIOError:
+            self._drop()  # the reply may still come, out of turn: never read this socket again
+            raise self._timeout(method) from None
         except (EOFError, OSError) as error:
             self._drop()
             raise ConnectionLost(
@@ -162,11 +210,22 @@ class Transport:
         except BaseException:
             self._drop()  # e.g. KeyboardInterrupt: the reply would arrive out of turn
             raise
+        if extended:
+            set_timeouts(conn, call_timeout, sending=False)
         if kind == "#RETURN":
             return result
         if kind == "#ERROR":
             raise result
         raise ServerError(f"the server at {self.address} failed during {method}():\n{result}")
+
+    def _timeout(self, method: str) -> Timeout:
+        return Timeout(
+            f"the server at {self.address} did not answer {method}() within "
+            f"{self.call_timeout:g} s (SHAREDSTATE_CALL_TIMEOUT); it may be stopped, "
+            "wedged or overloaded. The call may or may not have taken effect; the next "
+            "call reconnects",
+            address=str(self.address),
+        )
 
     def connect(self) -> None:
         """Open this thread's connection now (starting the server if allowed)."""
@@ -192,6 +251,8 @@ class Transport:
                 return local.conn, True
             self._drop()  # readable while idle: the server closed it
         conn = self._connect()
+        if self.call_timeout is not None:
+            set_timeouts(conn, self.call_timeout)
         poller = select.poll()
         poller.register(conn.fileno(), select.POLLIN)
         local.conn, local.poller = conn, poller

@@ -18,7 +18,7 @@ import copy
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any, overload
 
-from .codec import check_key, decode, encode, place
+from .codec import check_key, decode, place
 from .errors import IndexOutOfRange, KeyNotFound
 from .transport import Transport
 
@@ -52,7 +52,7 @@ class _View:
 
     def _remote(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``method`` on the server's copy of this container; return its result."""
-        call_data = encode((args, kwargs), lambda: f"{self._where}.{method}()")
+        call_data = self._transport.encode((args, kwargs), lambda: f"{self._where}.{method}()")
         result = self._transport.call("nested", self._space, self._path, method, call_data)
         return decode(result, lambda: f"the result of {self._where}.{method}()")
 
