@@ -249,7 +249,7 @@ class Journal:
 
         def sync() -> None:
             try:
-                segment.sync_to(offset)
+                self._sync(segment, offset)
             except OSError as error:
                 self._fail(segment, f"the journal {segment.path} could not be synced ({error})")
                 raise PersistenceError(
@@ -311,10 +311,22 @@ class Journal:
         self.error = message
         self._failed = segment
 
+    def _sync(self, segment: _Segment, offset: int) -> None:
+        """Make ``segment`` durable up to ``offset``, and every older segment first.
+
+        Otherwise a power loss could keep a newer segment's records and lose the end of
+        an older one, and recovery would find a gap in the sequence and refuse to start.
+        """
+        for older in list(self._retired):  # a copy: snapshots retire and remove them
+            if older is segment:
+                break
+            older.sync_to(older.size)
+        segment.sync_to(offset)
+
     def _sync_every_second(self) -> None:
         while not self._stop.wait(EVERYSEC_INTERVAL):
             segment = self._current
             try:
-                segment.sync_to(segment.size)
+                self._sync(segment, segment.size)
             except OSError as error:
                 self._fail(segment, f"the journal {segment.path} could not be synced ({error})")

@@ -8,17 +8,24 @@ matching call to the Mth, with ENOSPC (disk full) unless told otherwise::
 ``python -m tests.fault_server serve ...`` installs the rules from that variable in the
 server process, then runs the normal CLI. Production code has no hook for this: it only
 calls its file operations through ``sharedstate.durable.disk``.
+
+Power loss is simulated the same way: with ``TEST_SHAREDSTATE_SYNCED_LOG`` set, the
+server notes after each fsync how much of the file it made durable, and
+:func:`lose_unsynced_writes` later cuts the journal back to that, as a machine that lost
+power would (what a killed process wrote is otherwise safe in the OS's cache).
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import os
 from dataclasses import dataclass
 
 from sharedstate import durable
 
 ENV = "SHAREDSTATE_TEST_FAULTS"
+SYNCED_LOG_ENV = "TEST_SHAREDSTATE_SYNCED_LOG"  # not SHAREDSTATE_*: no setting
 
 
 @dataclass
@@ -41,10 +48,11 @@ class Rule:
 
 
 class FailingDisk(durable.Disk):
-    """The real disk, except for the calls the rules pick."""
+    """The real disk, except for the calls the rules pick; notes fsyncs in ``synced_log``."""
 
-    def __init__(self, rules: list[Rule]) -> None:
+    def __init__(self, rules: list[Rule], synced_log: str | None = None) -> None:
         self.rules = rules
+        self.synced_log = synced_log
         self.paths: dict[int, str] = {}
 
     def _check(self, op: str, path: str) -> None:
@@ -65,8 +73,16 @@ class FailingDisk(durable.Disk):
         return super().write(fd, data, offset)
 
     def sync(self, fd: int) -> None:
-        self._check("sync", self.paths.get(fd, ""))
+        path = self.paths.get(fd, "")
+        self._check("sync", path)
+        size = os.fstat(fd).st_size  # everything written before the fsync began
         super().sync(fd)
+        if self.synced_log:
+            log = os.open(self.synced_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(log, f"{size} {path}\n".encode())
+            finally:
+                os.close(log)
 
     def replace(self, source: str, target: str) -> None:
         self._check("replace", target)
@@ -80,4 +96,27 @@ class FailingDisk(durable.Disk):
 def install_from_env() -> None:
     spec = os.environ.get(ENV, "")
     rules = [Rule.parse(part) for part in spec.split(",") if part]
-    durable.disk = FailingDisk(rules)
+    durable.disk = FailingDisk(rules, os.environ.get(SYNCED_LOG_ENV))
+
+
+def lose_unsynced_writes(snapshot: str, synced_log: str) -> dict[str, int]:
+    """Cut each journal segment of ``snapshot`` back to what an fsync made durable.
+
+    Call it once the server is dead; returns the bytes dropped per segment. The log is
+    then removed, so the next server starts a fresh one.
+    """
+    durable_size: dict[str, int] = {}
+    if os.path.exists(synced_log):
+        with open(synced_log, encoding="utf-8") as file:
+            for line in file:
+                size, _, path = line.rstrip("\n").partition(" ")
+                durable_size[path] = int(size)
+        os.unlink(synced_log)
+    dropped = {}
+    for path in glob.glob(glob.escape(snapshot) + ".journal.*"):
+        keep = durable_size.get(path, 0)  # never synced: a power loss may lose all of it
+        size = os.path.getsize(path)
+        if size > keep:
+            os.truncate(path, keep)
+            dropped[path] = size - keep
+    return dropped

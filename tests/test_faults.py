@@ -1,0 +1,153 @@
+"""Crashes under load: what each fsync policy keeps when the server dies at random.
+
+Several writer processes run a mixed load (set, incr, nested write) while the server is
+SIGKILLed at a random moment, cycle after cycle. A killed process loses nothing the OS
+already has, so each crash is also treated as a power loss: every journal is cut back
+to what fsync had made durable (``tests/faults.py``). Then a new server recovers, and we
+compare what the writers saw acknowledged with what came back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from sharedstate import SharedStateError, get_shared_state
+from sharedstate.config import load_settings
+from sharedstate.launcher import call_server_function
+
+from .conftest import ServerProcess, fresh_state
+from .faults import SYNCED_LOG_ENV, lose_unsynced_writes
+from .processes import _fork, kill_and_wait, start_process, wait_until
+
+pytestmark = pytest.mark.fault
+
+WRITERS = 3
+CYCLES = {"always": 10, "everysec": 8, "no": 5}
+EVERYSEC_LOSS_BOUND = 2.0  # "about a second's worth": the sync interval plus scheduling slack
+
+
+def _write_until_cut(writer: int, acked: Any, incremented: Any, times_path: str) -> None:
+    """One writer's load: an iteration is acknowledged once all three of its writes are."""
+    state = get_shared_state(start=False)
+    index = acked[writer]
+    ack_times = []
+    try:
+        while True:
+            index += 1
+            state[f"w{writer}:{index}"] = index
+            state.incr("count")
+            incremented[writer] += 1
+            state["last"][str(writer)] = index  # a nested write
+            acked[writer] = index
+            ack_times.append((index, time.monotonic()))
+    except SharedStateError:
+        pass
+    with open(times_path, "w", encoding="utf-8") as file:
+        json.dump(ack_times, file)
+
+
+@dataclass
+class CycleResult:
+    acknowledged: int  # iterations acknowledged during the cycle, all writers
+    lost: int  # of those, not recovered
+    loss_window: float  # seconds between the oldest lost acknowledgement and the crash
+
+
+def _crash_cycle(
+    server: ServerProcess, workdir: str, acked: Any, incremented: Any
+) -> tuple[float, list[str], list[int]]:
+    """Run the writers, kill the server at a random moment; return when and the time files."""
+    before = list(acked)
+    times = [os.path.join(workdir, f"acks-{writer}.json") for writer in range(WRITERS)]
+    writers = [
+        start_process(_write_until_cut, writer, acked, incremented, times[writer])
+        for writer in range(WRITERS)
+    ]
+    wait_until(lambda: all(acked[w] > before[w] + 10 for w in range(WRITERS)))
+    time.sleep(random.uniform(0, 1.5))  # a random moment, across snapshots and fsyncs
+    killed_at = time.monotonic()
+    kill_and_wait(server.pid)
+    for writer in writers:
+        writer.join(30)
+        assert writer.exitcode == 0
+    return killed_at, times, before
+
+
+def _check_recovered(
+    state: dict[Any, Any], killed_at: float, times: list[str], before: list[int], acked: Any
+) -> CycleResult:
+    """Every writer's recovered writes are a prefix of what it sent: no holes, no ghosts."""
+    acknowledged = lost = 0
+    window = 0.0
+    for writer in range(WRITERS):
+        sent = acked[writer] + 1  # the iteration in flight may or may not have landed
+        recovered = sorted(
+            int(key.partition(":")[2]) for key in state if key.startswith(f"w{writer}:")
+        )
+        last = recovered[-1] if recovered else 0
+        assert recovered == list(range(1, last + 1)), f"writer {writer}: a hole in its writes"
+        assert last <= sent
+        assert state["last"].get(str(writer), 0) in (last - 1, last), "nested write out of step"
+        with open(times[writer], encoding="utf-8") as file:
+            ack_times = dict(json.load(file))
+        acknowledged += acked[writer] - before[writer]
+        lost_here = [index for index in ack_times if index > last]
+        lost += len(lost_here)
+        if lost_here:
+            window = max(window, killed_at - ack_times[min(lost_here)])
+        acked[writer] = last  # writers go on from what survived
+    return CycleResult(acknowledged, lost, window)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("policy", ["always", "everysec", "no"])
+def test_a_crash_loses_only_what_the_fsync_policy_allows(
+    server_factory: type[ServerProcess],
+    workdir: str,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: str,
+) -> None:
+    snapshot = os.path.join(workdir, "data", "state.snap")
+    synced_log = os.path.join(workdir, "synced.log")
+    monkeypatch.setenv(SYNCED_LOG_ENV, synced_log)
+    args = ("--snapshot", snapshot, "--fsync", policy, "--snapshot-interval", "0.5")
+    server = server_factory(*args, faults="").start()
+    get_shared_state(start=False)["last"] = {}
+    call_server_function(load_settings({}), "snapshot_now", 30)  # durable before any crash
+    acked = _fork.Array("q", WRITERS)
+    incremented = _fork.Array("q", WRITERS)
+    results = []
+    count = 0
+    for _cycle in range(CYCLES[policy]):
+        killed_at, times, before = _crash_cycle(server, workdir, acked, incremented)
+        lose_unsynced_writes(snapshot, synced_log)
+        server = server_factory(*args, faults="").start()
+        contents = fresh_state().to_dict()
+        results.append(_check_recovered(contents, killed_at, times, before, acked))
+        # Increments are writes too: never more than were sent (one in flight per
+        # writer), and no fewer than were acknowledged unless the policy allows it.
+        acknowledged_increments = sum(incremented)
+        assert contents["count"] <= count + acknowledged_increments + WRITERS
+        if policy == "always":
+            assert contents["count"] >= count + acknowledged_increments
+        count = contents["count"]
+        for writer in range(WRITERS):
+            incremented[writer] = 0
+    acknowledged = sum(r.acknowledged for r in results)
+    lost = sum(r.lost for r in results)
+    window = max(r.loss_window for r in results)
+    print(
+        f"\n{policy}: {len(results)} crashes, {acknowledged} writes acknowledged, "
+        f"{lost} lost (oldest lost acknowledged {window:.2f} s before the crash)"
+    )
+    if policy == "always":
+        assert lost == 0
+    elif policy == "everysec":
+        assert window <= EVERYSEC_LOSS_BOUND, f"lost writes acknowledged {window:.2f} s before"
