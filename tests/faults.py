@@ -1,9 +1,9 @@
 """Injected disk failures for real server processes, SQLite-style.
 
-A rule fails calls of one disk operation on paths containing some text, from the Nth
-matching call to the Mth, with ENOSPC (disk full) unless told otherwise::
+A rule fails calls of one disk operation (``*``: any) on paths containing some text, from
+the Nth matching call to the Mth, with ENOSPC (disk full) unless told otherwise::
 
-    SHAREDSTATE_TEST_FAULTS="replace@state.snap:2-,write@journal:5-6"
+    SHAREDSTATE_TEST_FAULTS="replace@state.snap:2-,write@journal:5-6,*@:7"
 
 ``python -m tests.fault_server serve ...`` installs the rules from that variable in the
 server process, then runs the normal CLI. Production code has no hook for this: it only
@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import sys
 from dataclasses import dataclass
 
 from sharedstate import durable
@@ -57,9 +58,11 @@ class FailingDisk(durable.Disk):
 
     def _check(self, op: str, path: str) -> None:
         for rule in self.rules:
-            if rule.op == op and rule.part in path:
+            if rule.op in (op, "*") and rule.part in path:
                 rule.calls += 1
                 if rule.first <= rule.calls <= rule.last:
+                    # Tests read this line from the server's log to know a fault fired.
+                    print(f"injected fault: {op} {path} (call {rule.calls})", file=sys.stderr)
                     raise OSError(rule.error, os.strerror(rule.error), path)
 
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
@@ -91,6 +94,18 @@ class FailingDisk(durable.Disk):
     def unlink(self, path: str) -> None:
         self._check("unlink", path)
         super().unlink(path)
+
+    def truncate(self, fd: int, size: int) -> None:
+        self._check("truncate", self.paths.get(fd, ""))
+        super().truncate(fd, size)
+
+    def rename(self, source: str, target: str) -> None:
+        self._check("rename", target)
+        super().rename(source, target)
+
+    def sync_dir(self, path: str) -> None:
+        self._check("sync_dir", path)
+        super().sync_dir(path)
 
 
 def install_from_env() -> None:

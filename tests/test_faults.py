@@ -9,18 +9,24 @@ compare what the writers saw acknowledged with what came back.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import pickle
 import random
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from sharedstate import SharedStateError, get_shared_state
+from sharedstate import PersistenceError, SharedStateError, get_shared_state
 from sharedstate.config import load_settings
 from sharedstate.launcher import call_server_function
+from sharedstate.persistence import Persistence
+from sharedstate.store import Store
 
 from .conftest import ServerProcess, fresh_state
 from .faults import SYNCED_LOG_ENV, lose_unsynced_writes
@@ -151,3 +157,76 @@ def test_a_crash_loses_only_what_the_fsync_policy_allows(
         assert lost == 0
     elif policy == "everysec":
         assert window <= EVERYSEC_LOSS_BOUND, f"lost writes acknowledged {window:.2f} s before"
+
+
+# -- disk errors at every step ---------------------------------------------------------
+
+
+def _write(state: Any, key: str, acked: dict[str, int], attempted: set[str]) -> None:
+    attempted.add(key)
+    try:
+        state[key] = len(attempted)
+    except PersistenceError:
+        return  # refused: not acknowledged
+    acked[key] = len(attempted)
+
+
+def _run_io_scenario(server: ServerProcess, snapshot: str) -> tuple[dict[str, int], set[str]]:
+    """Writes, snapshots, more writes, a clean stop: each step does disk I/O that may fail."""
+    state = fresh_state()
+    acked: dict[str, int] = {}
+    attempted: set[str] = set()
+    settings = load_settings({})
+    for round_ in range(2):
+        for index in range(3):
+            _write(state, f"r{round_}:{index}", acked, attempted)
+        with contextlib.suppress(PersistenceError):
+            call_server_function(settings, "snapshot_now", 30)
+        # Whatever failed, the server still serves everything it acknowledged.
+        contents = state.to_dict()
+        assert {key: contents[key] for key in acked} == acked
+    server.signal(signal.SIGTERM)
+    server.wait()
+    return acked, attempted
+
+
+def _recover_in_process(snapshot: str) -> dict[str, Any]:
+    store = Store()
+    Persistence(store, load_settings({"snapshot": snapshot})).recover()
+    return {key: pickle.loads(data) for key, data in store.export().data.items()}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("lasting", [False, True], ids=["one-call", "from-then-on"])
+def test_a_disk_error_at_any_step_loses_nothing_acknowledged(
+    server_factory: type[ServerProcess], workdir: str, lasting: bool
+) -> None:
+    """SQLite style: fail the Nth disk call (or every call from the Nth), for every N."""
+    snapshot = os.path.join(workdir, "data", "state.snap")
+    args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")
+    failures = 0
+    for nth in range(1, 500):
+        for path in glob.glob(snapshot + "*"):
+            os.unlink(path)
+        server = server_factory(*args, faults=f"*@:{nth}{'-' if lasting else ''}")
+        try:
+            server.start()
+        except AssertionError:
+            # The fault stopped the start: it must say why, and leave loadable files.
+            assert "injected fault" in server.log()
+            assert "Traceback" not in server.log(), server.log()
+            _recover_in_process(snapshot)
+            failures += 1
+            continue
+        acked, attempted = _run_io_scenario(server, snapshot)
+        if "injected fault" not in server.log():
+            break  # the scenario made fewer than nth disk calls: every step was covered
+        failures += 1
+        assert "Traceback" not in server.log(), server.log()
+        recovered = _recover_in_process(snapshot)
+        assert {key: recovered.get(key) for key in acked} == acked, server.log()
+        assert set(recovered) <= attempted
+    else:
+        pytest.fail("the scenario never ran out of disk calls to fail")
+    print(f"\n{failures} runs with a disk error injected at call 1..{nth - 1}")
+    assert failures > 20, "the scenario should make more disk calls than this"
