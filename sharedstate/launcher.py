@@ -78,6 +78,8 @@ def connect_or_start(settings: Settings, *, start: bool, timeout: float) -> Conn
 
 def try_connect(settings: Settings, timeout: float) -> Connection | None:
     """A connection ready for store calls, or ``None`` if nothing listens at the address."""
+    # A listening server that doesn't answer is as stuck as one that doesn't answer a call.
+    timeout = min(timeout, settings.call_timeout or timeout)
     conn = try_handshake(settings, timeout)
     if conn is not None:
         server_request(

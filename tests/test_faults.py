@@ -22,10 +22,18 @@ from typing import Any
 
 import pytest
 
-from sharedstate import PersistenceError, SharedStateError, get_shared_state
+from sharedstate import (
+    ConfigError,
+    LeaseExpired,
+    PersistenceError,
+    SharedStateError,
+    Timeout,
+    get_shared_state,
+)
 from sharedstate.config import load_settings
 from sharedstate.launcher import call_server_function
 from sharedstate.persistence import Persistence
+from sharedstate.state import connect_state
 from sharedstate.store import Store
 
 from .conftest import ServerProcess, fresh_state
@@ -230,3 +238,129 @@ def test_a_disk_error_at_any_step_loses_nothing_acknowledged(
         pytest.fail("the scenario never ran out of disk calls to fail")
     print(f"\n{failures} runs with a disk error injected at call 1..{nth - 1}")
     assert failures > 20, "the scenario should make more disk calls than this"
+
+
+# -- hung lock holders and a hung server -----------------------------------------------
+
+
+def _is_stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as file:
+        return file.read().rsplit(b")", 1)[1].split()[0] == b"T"
+
+
+def _hold_then_hang(lease: float | None, outcome: Any) -> None:
+    """Take the lock, stop ourselves (a hung worker), and try to release once continued."""
+    state = get_shared_state(start=False)
+    assert state.lock.acquire(lease=lease)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    try:
+        state.lock.release()
+        outcome.value = b"released"
+    except LeaseExpired as error:
+        outcome.value = b"LeaseExpired: " + str(error).encode()[:200]
+
+
+def test_a_hung_holder_keeps_the_lock_without_a_lease(server: ServerProcess) -> None:
+    outcome = _fork.Array("c", 256)
+    holder = start_process(_hold_then_hang, None, outcome)
+    try:
+        wait_until(lambda: _is_stopped(holder.pid or 0))
+        state = get_shared_state(start=False)
+        assert state.lock.acquire(timeout=0.5) is False
+        os.kill(holder.pid or 0, signal.SIGCONT)
+        holder.join(30)
+        assert outcome.value == b"released"
+    finally:
+        holder.kill()
+        holder.join(10)
+
+
+def test_a_lease_frees_a_hung_holders_lock_and_its_late_release_fails(
+    server: ServerProcess,
+) -> None:
+    outcome = _fork.Array("c", 256)
+    holder = start_process(_hold_then_hang, 0.5, outcome)
+    try:
+        wait_until(lambda: _is_stopped(holder.pid or 0))
+        state = get_shared_state(start=False)
+        assert state.lock.acquire(timeout=30), "the lease never freed the lock"
+        assert _is_stopped(holder.pid or 0), "freed by the lease, not by the holder"
+        server.wait_for_log("past its 0.5 s lease; the lock is freed")
+        os.kill(holder.pid or 0, signal.SIGCONT)
+        holder.join(30)
+        assert holder.exitcode == 0
+        assert outcome.value.startswith(b"LeaseExpired: state.lock.release() came after")
+        assert state.lock.locked(), "the late release must not free the new holder's lock"
+        state.lock.release()
+    finally:
+        holder.kill()
+        holder.join(10)
+
+
+def test_a_lease_is_released_normally_when_the_holder_is_in_time(server: ServerProcess) -> None:
+    state = get_shared_state(start=False)
+    with state.lock.hold(lease=60):
+        assert state.lock.locked()
+    assert not state.lock.locked()
+    with pytest.raises(ConfigError, match="positive"):
+        state.lock.acquire(lease=0)
+
+
+def test_hold_with_a_timeout_raises_timeout_when_the_lock_stays_taken(
+    server: ServerProcess,
+) -> None:
+    outcome = _fork.Array("c", 256)
+    holder = start_process(_hold_then_hang, None, outcome)
+    try:
+        wait_until(lambda: _is_stopped(holder.pid or 0))
+        state = get_shared_state(start=False)
+        with pytest.raises(Timeout, match="held by another"), state.lock.hold(timeout=0.2):
+            pytest.fail("the lock was taken")
+    finally:
+        holder.kill()
+        holder.join(10)
+
+
+def test_a_stopped_server_gives_timeout_not_a_hang(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "0.5")
+    settings = load_settings({})
+    reader, writer, locker = (connect_state(settings, start=False, timeout=5) for _ in range(3))
+    reader["x"] = 1
+    server.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: _is_stopped(server.pid))
+        with pytest.raises(Timeout, match="did not answer lookup"):
+            reader["x"]
+        with pytest.raises(Timeout, match="did not answer set"):
+            writer["big"] = b"x" * (16 << 20)  # fills the socket buffer: the send times out
+        with pytest.raises(Timeout, match="did not answer lock_acquire"):
+            locker.lock.acquire(timeout=0.2)
+        with pytest.raises(Timeout, match="did not answer within 0.5 s"):
+            reader["x"]  # a new connection: the handshake times out too
+    finally:
+        server.signal(signal.SIGCONT)
+    assert reader["x"] == 1, "the next call reconnects"
+    assert "big" not in reader
+    assert locker.lock.acquire(timeout=5)
+    locker.lock.release()
+    for state in (reader, writer, locker):
+        state.close()
+
+
+def test_a_waiting_call_may_outlast_the_call_timeout(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "0.2")
+    outcome = _fork.Array("c", 256)
+    holder = start_process(_hold_then_hang, 1.5, outcome)
+    try:
+        wait_until(lambda: _is_stopped(holder.pid or 0))
+        state = get_shared_state(start=False)
+        # Waits for the lease (1.5 s), far longer than the call timeout: that is asked for.
+        assert state.lock.acquire(timeout=30)
+        state.lock.release()
+    finally:
+        holder.kill()
+        holder.join(10)
