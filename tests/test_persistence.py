@@ -265,6 +265,22 @@ def test_a_snapshot_others_can_write_is_refused(
     assert "could have been written by another user" in result.stderr
 
 
+def test_a_journal_others_can_write_is_refused_and_left_alone(
+    server_factory: type[ServerProcess], snapshot: str, address: str
+) -> None:
+    server = server_factory("--snapshot", snapshot, "--fsync", "always").start()
+    get_shared_state(start=False)["x"] = 1
+    kill_and_wait(server.pid)  # the write is in the journal only
+    (journal,) = segments(snapshot)
+    os.chmod(journal, 0o646)
+    before = fingerprint(journal)
+    result = run_cli("serve", "--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert "could have been written by another user" in result.stderr
+    assert journal in result.stderr
+    assert fingerprint(journal) == before
+
+
 def test_a_snapshot_directory_others_can_write_is_refused(snapshot: str, address: str) -> None:
     os.makedirs(os.path.dirname(snapshot))
     os.chmod(os.path.dirname(snapshot), 0o777)
