@@ -191,10 +191,10 @@ class Transport:
         except BaseException:
             self._drop()
             raise
-        call_timeout = self.call_timeout
-        extended = waits != 0.0 and call_timeout is not None
-        if extended and call_timeout is not None:
-            set_timeouts(conn, None if waits is None else call_timeout + waits, sending=False)
+        # A call that may wait on purpose gets that long on top, then the usual again.
+        longer = self._reply_timeout(waits) if waits != 0.0 and self.call_timeout else None
+        if longer is not None:
+            set_timeouts(conn, longer, sending=False)
         try:
             kind, result = pickle.loads(conn.recv_bytes())
         except BlockingIOError:
@@ -210,13 +210,19 @@ class Transport:
         except BaseException:
             self._drop()  # e.g. KeyboardInterrupt: the reply would arrive out of turn
             raise
-        if extended:
-            set_timeouts(conn, call_timeout, sending=False)
+        if longer is not None:
+            set_timeouts(conn, self.call_timeout, sending=False)
         if kind == "#RETURN":
             return result
         if kind == "#ERROR":
             raise result
         raise ServerError(f"the server at {self.address} failed during {method}():\n{result}")
+
+    def _reply_timeout(self, waits: float | None) -> float:
+        """Seconds to wait for a reply that may take ``waits`` on purpose (0: forever)."""
+        if waits is None or self.call_timeout is None:
+            return 0.0
+        return self.call_timeout + waits
 
     def _timeout(self, method: str) -> Timeout:
         return Timeout(
