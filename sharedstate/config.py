@@ -23,10 +23,9 @@ from dotenv import dotenv_values
 
 from .address import Address, default_address, parse_address
 from .errors import ConfigError
-from .permissions import load_or_create_key, read_key_file
+from .permissions import MIN_KEY_BYTES, load_or_create_key, read_key_file
 
 ENV_PREFIX = "SHAREDSTATE_"
-MIN_KEY_BYTES = 16
 DEFAULT_MAX_CLIENTS = 1000
 DEFAULT_CALL_TIMEOUT = 10.0
 DEFAULT_MAX_VALUE_BYTES = 64 << 20

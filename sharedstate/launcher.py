@@ -136,8 +136,10 @@ def try_handshake(settings: Settings, timeout: float) -> Connection | None:
         key = settings.load_key()
         if key is None:
             raise AuthenticationFailed(
-                f"the server at {address} was started with a key of its own, and this "
-                "process has none: set SHAREDSTATE_AUTHKEY_FILE (or SHAREDSTATE_AUTHKEY)",
+                f"something listens at {address} but there is no key file "
+                f"{address.key_path}: either another program uses that address (choose "
+                "another), or a sharedstate server there has a key of its own (set "
+                "SHAREDSTATE_AUTHKEY_FILE, or SHAREDSTATE_AUTHKEY)",
                 address=str(address),
             )
     try:

@@ -198,7 +198,12 @@ class ClientLoop:
     def _serve(self, client: Client, message: bytes) -> None:
         client.requests += 1
         try:
-            ident, method, args, kwds = pickle.loads(message)
+            ident, method, args, kwds = load_request(message)
+        except Exception as error:
+            logger.warning("%s sent a malformed request (%r); disconnecting it", client, error)
+            self._depart(client)
+            return
+        try:
             obj, exposed, _ = self._objects[ident]
             if method not in exposed:
                 raise AttributeError(f"{method!r} is not a method clients may call")
@@ -321,6 +326,25 @@ class ClientLoop:
         else:
             logger.debug("%s disconnected", client)
         self._on_departure(client)
+
+
+_PROTO_OPCODE = pickle.PROTO[0]
+
+
+def load_request(message: bytes) -> tuple[Any, str, tuple[Any, ...], dict[str, Any]]:
+    """Unpickle a request: ``(object id, method, args, kwargs)``; ValueError if it isn't one.
+
+    Requests are pickles of protocol 2 or later, which start by saying so. Checking
+    that first keeps stray bytes away from the unpickler, which takes some short inputs
+    as orders to allocate gigabytes (a memo index of 2**31). Crafted pickles are another
+    matter: whoever has the key may run code here anyway.
+    """
+    if len(message) < 2 or message[0] != _PROTO_OPCODE or not 2 <= message[1] <= PROTOCOL:
+        raise ValueError("not a pickle")
+    request = pickle.loads(message)
+    if type(request) is not tuple or len(request) != 4:
+        raise ValueError("not a 4-tuple")
+    return request
 
 
 def _take_message(inbox: bytearray) -> bytes | None:

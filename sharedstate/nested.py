@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from .codec import Where, where_text
-from .errors import IndexOutOfRange, KeyNotFound, SharedStateError, ValueNotFound, WrongType
+from .errors import (
+    IndexOutOfRange,
+    KeyNotFound,
+    SharedStateError,
+    ValueNotFound,
+    ValueNotPicklable,
+    WrongType,
+)
 
 DICT_METHODS = frozenset(
     {"__setitem__", "__delitem__", "pop", "popitem", "setdefault", "update", "clear", "incr"}
@@ -61,6 +68,41 @@ def check_method(container: Any, method: str, where: Where) -> None:
         raise WrongType(
             f"{method}() is not an operation on {where_text(where)}, a {type(container).__name__}"
         )
+
+
+# How deep a stored value may become through nested writes. Pickle recurses once per
+# level and gives up near 500 levels on CPython 3.11; past that, the value could be
+# neither read nor saved in a snapshot. Plain writes need no check: the client pickled
+# the value already.
+MAX_NESTING = 300
+
+
+def check_nesting(path: tuple[Any, ...], args: Any, kwargs: Any, where: Where) -> None:
+    """Refuse arguments that would nest the value at ``path`` deeper than :data:`MAX_NESTING`."""
+    room = MAX_NESTING - len(path)
+    if _nests_deeper_than((args, kwargs), room):  # the pair itself is one level
+        raise ValueNotPicklable(
+            f"this write into {where_text(where)} would nest the stored value more than "
+            f"{MAX_NESTING} levels deep, too deep to pickle reliably; store it flatter",
+            where=where_text(where),
+        )
+
+
+def _nests_deeper_than(value: Any, limit: int) -> bool:
+    # Iterative, so a deep value can't overflow the stack of the check itself.
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if type(item) in (list, tuple, set, frozenset):
+            children: Any = item
+        elif type(item) is dict:
+            children = [*item.keys(), *item.values()]
+        else:
+            continue
+        if depth >= limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def apply_method(container: Any, method: str, args: Any, kwargs: Any, where: Where) -> Any:

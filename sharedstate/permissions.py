@@ -16,6 +16,7 @@ from .address import Address, runtime_dir
 from .errors import ConfigError, InsecurePermissions
 
 KEY_BYTES = 32  # of entropy; written as 64 hex characters
+MIN_KEY_BYTES = 16
 
 
 def ensure_private_dir(path: str) -> None:
@@ -112,11 +113,27 @@ def read_key_file(path: str) -> bytes:
         raise ConfigError(
             f"key file {path} does not exist; check SHAREDSTATE_AUTHKEY_FILE", path=path
         ) from None
+    except OSError as error:
+        raise ConfigError(f"key file {path} can't be read ({error.strerror})", path=path) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"key file {path} is not a regular file", path=path)
+        check_private_file(path, info, "key file")
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "rb") as file:
-        check_private_file(path, os.fstat(file.fileno()), "key file")
         key = file.read().strip()
     if not key:
         raise ConfigError(f"key file {path} is empty; put a long random key in it", path=path)
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            f"key file {path} holds {len(key)} bytes; put a key of at least {MIN_KEY_BYTES} "
+            "random bytes in it, e.g. the output of: "
+            "python -c 'import secrets; print(secrets.token_hex(32))'",
+            path=path,
+        )
     return key
 
 

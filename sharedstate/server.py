@@ -38,9 +38,9 @@ from typing import Any, ClassVar
 
 from . import __version__
 from .codec import PROTOCOL
-from .config import DEFAULT_MAX_CLIENTS
+from .config import DEFAULT_MAX_CLIENTS, MAX_REQUEST_BYTES
 from .errors import PersistenceError, SharedStateError, TooManyClients
-from .loop import Client, ClientLoop
+from .loop import Client, ClientLoop, load_request
 from .manager import STORE_IDENT, SharedStateManager, serve_store
 from .persistence import Persistence
 from .sockets import describe_peer, io_timeout, peer_pid
@@ -139,7 +139,17 @@ class StateServer(Server):
         try:
             if not self._authenticate(conn):
                 return
-            ignore, funcname, args, kwds = pickle.loads(conn.recv_bytes())
+            try:
+                ignore, funcname, args, kwds = load_request(conn.recv_bytes(MAX_REQUEST_BYTES))
+            except (EOFError, OSError):
+                raise
+            except Exception as error:
+                logger.warning(
+                    "refused a connection from %s: malformed request (%r)",
+                    describe_peer(conn),
+                    error,
+                )
+                return
             if funcname not in self.public:
                 conn.send_bytes(_dumps(("#TRACEBACK", f"{funcname!r} is not a server function")))
                 return

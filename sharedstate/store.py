@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from .codec import DATA, NAMESPACE, PROTOCOL, decode, place
 from .errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
-from .nested import apply_method, check_method, check_number, step_into
+from .nested import apply_method, check_method, check_nesting, check_number, step_into
 from .reservations import Caller, LocalCaller, Reservations
 
 # What to do when the server can't unpickle a value it must work on.
@@ -231,6 +231,7 @@ class Store:
                     container, step, functools.partial(place, space, path[:depth])
                 )
             check_method(container, method, where)
+            check_nesting(path, args, kwargs, where)
             self._record("nested", space, path, method, call_data)
             live.encoded = None
             result = apply_method(container, method, args, kwargs, where)

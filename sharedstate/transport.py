@@ -107,6 +107,13 @@ def _handshake_error(error: BaseException, address: Address, timeout: float) -> 
             f"{timeout:g} s; is it stopped or overloaded?",
             address=str(address),
         )
+    if isinstance(error, (AssertionError, ValueError)):
+        # multiprocessing's handshake asserts on what it reads: not a sharedstate server.
+        return ConnectionLost(
+            f"the program listening at {address} does not speak sharedstate's handshake; "
+            "is another program using that address?",
+            address=str(address),
+        )
     if isinstance(error, (EOFError, OSError)):
         return ConnectionLost(
             f"the server at {address} closed the connection while we were connecting "
