@@ -122,7 +122,9 @@ def status(as_json: bool, timeout: float, **overrides: Any) -> None:
     click.echo(f"version:  {info['version']}")
     click.echo(f"uptime:   {_duration(info['uptime'])}")
     click.echo(f"keys:     {info['keys']}")
-    click.echo(f"clients:  {len(info['clients'])}")
+    click.echo(
+        f"clients:  {len(info['clients'])} ({info['waiting']} waiting for the lock or an edit)"
+    )
     if info.get("memory_bytes"):
         click.echo(f"memory:   {info['memory_bytes'] / 1e6:.1f} MB")
     click.echo(f"persistence: {_persistence_summary(info['persistence'])}")

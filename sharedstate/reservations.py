@@ -35,6 +35,11 @@ class Caller(Protocol):
         """False on the server's event loop, which must never block: see :class:`WouldWait`."""
         ...
 
+    @property
+    def out_of_time(self) -> bool:
+        """Set by the event loop when a call it parked has used up its timeout."""
+        ...
+
     def is_gone(self) -> bool: ...
 
 
@@ -42,6 +47,7 @@ class LocalCaller:
     """A caller that is always there: for tests, in-process use and journal replay."""
 
     may_wait = True
+    out_of_time = False
 
     def __init__(self, id: int) -> None:
         self.id = id
@@ -58,8 +64,13 @@ class WouldWait(Exception):
     """The operation would have to wait (for the lock, or another client's edit).
 
     Raised only for callers that may not wait, before the operation changed anything,
-    so the server can run it again from a thread that may.
+    so the event loop can park the call and run it again when something is freed
+    (:attr:`Reservations.on_free`), or once ``timeout`` seconds have passed.
     """
+
+    def __init__(self, timeout: float | None) -> None:
+        super().__init__(timeout)
+        self.timeout = timeout
 
 
 class Reservations:
@@ -72,6 +83,8 @@ class Reservations:
         self._lease: float | None = None
         self._lapsed: set[int] = set()  # callers whose lease ran out before they released
         self.editors: dict[Any, int] = {}
+        # Called (holding the condition) whenever the lock or an edit is freed.
+        self.on_free: Callable[[], None] = _nothing
 
     # -- the shared lock ---------------------------------------------------------------
 
@@ -106,7 +119,7 @@ class Reservations:
                 "release the lock from the thread that acquired it"
             )
         self.lock_owner = self._lease_ends = None
-        self._cond.notify_all()
+        self._freed()
 
     def lock_is_free(self) -> bool:
         """Whether nobody holds the lock; takes it back first if its lease ran out."""
@@ -121,7 +134,7 @@ class Reservations:
         )
         self._lapsed.add(self.lock_owner)
         self.lock_owner = self._lease_ends = None
-        self._cond.notify_all()
+        self._freed()
         return True
 
     # -- edits -----------------------------------------------------------------------------
@@ -154,7 +167,7 @@ class Reservations:
     def end_edit(self, caller: Caller, key: Any) -> None:
         if self.editors.get(key) == caller.id:
             del self.editors[key]
-            self._cond.notify_all()
+            self._freed()
 
     def wait_until_not_edited(self, caller: Caller, key: Any) -> None:
         """Writes of a key wait while another caller edits it."""
@@ -180,8 +193,12 @@ class Reservations:
                 del self.editors[key]
                 released.append(f"the edit of state[{key!r}]")
         if released:
-            self._cond.notify_all()
+            self._freed()
         return released
+
+    def _freed(self) -> None:
+        self._cond.notify_all()
+        self.on_free()
 
     def wait(self, ready: Callable[[], bool], caller: Caller, timeout: float | None = None) -> bool:
         """Wait (holding the condition) until ``ready()``; False if ``timeout`` passes first.
@@ -191,10 +208,10 @@ class Reservations:
         """
         if ready():
             return True
-        if timeout is not None and timeout <= 0:
+        if timeout is not None and (timeout <= 0 or caller.out_of_time):
             return False
         if not caller.may_wait:
-            raise WouldWait
+            raise WouldWait(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             slice_ = WAIT_POLL_SECONDS
@@ -207,3 +224,7 @@ class Reservations:
                 return True
             if caller.is_gone():
                 raise CallerGone
+
+
+def _nothing() -> None:
+    pass

@@ -107,6 +107,7 @@ class StateServer(Server):
             take_pending_sync=persistence.take_pending_sync if persistence else None,
             on_departure=self._forget,
         )
+        store.call_when_freed(self.loop.something_freed)
 
     # -- accepting and authenticating --------------------------------------------------
 
@@ -303,6 +304,7 @@ class StateServer(Server):
             "started_at": self.started_at,
             "uptime": time.time() - self.started_at,
             "clients": clients,
+            "waiting": self.loop.waiting,
             "persistence": self.persistence.status() if self.persistence else None,
             "owner_pid": self.owner_pid,
             "started_by": self.started_by,

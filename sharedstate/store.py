@@ -391,6 +391,11 @@ class Store:
         with self._cond:
             return self._reservations.release_all(caller)
 
+    def call_when_freed(self, callback: Callable[[], None]) -> None:
+        """Have ``callback`` called whenever the lock or an edit is freed (any thread)."""
+        with self._cond:
+            self._reservations.on_free = callback
+
     def stats(self) -> dict[str, Any]:
         """Counts for ``sharedstate status``."""
         with self._cond:

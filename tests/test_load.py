@@ -18,6 +18,8 @@ import pytest
 from bench import workload
 from bench.procfs import Resources, describe_fds, resources, rss_bytes, settled_resources
 from sharedstate import get_shared_state
+from sharedstate.config import load_settings
+from sharedstate.launcher import call_server_function
 
 from .conftest import ServerProcess
 from .processes import _fork, is_dead, kill_and_wait, run_in_processes, start_process, wait_until
@@ -167,9 +169,9 @@ def _kill_round(rng: random.Random, pid: int, baseline: Resources) -> None:
         processes += [start_process(_edit_again_and_again) for _ in range(EDIT_WAITERS)]
         processes += [start_process(_move_big_values, index) for index in range(3)]
         processes += [start_process(_fast_calls, index) for index in range(4)]
-        # Each waiter's blocked call is parked on a server helper thread: kill them there.
+        # Each waiter's blocked call is parked in the server: kill them there.
         waiters = LOCK_WAITERS + EDIT_WAITERS
-        wait_until(lambda: resources(pid).threads >= baseline.threads + waiters)
+        wait_until(lambda: _waiting() >= waiters)
         # Newcomers, killed as they connect: a forked client connects and shakes hands
         # with the server within a few milliseconds of starting.
         newcomers = [start_process(_fast_calls, index) for index in range(4, 8)]
@@ -188,6 +190,10 @@ def _kill_round(rng: random.Random, pid: int, baseline: Resources) -> None:
             if not is_dead(_pid(process)):
                 kill_and_wait(_pid(process))
             process.join(10)
+
+
+def _waiting() -> int:
+    return int(call_server_function(load_settings({}), "server_info", 5)["waiting"])
 
 
 def _pid(process: BaseProcess) -> int:
