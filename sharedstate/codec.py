@@ -13,7 +13,8 @@ tuples of them): they are compared and hashed inside the server, where a custom
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .errors import InvalidKey, ValueNotLoadable, ValueNotPicklable
@@ -24,6 +25,9 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 DATA = "data"
 NAMESPACE = "namespace"
 _PLAIN_KEY_TYPES = (str, int, float, bytes, bool, type(None))
+# Deeper tuple keys are refused: nobody needs them, and the server would have to hash,
+# compare and pickle them recursively.
+MAX_KEY_DEPTH = 100
 
 
 # Where a value is going or coming from, for error messages: a description, the key path
@@ -46,10 +50,19 @@ def encode(value: Any, where: Where) -> bytes:
         return pickle.dumps(value, protocol=PROTOCOL)
     except Exception as error:
         place = where_text(where)
+        if isinstance(error, RecursionError):
+            # Plain data can fail too, so "make the object picklable" would mislead here.
+            levels = sys.getrecursionlimit() // 2  # pickle takes about two frames a level
+            reason = (
+                f"it is nested too deeply to pickle, over ~{levels} levels ({error}). "
+                "Store it flatter, or split it across keys."
+            )
+        else:
+            reason = (
+                f"it can't be pickled ({error}). Store plain data, or make the object picklable."
+            )
         raise ValueNotPicklable(
-            f"can't store {type(value).__name__} value at {place}: it can't be pickled "
-            f"({error}). Store plain data, or make the object picklable.",
-            where=place,
+            f"can't store {type(value).__name__} value at {place}: {reason}", where=place
         ) from error
 
 
@@ -72,8 +85,19 @@ def check_key(key: Any, where: Where = "state") -> None:
     kind = type(key)
     if kind is str or kind in _PLAIN_KEY_TYPES:
         return
-    if kind is tuple and all(_is_plain_key(part) for part in key):
-        return
+    if kind is tuple:
+        if all(type(part) in _PLAIN_KEY_TYPES for part in key):
+            return  # a flat tuple, the usual case
+        if _nested_deeper_than(key, MAX_KEY_DEPTH):
+            place = where_text(where)
+            raise InvalidKey(
+                f"tuple key nested more than {MAX_KEY_DEPTH} levels deep can't be used in "
+                f"{place}: keys must be str, int, float, bytes, bool, None, or tuples of "
+                f"those, at most {MAX_KEY_DEPTH} levels deep",
+                where=place,
+            )
+        if _is_plain_key(key):  # recursive, but now known to be shallow
+            return
     place = where_text(where)
     raise InvalidKey(
         f"{kind.__name__} key {key!r} can't be used in {place}: keys must be str, int, "
@@ -82,10 +106,39 @@ def check_key(key: Any, where: Where = "state") -> None:
     )
 
 
+def _nested_deeper_than(key: tuple[Any, ...], limit: int) -> bool:
+    # Iterative: a key nested 100,000 deep must be refused, not overflow the stack.
+    pending = [(key, 1)]
+    while pending:
+        parts, depth = pending.pop()
+        if depth > limit:
+            return True
+        pending += [(part, depth + 1) for part in parts if type(part) is tuple]
+    return False
+
+
 def _is_plain_key(key: Any) -> bool:
     if type(key) in _PLAIN_KEY_TYPES:
         return True
     return type(key) is tuple and all(_is_plain_key(part) for part in key)
+
+
+def checked_pairs(
+    other: Any, kwargs: Mapping[str, Any], where: Where = "state"
+) -> list[tuple[Any, Any]]:
+    """The ``(key, value)`` pairs ``dict.update(other, **kwargs)`` would set, keys checked.
+
+    The keys are checked before anything hashes them, so an unhashable key is an
+    :class:`InvalidKey` like everywhere else, not a bare ``TypeError`` from ``dict()``.
+    """
+    if hasattr(other, "keys"):  # dict.update's own rule, so any mapping-like works
+        pairs = [(key, other[key]) for key in other.keys()]  # noqa: SIM118
+    else:
+        pairs = [(key, value) for key, value in other]
+    pairs += kwargs.items()
+    for key, _ in pairs:
+        check_key(key, where)
+    return pairs
 
 
 def place(space: str, path: tuple[Any, ...]) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NoReturn
 
 from .address import Address
-from .codec import DATA, NAMESPACE, check_key, decode
+from .codec import DATA, NAMESPACE, check_key, checked_pairs, decode
 from .config import Settings, load_settings
 from .errors import (
     AttributeNotFound,
@@ -220,11 +220,8 @@ class SharedState(MutableMapping[Any, Any]):
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set many keys in one round trip, atomically."""
-        changes = dict(other, **kwargs)
-        pairs = []
-        for key, value in changes.items():
-            check_key(key)
-            pairs.append((key, self._transport.encode(value, (key,))))
+        changes = dict(checked_pairs(other, kwargs))  # the last value of a key wins
+        pairs = [(key, self._transport.encode(value, (key,))) for key, value in changes.items()]
         self._call("update", pairs)
 
     def clear(self) -> None:

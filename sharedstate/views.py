@@ -18,8 +18,8 @@ import copy
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any, overload
 
-from .codec import check_key, decode, place
-from .errors import IndexOutOfRange, KeyNotFound
+from .codec import Where, check_key, checked_pairs, decode, encode, place
+from .errors import IndexOutOfRange, KeyNotFound, ValueNotPicklable, WrongType
 from .transport import Transport
 
 _MISSING: Any = object()
@@ -52,9 +52,37 @@ class _View:
 
     def _remote(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``method`` on the server's copy of this container; return its result."""
-        call_data = self._transport.encode((args, kwargs), lambda: f"{self._where}.{method}()")
+        try:
+            call_data = self._transport.encode((args, kwargs), lambda: f"{self._where}.{method}()")
+        except ValueNotPicklable:
+            # The arguments were pickled as one tuple; the caller wants to hear which of
+            # their values failed, and where it was going.
+            self._encode_one_by_one(method, args, kwargs)
+            raise
         result = self._transport.call("nested", self._space, self._path, method, call_data)
         return decode(result, lambda: f"the result of {self._where}.{method}()")
+
+    def _encode_one_by_one(self, method: str, args: Any, kwargs: dict[str, Any]) -> None:
+        """Pickle a call's values separately, so a failure names the value and its place."""
+        for where, value in self._placed_values(method, args):
+            encode(value, where)
+        for value in (*args, *kwargs.values()):
+            encode(value, f"{self._where}.{method}()")
+
+    def _placed_values(self, method: str, args: Any) -> Iterator[tuple[Where, Any]]:
+        """The values a write stores, each with the place it was going to."""
+        if method in ("__setitem__", "setdefault", "insert") and len(args) == 2:
+            step, value = args
+            if isinstance(step, slice):  # a list made from the caller's iterable
+                yield from ((place(self._space, (*self._path, step)), item) for item in value)
+            else:
+                yield place(self._space, (*self._path, step)), value
+        elif method == "update":
+            for key, value in args[0].items():
+                yield place(self._space, (*self._path, key)), value
+        elif method in ("append", "extend"):
+            values = args[0] if method == "extend" else args
+            yield from ((f"the end of {self._where}", value) for value in values)
 
     def _child(self, step: Any, value: Any) -> Any:
         return wrap(self._transport, self._space, (*self._path, step), value)
@@ -94,6 +122,11 @@ class SharedDict(_View, MutableMapping[Any, Any]):
             value = self._data[key]
         except KeyError:
             raise KeyNotFound(key, self._where) from None
+        except TypeError:
+            # Keys are checked only once the lookup failed: a dict stored whole may hold
+            # keys writes would refuse (dates, enums...), and reading those must work.
+            check_key(key, self._where_later)
+            raise
         return self._child(key, value)
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -102,6 +135,7 @@ class SharedDict(_View, MutableMapping[Any, Any]):
         self._data[key] = value
 
     def __delitem__(self, key: Any) -> None:
+        check_key(key, self._where_later)
         self._remote("__delitem__", key)
         self._data.pop(key, None)
 
@@ -112,9 +146,14 @@ class SharedDict(_View, MutableMapping[Any, Any]):
         return len(self._data)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._data
+        try:
+            return key in self._data
+        except TypeError:
+            check_key(key, self._where_later)  # unhashable, as in __getitem__
+            raise
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        check_key(key, self._where_later)
         args = (key,) if default is _MISSING else (key, default)
         value = self._remote("pop", *args)
         self._data.pop(key, None)
@@ -132,9 +171,7 @@ class SharedDict(_View, MutableMapping[Any, Any]):
         return self._child(key, value)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
-        changes = dict(other, **kwargs)
-        for key in changes:
-            check_key(key, self._where_later)
+        changes = dict(checked_pairs(other, kwargs, self._where_later))
         self._remote("update", changes)
         self._data.update(changes)
 
@@ -167,6 +204,10 @@ class SharedList(_View, MutableSequence[Any]):
         except IndexError:
             raise IndexOutOfRange(
                 f"index {index} is out of range for {self._where} (length {len(self._data)})"
+            ) from None
+        except TypeError:
+            raise WrongType(
+                f"{self._where} is a list; index it with an int or a slice, not {index!r}"
             ) from None
         return self._child(index, value)
 

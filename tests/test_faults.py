@@ -148,17 +148,18 @@ def test_a_crash_loses_only_what_the_fsync_policy_allows(
         # Increments are writes too: never more than were sent (one in flight per
         # writer), and no fewer than were acknowledged unless the policy allows it.
         acknowledged_increments = sum(incremented)
-        assert contents["count"] <= count + acknowledged_increments + WRITERS
+        recovered_count = contents.get("count", 0)  # all its writes may be lost, unsynced
+        assert count <= recovered_count <= count + acknowledged_increments + WRITERS
         if policy == "always":
-            assert contents["count"] >= count + acknowledged_increments
-        count = contents["count"]
+            assert recovered_count >= count + acknowledged_increments
+        count = recovered_count
         for writer in range(WRITERS):
             incremented[writer] = 0
     acknowledged = sum(r.acknowledged for r in results)
     lost = sum(r.lost for r in results)
     window = max(r.loss_window for r in results)
     print(
-        f"\n{policy}: {len(results)} crashes, {acknowledged} writes acknowledged, "
+        f"\n{policy}: {len(results)} crashes, {acknowledged} acknowledged rounds of 3 writes, "
         f"{lost} lost (oldest lost acknowledged {window:.2f} s before the crash)"
     )
     if policy == "always":
