@@ -99,6 +99,7 @@ def _write_until_cut(acked: Any, incremented: Any) -> None:
         return
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("policy", ["always", "everysec", "no"])
 def test_no_acknowledged_write_is_lost_when_the_server_is_killed(
