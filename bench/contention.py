@@ -11,12 +11,11 @@ every waiter).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import tempfile
 import time
 from typing import Any
 
-from .persistence import client, server
+from .persistence import client, rate, server
 
 CLIENT_COUNTS = (1, 2, 8, 32, 64)
 
@@ -41,20 +40,6 @@ def _edit_loop(address: str, seconds: float, results: Any) -> None:
             edited["n"] += 1
         count += 1
     results.put(count)
-
-
-def rate(address: str, loop: Any, clients: int, seconds: float) -> float:
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    workers = [
-        context.Process(target=loop, args=(address, seconds, results)) for _ in range(clients)
-    ]
-    for worker in workers:
-        worker.start()
-    total = sum(results.get(timeout=seconds + 60) for _ in workers)
-    for worker in workers:
-        worker.join()
-    return total / seconds
 
 
 def main() -> None:

@@ -77,19 +77,23 @@ def _write_loop(address: str, seconds: float, results: Any) -> None:
 
 
 def write_rate(workdir: str, args: tuple[str, ...], clients: int, seconds: float) -> float:
-    context = multiprocessing.get_context("fork")
     with server(workdir, *args) as (address, _, _):
-        results = context.Queue()
-        workers = [
-            context.Process(target=_write_loop, args=(address, seconds, results))
-            for _ in range(clients)
-        ]
-        for worker in workers:
-            worker.start()
-        total = sum(results.get(timeout=seconds + 60) for _ in workers)
-        for worker in workers:
-            worker.join()
-    return total / seconds
+        return rate(address, _write_loop, clients, seconds)
+
+
+def rate(address: str, loop: Any, clients: int, seconds: float) -> float:
+    """Operations per second of ``clients`` processes each running ``loop(address, ...)``."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    workers = [
+        context.Process(target=loop, args=(address, seconds, results)) for _ in range(clients)
+    ]
+    for worker in workers:
+        worker.start()
+    total = sum(results.get(timeout=seconds + 60) for _ in workers)
+    for worker in workers:
+        worker.join()
+    return float(total) / seconds
 
 
 def snapshot_figures(workdir: str, keys: int) -> dict[str, float]:

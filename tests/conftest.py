@@ -58,6 +58,13 @@ def address(workdir: str) -> str:
     return os.path.join(workdir, "run", "state.sock")
 
 
+def write_client_only_module(directory: str) -> None:
+    """Write ``client_models.py`` (a class ``Grid``) where only the test process imports it."""
+    os.makedirs(directory)
+    with open(os.path.join(directory, "client_models.py"), "w") as file:
+        file.write("class Grid:\n    def __init__(self, cells):\n        self.cells = cells\n")
+
+
 def fresh_state(*, start: bool = False) -> sharedstate.state.SharedState:
     """A new state object with new connections, as a restarted worker would have."""
     for state in sharedstate.state._states.values():

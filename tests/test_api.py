@@ -6,7 +6,6 @@ import copy
 import os
 import pickle
 import sys
-import textwrap
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -29,7 +28,7 @@ from sharedstate import (
 from sharedstate.config import load_settings
 from sharedstate.launcher import call_server_function
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, write_client_only_module
 from .processes import run_in_processes
 
 
@@ -220,25 +219,11 @@ def test_unpicklable_value_names_the_key_and_leaves_the_server_working(
     assert state["after"] == 1
 
 
-def _write_module(directory: str) -> None:
-    os.makedirs(directory)
-    with open(os.path.join(directory, "client_models.py"), "w") as file:
-        file.write(
-            textwrap.dedent(
-                """
-                class Grid:
-                    def __init__(self, cells):
-                        self.cells = cells
-                """
-            )
-        )
-
-
 def test_edit_works_on_objects_whose_class_the_server_cannot_import(
     state: SharedState, workdir: str
 ) -> None:
     library = os.path.join(workdir, "client_only")
-    _write_module(library)
+    write_client_only_module(library)
     sys.path.insert(0, library)
     try:
         import client_models  # type: ignore[import-not-found]

@@ -13,7 +13,6 @@ import os
 import socket
 import stat
 import sys
-import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -37,7 +36,7 @@ from sharedstate import (
 from sharedstate.address import MAX_SOCKET_PATH_BYTES
 from sharedstate.transport import handshake
 
-from .conftest import ServerProcess, fresh_state
+from .conftest import ServerProcess, fresh_state, write_client_only_module
 from .processes import run_cli, run_in_processes, server_pids, wait_until
 from .wire import (
     assert_still_serving,
@@ -311,20 +310,6 @@ def test_unpicklable_values_are_refused_by_every_write(server: ServerProcess) ->
     assert_still_serving(server, tried)
 
 
-def _write_client_only_module(directory: str) -> None:
-    os.makedirs(directory)
-    with open(os.path.join(directory, "client_models.py"), "w") as file:
-        file.write(
-            textwrap.dedent(
-                """
-                class Grid:
-                    def __init__(self, cells):
-                        self.cells = cells
-                """
-            )
-        )
-
-
 def _read_without_the_module(library: str) -> dict[str, str]:
     """In a process that can't import client_models: what reading each key gives."""
     sys.path.remove(library)
@@ -343,7 +328,7 @@ def test_values_the_server_cannot_unpickle_are_refused_where_it_must(
     server: ServerProcess, workdir: str
 ) -> None:
     library = os.path.join(workdir, "client_only")
-    _write_client_only_module(library)
+    write_client_only_module(library)
     sys.path.insert(0, library)
     try:
         import client_models  # type: ignore[import-not-found]
