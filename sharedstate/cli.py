@@ -8,6 +8,7 @@ codes: 0 ok, 1 error, 2 usage error, 3 no server running.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import time
@@ -140,9 +141,17 @@ def _persistence_summary(persistence: dict[str, Any] | None) -> str:
     return f"{health} ({persistence['snapshot']}, {journal}{when})"
 
 
+# dump, restore and keys of a large store may take the server longer than the default
+# call timeout, which is sized for web requests; an operator can still press Ctrl-C.
+OPERATOR_CALL_TIMEOUT = 600.0
+
+
 @contextlib.contextmanager
 def _connected(overrides: dict[str, Any]) -> Iterator[SharedState]:
-    state = connect_state(load_settings(overrides), start=False, timeout=10.0)
+    settings = load_settings(overrides)
+    if settings.sources.get("call_timeout") == "default":
+        settings = dataclasses.replace(settings, call_timeout=OPERATOR_CALL_TIMEOUT)
+    state = connect_state(settings, start=False, timeout=10.0)
     try:
         yield state
     finally:

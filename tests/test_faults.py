@@ -365,3 +365,32 @@ def test_a_waiting_call_may_outlast_the_call_timeout(
     finally:
         holder.kill()
         holder.join(10)
+
+
+def _take_lock_and_sign(name: str) -> None:
+    state = get_shared_state(start=False)
+    with state.lock:
+        state["order"].append(name)
+
+
+def test_waiters_get_the_lock_in_the_order_they_asked(server: ServerProcess) -> None:
+    state = get_shared_state(start=False)
+    state["order"] = []
+    settings = load_settings({})
+
+    def waiting() -> int:
+        return int(call_server_function(settings, "server_info", 5)["waiting"])
+
+    assert state.lock.acquire()
+    waiters = []
+    try:
+        for count, name in enumerate("abcde", start=1):
+            waiters.append(start_process(_take_lock_and_sign, name))
+            wait_until(lambda count=count: waiting() == count)  # parked before the next one
+        assert state["order"] == []
+    finally:
+        state.lock.release()
+        for waiter in waiters:
+            waiter.join(30)
+    assert [waiter.exitcode for waiter in waiters] == [0] * 5
+    assert state["order"] == list("abcde")
