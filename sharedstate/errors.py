@@ -12,6 +12,7 @@ carries along.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 
@@ -133,7 +134,11 @@ class KeyNotFound(SharedStateError, KeyError):
         self.where = where
 
     def __str__(self) -> str:
-        return f"key {self.key!r} not found in {self.where}"
+        try:
+            key = repr(self.key)
+        except RecursionError:  # a tuple key nested thousands deep
+            key = reprlib.repr(self.key)
+        return f"key {key} not found in {self.where}"
 
 
 class AttributeNotFound(SharedStateError, AttributeError):

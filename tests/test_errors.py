@@ -54,3 +54,10 @@ def test_context_is_available_as_attributes() -> None:
     error = ServerNotRunning("no server at /run/x", address="/run/x")
     assert error.address == "/run/x"  # type: ignore[attr-defined]
     assert isinstance(error, ConnectionError)
+
+
+def test_a_missing_key_too_deep_to_repr_still_has_a_message() -> None:
+    key: tuple[object, ...] = ()
+    for _ in range(100_000):
+        key = (key,)
+    assert str(KeyNotFound(key)).startswith("key ((((")
