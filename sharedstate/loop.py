@@ -34,7 +34,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from queue import SimpleQueue
 from traceback import format_exc
@@ -43,7 +43,7 @@ from typing import Any
 from .codec import PROTOCOL
 from .config import MAX_REQUEST_BYTES
 from .errors import SharedStateError
-from .reservations import WouldWait
+from .reservations import ANY_EDIT, WouldWait
 
 logger = logging.getLogger("sharedstate")
 
@@ -90,7 +90,8 @@ class _Parked:
     function: Callable[..., Any]
     args: tuple[Any, ...]
     kwds: dict[str, Any]
-    deadline: float | None  # time.monotonic() when its timeout ends
+    deadline: float | None = None  # time.monotonic() when its timeout ends
+    waits_for: Hashable = None  # what it waits for (see WouldWait)
 
 
 class ClientLoop:
@@ -116,7 +117,7 @@ class ClientLoop:
         self._answers: SimpleQueue[tuple[Client, Reply]] = SimpleQueue()
         self._stopping = False
         self._parked: dict[int, Client] = {}  # by client id, in the order they parked
-        self._freed = False  # the lock or an edit was freed: run parked calls again
+        self._freed: set[Hashable] = set()  # what was freed since parked calls last ran
         self._next_tick = 0.0  # when parked calls are next run anyway (deadlines, leases)
         self._thread_id: int | None = None
         # recv() would allocate (and mmap, and free) a fresh buffer of this size per call.
@@ -140,9 +141,9 @@ class ClientLoop:
         """How many clients' calls are parked, waiting for the lock or an edit."""
         return len(self._parked)
 
-    def something_freed(self) -> None:
-        """The lock or an edit was freed (the store calls this, from any thread)."""
-        self._freed = True
+    def something_freed(self, resources: tuple[Hashable, ...]) -> None:
+        """The lock or edits were freed (the store calls this, from any thread)."""
+        self._freed.update(resources)
         if threading.get_ident() != self._thread_id:
             self._wake()
 
@@ -230,7 +231,7 @@ class ClientLoop:
         except Exception:
             self._send(client, ("#TRACEBACK", format_exc()))
             return
-        self._call(client, _Parked(function, args, kwds, None))
+        self._call(client, _Parked(function, args, kwds))
         if self._freed and self._parked:
             self._run_parked()  # before anyone else can take what was just freed
 
@@ -239,6 +240,7 @@ class ClientLoop:
         try:
             result = call.function(client, *call.args, **call.kwds)
         except WouldWait as wait:
+            call.waits_for = wait.waits_for
             if client.parked is None:
                 if wait.timeout is not None:
                     call.deadline = time.monotonic() + wait.timeout
@@ -261,17 +263,32 @@ class ClientLoop:
         return True
 
     def _run_parked(self) -> None:
-        """Run every parked call again, oldest first; answer those that can go on."""
-        self._freed = False
+        """Run parked calls again, oldest first; answer those that can go on.
+
+        Only calls waiting for what was freed are run, and for each thing only until
+        one finds it taken again: the calls behind it would wait too (and keep their
+        place in the queue). Every PARKED_TICK all of them run, for timeouts and leases.
+        """
+        freed, self._freed = self._freed, set()
         now = time.monotonic()
-        self._next_tick = now + PARKED_TICK
+        everything = now >= self._next_tick
+        if everything:
+            self._next_tick = now + PARKED_TICK
+        taken_again: set[Hashable] = set()
         for client in list(self._parked.values()):
             call = client.parked
             if call is None:  # departed, or answered, during this round
                 continue
             client.out_of_time = call.deadline is not None and now >= call.deadline
+            waits_for = call.waits_for
+            if not client.out_of_time and (
+                waits_for in taken_again or not (everything or _was_freed(waits_for, freed))
+            ):
+                continue
             if self._call(client, call):
                 self._unpark(client)
+            else:
+                taken_again.add(waits_for)
 
     def _unpark(self, client: Client) -> None:
         client.parked = None
@@ -371,6 +388,12 @@ class ClientLoop:
         else:
             logger.debug("%s disconnected", client)
         self._on_departure(client)
+
+
+def _was_freed(waits_for: Hashable, freed: set[Hashable]) -> bool:
+    if waits_for == ANY_EDIT:
+        return any(type(resource) is tuple for resource in freed)  # an (EDIT, key)
+    return waits_for in freed
 
 
 _PROTO_OPCODE = pickle.PROTO[0]

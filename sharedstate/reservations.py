@@ -13,12 +13,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from .errors import LeaseExpired, LockError, Timeout
 
 logger = logging.getLogger("sharedstate")
+
+# What a waiting call waits for, so the event loop retries only the calls that can go on.
+LOCK = "lock"
+EDIT = "edit"  # (EDIT, key): the edit of one key
+ANY_EDIT = "any edit"  # whole-state writes wait until nobody else edits anything
 
 # How often a waiting call checks whether its client has gone away.
 WAIT_POLL_SECONDS = 0.2
@@ -68,9 +73,10 @@ class WouldWait(Exception):
     (:attr:`Reservations.on_free`), or once ``timeout`` seconds have passed.
     """
 
-    def __init__(self, timeout: float | None) -> None:
-        super().__init__(timeout)
+    def __init__(self, timeout: float | None, waits_for: Hashable) -> None:
+        super().__init__(timeout, waits_for)
         self.timeout = timeout
+        self.waits_for = waits_for  # LOCK, (EDIT, key) or ANY_EDIT
 
 
 class Reservations:
@@ -83,8 +89,8 @@ class Reservations:
         self._lease: float | None = None
         self._lapsed: set[int] = set()  # callers whose lease ran out before they released
         self.editors: dict[Any, int] = {}
-        # Called (holding the condition) whenever the lock or an edit is freed.
-        self.on_free: Callable[[], None] = _nothing
+        # Called (holding the condition) with what was freed: LOCK, or (EDIT, key).
+        self.on_free: Callable[[tuple[Hashable, ...]], None] = _nothing
 
     # -- the shared lock ---------------------------------------------------------------
 
@@ -94,7 +100,7 @@ class Reservations:
                 "this thread already holds state.lock, which is not reentrant; "
                 "release it before acquiring it again"
             )
-        if not self.wait(self.lock_is_free, caller, timeout):
+        if not self.wait(self.lock_is_free, caller, timeout, waits_for=LOCK):
             return False
         self.lock_owner = caller.id
         self._lapsed.discard(caller.id)
@@ -119,7 +125,7 @@ class Reservations:
                 "release the lock from the thread that acquired it"
             )
         self.lock_owner = self._lease_ends = None
-        self._freed()
+        self._freed(LOCK)
 
     def lock_is_free(self) -> bool:
         """Whether nobody holds the lock; takes it back first if its lease ran out."""
@@ -134,7 +140,7 @@ class Reservations:
         )
         self._lapsed.add(self.lock_owner)
         self.lock_owner = self._lease_ends = None
-        self._freed()
+        self._freed(LOCK)
         return True
 
     # -- edits -----------------------------------------------------------------------------
@@ -146,7 +152,7 @@ class Reservations:
                 f"this thread is already editing state[{key!r}]; nested edit() of the "
                 "same key would wait for itself forever"
             )
-        if not self.wait(lambda: key not in self.editors, caller, timeout):
+        if not self.wait(lambda: key not in self.editors, caller, timeout, waits_for=(EDIT, key)):
             raise Timeout(
                 f"state[{key!r}] was being edited by another client for more than "
                 f"{timeout} s; try again, or raise the timeout",
@@ -167,40 +173,58 @@ class Reservations:
     def end_edit(self, caller: Caller, key: Any) -> None:
         if self.editors.get(key) == caller.id:
             del self.editors[key]
-            self._freed()
+            self._freed((EDIT, key))
 
     def wait_until_not_edited(self, caller: Caller, key: Any) -> None:
         """Writes of a key wait while another caller edits it."""
         if self.editors:
-            self.wait(lambda: self.editors.get(key, caller.id) == caller.id, caller)
+            self.wait(
+                lambda: self.editors.get(key, caller.id) == caller.id,
+                caller,
+                waits_for=(EDIT, key),
+            )
 
     def wait_until_no_edits_but(self, caller: Caller) -> None:
         """Whole-state writes (clear, restore) wait until no other caller edits anything."""
         if self.editors:
-            self.wait(lambda: all(owner == caller.id for owner in self.editors.values()), caller)
+            self.wait(
+                lambda: all(owner == caller.id for owner in self.editors.values()),
+                caller,
+                waits_for=ANY_EDIT,
+            )
 
     # -- housekeeping ----------------------------------------------------------------------
 
     def release_all(self, caller: Caller) -> list[str]:
         """Free the lock and the edits ``caller`` holds; say what was freed."""
         released = []
+        freed: list[Hashable] = []
         self._lapsed.discard(caller.id)
         if self.lock_owner == caller.id:
             self.lock_owner = self._lease_ends = None
             released.append("state.lock")
+            freed.append(LOCK)
         for key, owner in list(self.editors.items()):
             if owner == caller.id:
                 del self.editors[key]
                 released.append(f"the edit of state[{key!r}]")
-        if released:
-            self._freed()
+                freed.append((EDIT, key))
+        if freed:
+            self._freed(*freed)
         return released
 
-    def _freed(self) -> None:
+    def _freed(self, *resources: Hashable) -> None:
         self._cond.notify_all()
-        self.on_free()
+        self.on_free(resources)
 
-    def wait(self, ready: Callable[[], bool], caller: Caller, timeout: float | None = None) -> bool:
+    def wait(
+        self,
+        ready: Callable[[], bool],
+        caller: Caller,
+        timeout: float | None = None,
+        *,
+        waits_for: Hashable,
+    ) -> bool:
         """Wait (holding the condition) until ``ready()``; False if ``timeout`` passes first.
 
         Checks every :data:`WAIT_POLL_SECONDS` that the caller is still connected, so a
@@ -211,7 +235,7 @@ class Reservations:
         if timeout is not None and (timeout <= 0 or caller.out_of_time):
             return False
         if not caller.may_wait:
-            raise WouldWait(timeout)
+            raise WouldWait(timeout, waits_for)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             slice_ = WAIT_POLL_SECONDS
@@ -226,5 +250,5 @@ class Reservations:
                 raise CallerGone
 
 
-def _nothing() -> None:
+def _nothing(resources: tuple[Hashable, ...]) -> None:
     pass

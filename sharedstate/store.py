@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import pickle
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -391,8 +391,8 @@ class Store:
         with self._cond:
             return self._reservations.release_all(caller)
 
-    def call_when_freed(self, callback: Callable[[], None]) -> None:
-        """Have ``callback`` called whenever the lock or an edit is freed (any thread)."""
+    def call_when_freed(self, callback: Callable[[tuple[Hashable, ...]], None]) -> None:
+        """Have ``callback(resources)`` called whenever the lock or edits are freed."""
         with self._cond:
             self._reservations.on_free = callback
 
