@@ -76,9 +76,6 @@ class Client:
         self.watched = 0  # the selector events it is registered for (0: not registered)
         self.gone = False
 
-    def is_gone(self) -> bool:
-        return self.gone
-
     def __str__(self) -> str:
         return f"client #{self.id}" + (f" (pid {self.pid})" if self.pid else "")
 

@@ -25,7 +25,8 @@ LOCK = "lock"
 EDIT = "edit"  # (EDIT, key): the edit of one key
 ANY_EDIT = "any edit"  # whole-state writes wait until nobody else edits anything
 
-# How often a waiting call checks whether its client has gone away.
+# How often a blocking wait checks ``ready()`` without being notified: a lock lease
+# runs out without anyone releasing anything.
 WAIT_POLL_SECONDS = 0.2
 
 
@@ -45,8 +46,6 @@ class Caller(Protocol):
         """Set by the event loop when a call it parked has used up its timeout."""
         ...
 
-    def is_gone(self) -> bool: ...
-
 
 class LocalCaller:
     """A caller that is always there: for tests, in-process use and journal replay."""
@@ -56,13 +55,6 @@ class LocalCaller:
 
     def __init__(self, id: int) -> None:
         self.id = id
-
-    def is_gone(self) -> bool:
-        return False
-
-
-class CallerGone(Exception):
-    """The client disconnected while its call was waiting; nobody is left to answer."""
 
 
 class WouldWait(Exception):
@@ -227,8 +219,8 @@ class Reservations:
     ) -> bool:
         """Wait (holding the condition) until ``ready()``; False if ``timeout`` passes first.
 
-        Checks every :data:`WAIT_POLL_SECONDS` that the caller is still connected, so a
-        client that gave up does not end up owning the lock or an edit.
+        Only callers that may block (in-process ones) wait here; the event loop's get
+        :class:`WouldWait` and are parked, and a client that hangs up is unparked.
         """
         if ready():
             return True
@@ -246,8 +238,6 @@ class Reservations:
             self._cond.wait(slice_)
             if ready():
                 return True
-            if caller.is_gone():
-                raise CallerGone
 
 
 def _nothing(resources: tuple[Hashable, ...]) -> None:

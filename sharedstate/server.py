@@ -140,10 +140,9 @@ class StateServer(Server):
         try:
             if not self._authenticate(conn):
                 return
+            message = conn.recv_bytes(MAX_REQUEST_BYTES)
             try:
-                ignore, funcname, args, kwds = load_request(conn.recv_bytes(MAX_REQUEST_BYTES))
-            except (EOFError, OSError):
-                raise
+                ignore, funcname, args, kwds = load_request(message)
             except Exception as error:
                 logger.warning(
                     "refused a connection from %s: malformed request (%r)",

@@ -23,8 +23,8 @@ def _socket_of(conn: Connection) -> socket.socket:
     return socket.socket(fileno=os.dup(conn.fileno()))
 
 
-def set_timeouts(conn: Connection, seconds: float | None, *, sending: bool = True) -> None:
-    """Make reads (and writes) on ``conn`` fail with ``BlockingIOError`` after ``seconds``.
+def set_timeouts(conn: Connection, seconds: float | None) -> None:
+    """Make reads and writes on ``conn`` fail with ``BlockingIOError`` after ``seconds``.
 
     ``None`` (or 0) removes the timeout.
     """
@@ -34,8 +34,7 @@ def set_timeouts(conn: Connection, seconds: float | None, *, sending: bool = Tru
     sock = socket.socket(fileno=conn.fileno())  # no dup: a wrapper we detach, not close
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-        if sending:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
     finally:
         sock.detach()
 

@@ -198,10 +198,8 @@ class Transport:
         except BaseException:
             self._drop()
             raise
-        # A call that may wait on purpose gets that long on top, then the usual again.
-        longer = self._reply_timeout(waits) if waits != 0.0 and self.call_timeout else None
-        if longer is not None:
-            set_timeouts(conn, longer, sending=False)
+        if waits != 0.0 and self.call_timeout is not None:
+            self._await_reply(method, waits, self.call_timeout)
         try:
             kind, result = pickle.loads(conn.recv_bytes())
         except BlockingIOError:
@@ -217,19 +215,29 @@ class Transport:
         except BaseException:
             self._drop()  # e.g. KeyboardInterrupt: the reply would arrive out of turn
             raise
-        if longer is not None:
-            set_timeouts(conn, self.call_timeout, sending=False)
         if kind == "#RETURN":
             return result
         if kind == "#ERROR":
             raise result
         raise ServerError(f"the server at {self.address} failed during {method}():\n{result}")
 
-    def _reply_timeout(self, waits: float | None) -> float:
-        """Seconds to wait for a reply that may take ``waits`` on purpose (0: forever)."""
-        if waits is None or self.call_timeout is None:
-            return 0.0
-        return self.call_timeout + waits
+    def _await_reply(self, method: str, waits: float | None, call_timeout: float) -> None:
+        """Wait for the reply to a call the server may hold ``waits`` seconds on purpose.
+
+        The socket's own timeout (``call_timeout``) would cut it short, so wait for the
+        reply to start here: ``call_timeout`` on top of ``waits``, or forever if None.
+        """
+        poller = self._local.poller
+        assert poller is not None  # opened with the connection
+        limit = -1 if waits is None else (call_timeout + waits) * 1000
+        try:
+            ready = poller.poll(limit)
+        except BaseException:
+            self._drop()  # e.g. KeyboardInterrupt: the reply would arrive out of turn
+            raise
+        if not ready:
+            self._drop()
+            raise self._timeout(method)
 
     def _timeout(self, method: str) -> Timeout:
         return Timeout(

@@ -17,7 +17,9 @@ import pickle
 import random
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import pytest
@@ -261,28 +263,32 @@ def _hold_then_hang(lease: float | None, outcome: Any) -> None:
         outcome.value = b"LeaseExpired: " + str(error).encode()[:200]
 
 
-def test_a_hung_holder_keeps_the_lock_without_a_lease(server: ServerProcess) -> None:
+@contextlib.contextmanager
+def _hung_holder(lease: float | None) -> Iterator[tuple[BaseProcess, Any]]:
+    """A process holding the lock (with ``lease``), stopped; yields it and its outcome."""
     outcome = _fork.Array("c", 256)
-    holder = start_process(_hold_then_hang, None, outcome)
+    holder = start_process(_hold_then_hang, lease, outcome)
     try:
         wait_until(lambda: _is_stopped(holder.pid or 0))
-        state = get_shared_state(start=False)
-        assert state.lock.acquire(timeout=0.5) is False
-        os.kill(holder.pid or 0, signal.SIGCONT)
-        holder.join(30)
-        assert outcome.value == b"released"
+        yield holder, outcome
     finally:
         holder.kill()
         holder.join(10)
 
 
+def test_a_hung_holder_keeps_the_lock_without_a_lease(server: ServerProcess) -> None:
+    with _hung_holder(None) as (holder, outcome):
+        state = get_shared_state(start=False)
+        assert state.lock.acquire(timeout=0.5) is False
+        os.kill(holder.pid or 0, signal.SIGCONT)
+        holder.join(30)
+        assert outcome.value == b"released"
+
+
 def test_a_lease_frees_a_hung_holders_lock_and_its_late_release_fails(
     server: ServerProcess,
 ) -> None:
-    outcome = _fork.Array("c", 256)
-    holder = start_process(_hold_then_hang, 0.5, outcome)
-    try:
-        wait_until(lambda: _is_stopped(holder.pid or 0))
+    with _hung_holder(0.5) as (holder, outcome):
         state = get_shared_state(start=False)
         assert state.lock.acquire(timeout=30), "the lease never freed the lock"
         assert _is_stopped(holder.pid or 0), "freed by the lease, not by the holder"
@@ -293,9 +299,6 @@ def test_a_lease_frees_a_hung_holders_lock_and_its_late_release_fails(
         assert outcome.value.startswith(b"LeaseExpired: state.lock.release() came after")
         assert state.lock.locked(), "the late release must not free the new holder's lock"
         state.lock.release()
-    finally:
-        holder.kill()
-        holder.join(10)
 
 
 def test_a_lease_is_released_normally_when_the_holder_is_in_time(server: ServerProcess) -> None:
@@ -310,16 +313,10 @@ def test_a_lease_is_released_normally_when_the_holder_is_in_time(server: ServerP
 def test_hold_with_a_timeout_raises_timeout_when_the_lock_stays_taken(
     server: ServerProcess,
 ) -> None:
-    outcome = _fork.Array("c", 256)
-    holder = start_process(_hold_then_hang, None, outcome)
-    try:
-        wait_until(lambda: _is_stopped(holder.pid or 0))
+    with _hung_holder(None) as (holder, outcome):
         state = get_shared_state(start=False)
         with pytest.raises(Timeout, match="held by another"), state.lock.hold(timeout=0.2):
             pytest.fail("the lock was taken")
-    finally:
-        holder.kill()
-        holder.join(10)
 
 
 def test_a_stopped_server_gives_timeout_not_a_hang(
@@ -354,17 +351,11 @@ def test_a_waiting_call_may_outlast_the_call_timeout(
     server: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "0.2")
-    outcome = _fork.Array("c", 256)
-    holder = start_process(_hold_then_hang, 1.5, outcome)
-    try:
-        wait_until(lambda: _is_stopped(holder.pid or 0))
+    with _hung_holder(1.5) as (holder, outcome):
         state = get_shared_state(start=False)
         # Waits for the lease (1.5 s), far longer than the call timeout: that is asked for.
         assert state.lock.acquire(timeout=30)
         state.lock.release()
-    finally:
-        holder.kill()
-        holder.join(10)
 
 
 def _take_lock_and_sign(name: str) -> None:

@@ -20,7 +20,7 @@ from sharedstate.errors import (
     ValueNotLoadable,
     WrongType,
 )
-from sharedstate.reservations import CallerGone, LocalCaller
+from sharedstate.reservations import LocalCaller
 from sharedstate.store import Store
 
 from .processes import wait_until
@@ -201,17 +201,6 @@ def test_edit_timeout_and_misuse(store: Store) -> None:
         store.edit_commit(BOB, "k", p(2))
     with pytest.raises(KeyNotFound):
         store.edit_begin(BOB, "missing", None, None)
-
-
-def test_a_waiting_call_gives_up_when_its_caller_is_gone(store: Store) -> None:
-    class Leaving(LocalCaller):
-        def is_gone(self) -> bool:
-            return True
-
-    store.lock_acquire(ALICE, None)
-    with pytest.raises(CallerGone):
-        store.lock_acquire(Leaving(3), None)
-    assert store.lock_acquire(BOB, 0) is False  # still Alice's
 
 
 class ListJournal:
