@@ -21,6 +21,8 @@ from .errors import InvalidKey, ValueNotLoadable, ValueNotPicklable
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
+# The object id store calls are addressed to (requests are (id, method, args, request id)).
+STORE_IDENT = "sharedstate-store"
 # The two top-level dicts of a store: the dict itself, and the Namespace's attributes.
 DATA = "data"
 NAMESPACE = "namespace"

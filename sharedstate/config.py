@@ -13,8 +13,11 @@ environment), the default.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
+import pwd
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from .address import Address, default_address, parse_address
-from .errors import ConfigError
+from .errors import ConfigError, InsecurePermissions
 from .permissions import MIN_KEY_BYTES, load_or_create_key, read_key_file
 
 ENV_PREFIX = "SHAREDSTATE_"
@@ -65,6 +68,18 @@ def _setting(
 ) -> Any:
     spec = {"flag": flag, "help": help, "default_doc": default_doc, "parse": parse}
     return field(default=None, metadata={"setting": dict(spec, secret=secret)})
+
+
+def _parse_user(value: Any) -> int | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise ConfigError(f"{value!r} is neither a user name nor a uid on this machine") from None
 
 
 def _parse_address(value: Any) -> Address:
@@ -221,6 +236,13 @@ class Settings:
         default_doc="`<address>.key`, created with a random key by the server",
         parse=_parse_path,
     )
+    server_user: int | None = _setting(
+        flag=None,
+        help="The user the server runs as, if not you or root (a name or uid). Clients "
+        "refuse to talk to a server run by anyone else, since it could send them code.",
+        default_doc="unset: you, or root",
+        parse=_parse_user,
+    )
     allow_remote: bool = _setting(
         flag="--allow-remote",
         help="Let the server listen on a non-loopback TCP address (needs an explicit key).",
@@ -316,6 +338,12 @@ class Settings:
         return self.authkey is not None or self.authkey_file is not None
 
     @property
+    def trusted_uids(self) -> frozenset[int]:
+        """Whose server a client agrees to talk to: its own user's, root's, or the named one."""
+        named = {self.server_user} if self.server_user is not None else set()
+        return frozenset({os.getuid(), 0, *named})
+
+    @property
     def key_path(self) -> str:
         """The file the key is read from when no key is given directly."""
         return self.authkey_file or self.address.key_path
@@ -402,11 +430,39 @@ def _pick(
 
 
 def _read_dotenv(path: str) -> dict[str, str]:
-    if not os.path.isfile(path):
+    """The ``SHAREDSTATE_*`` lines of a ``.env`` file, if we may trust it.
+
+    Settings decide which server a worker talks to and which key it uses, so a ``.env``
+    that another user wrote, or could have, is refused as ssh refuses its files: it must
+    belong to us (or root) and be writable by nobody else.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return {}
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return {}
+        link = os.lstat(path)
+        for owner, what in ((info.st_uid, path), (link.st_uid, f"the link {path}")):
+            if owner not in (os.getuid(), 0):
+                raise InsecurePermissions(
+                    f"{what} belongs to uid {owner}, not to you (uid {os.getuid()}), and its "
+                    "settings could send your workers to another user's server; refusing it. "
+                    "Remove it, or run from a directory of your own",
+                    path=path,
+                )
+        if info.st_mode & 0o022:
+            raise InsecurePermissions(
+                f"{path} can be changed by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+                f"it decides which server your workers talk to. Run: chmod go-w {path}",
+                path=path,
+            )
+        text = file.read()
     return {
         name: value
-        for name, value in dotenv_values(path).items()
+        for name, value in dotenv_values(stream=io.StringIO(text)).items()
         if name.startswith(ENV_PREFIX) and value is not None
     }
 

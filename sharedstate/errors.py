@@ -98,6 +98,16 @@ class LeaseExpired(LockError):
     """
 
 
+class LockLost(LockError):
+    """The lock or an edit this thread held was lost with its connection to the server.
+
+    The connection dropped (the server restarted, a call timed out or was interrupted,
+    the network broke), so the server freed what the thread held, and another process may
+    hold it now. Every call of the thread raises this until it leaves the ``with`` block
+    (or calls ``release()``), so it never goes on as if it still held it.
+    """
+
+
 class PersistenceError(SharedStateError, OSError):
     """A write could not be recorded or made durable, so it was refused (disk full...)."""
 
@@ -170,6 +180,7 @@ __all__ = [
     "KeyNotFound",
     "LeaseExpired",
     "LockError",
+    "LockLost",
     "PersistenceError",
     "ServerError",
     "ServerNotRunning",

@@ -55,7 +55,7 @@ def on_starting(server: Any) -> None:
     os.environ[OWNER_ENV] = str(os.getpid())  # servers started from here on belong to us
     settings = load_settings()
     try:
-        connect_or_start(settings, start=True, timeout=TIMEOUT).close()
+        connect_or_start(settings, start=True, timeout=TIMEOUT).conn.close()
         info = call_server_function(settings, "server_info", TIMEOUT)
         if info["owner_pid"] is None and info["started_by"] == os.getpid():
             # Started a moment ago by this master's --preload app, before this hook.

@@ -26,20 +26,29 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .config import Settings
-from .errors import AuthenticationFailed, ServerNotRunning, ServerStartError, Timeout
-from .permissions import ensure_files_dir
+from .errors import (
+    AuthenticationFailed,
+    PersistenceError,
+    ServerNotRunning,
+    ServerStartError,
+    Timeout,
+)
+from .permissions import check_files_dir, ensure_files_dir
 from .pidlock import ServerLock, is_held, read_pid
-from .transport import handshake, server_request
+from .transport import Hello, Link, handshake, server_request
 
 RETRY_SECONDS = 0.02
 
 
-def connect_or_start(settings: Settings, *, start: bool, timeout: float) -> Connection:
+def connect_or_start(
+    settings: Settings, *, start: bool, timeout: float, hello: Hello | None = None
+) -> Link:
     """A connection to the server at ``settings.address``, starting it if allowed."""
     address = settings.address
-    conn = try_connect(settings, timeout)
-    if conn is not None:
-        return conn
+    hello = hello or Hello(f"client-{os.getpid()}", os.urandom(16), resume=False)
+    link = try_connect(settings, timeout, hello)
+    if link is not None:
+        return link
     if not start:
         raise ServerNotRunning(
             f"no sharedstate server is running at {address}; start one with "
@@ -55,17 +64,17 @@ def connect_or_start(settings: Settings, *, start: bool, timeout: float) -> Conn
                 spawn_server(settings, lock, max(deadline - time.monotonic(), 1.0))
             finally:
                 lock.release()  # the server holds its own copy now
-            conn = try_connect(settings, timeout)
-            if conn is None:
+            link = try_connect(settings, timeout, hello)
+            if link is None:
                 raise ServerStartError(
                     f"a server was started at {address} but does not accept connections; "
                     f"see its log {settings.log_file or address.log_path}",
                     address=str(address),
                 )
-            return conn
-        conn = try_connect(settings, timeout)
-        if conn is not None:
-            return conn
+            return link
+        link = try_connect(settings, timeout, hello)
+        if link is not None:
+            return link
         if time.monotonic() >= deadline:
             raise Timeout(
                 f"waited {timeout:g} s for the server at {address} (pid "
@@ -76,28 +85,35 @@ def connect_or_start(settings: Settings, *, start: bool, timeout: float) -> Conn
         time.sleep(RETRY_SECONDS)
 
 
-def try_connect(settings: Settings, timeout: float) -> Connection | None:
+def try_connect(settings: Settings, timeout: float, hello: Hello) -> Link | None:
     """A connection ready for store calls, or ``None`` if nothing listens at the address."""
     # A listening server that doesn't answer is as stuck as one that doesn't answer a call.
     timeout = min(timeout, settings.call_timeout or timeout)
-    conn = try_handshake(settings, timeout)
-    if conn is not None:
-        server_request(
-            conn, settings.address, "accept_connection", (f"client-{os.getpid()}",), timeout
-        )
-    return conn
+    found = try_handshake(settings, timeout)
+    if found is None:
+        return None
+    conn, instance = found
+    welcome = server_request(
+        conn,
+        settings.address,
+        "accept_connection",
+        (hello.name, hello.session, hello.resume),
+        timeout,
+    )
+    return Link(conn, instance, bool(welcome.get("session_known", False)))
 
 
 def call_server_function(
     settings: Settings, function: str, timeout: float, args: tuple[Any, ...] = ()
 ) -> Any:
     """Call a server function (``server_info``, ``shutdown``...) of the running server."""
-    conn = try_handshake(settings, timeout)
-    if conn is None:
+    found = try_handshake(settings, timeout)
+    if found is None:
         raise ServerNotRunning(
             f"no sharedstate server is running at {settings.address}",
             address=str(settings.address),
         )
+    conn, _ = found
     try:
         return server_request(conn, settings.address, function, args, timeout)
     finally:
@@ -108,11 +124,12 @@ def stop_server(settings: Settings, timeout: float) -> int | None:
     """Ask the running server to stop and wait until it has exited; return its pid.
 
     Returns after its final snapshot, once the server lock is free, so a new server
-    may start right away.
+    may start right away. Raises :class:`PersistenceError` if the final snapshot failed
+    (the server stopped all the same; its journal still holds every write).
     """
     lock_path = settings.address.lock_path
     pid = read_pid(lock_path)
-    call_server_function(settings, "shutdown", timeout)
+    outcome = call_server_function(settings, "shutdown", timeout)
     deadline = time.monotonic() + timeout
     while is_held(lock_path):
         if time.monotonic() > deadline:
@@ -121,12 +138,22 @@ def stop_server(settings: Settings, timeout: float) -> int | None:
                 address=str(settings.address),
             )
         time.sleep(0.05)
+    error = (outcome or {}).get("final_snapshot_error")
+    if error:
+        raise PersistenceError(
+            f"the server at {settings.address} (pid {pid}) stopped, but its final snapshot "
+            f"failed: {error}. Its journal still holds every write: the next start "
+            "replays it",
+            address=str(settings.address),
+        )
     return pid
 
 
-def try_handshake(settings: Settings, timeout: float) -> Connection | None:
-    """An authenticated connection, or ``None`` if nothing listens at the address."""
+def try_handshake(settings: Settings, timeout: float) -> tuple[Connection, bytes] | None:
+    """An authenticated connection and the server's instance id, or ``None`` if nothing
+    listens at the address."""
     address = settings.address
+    check_files_dir(address)  # before trusting a key file or a socket found there
     key = settings.load_key()
     if key is None:
         if not _listening(settings):
@@ -143,7 +170,7 @@ def try_handshake(settings: Settings, timeout: float) -> Connection | None:
                 address=str(address),
             )
     try:
-        return handshake(address, key, timeout)
+        return handshake(address, key, timeout, settings.trusted_uids)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
 
@@ -155,6 +182,8 @@ def _listening(settings: Settings) -> bool:
         probe.settimeout(1.0)
         try:
             probe.connect(address.target)
+        except BlockingIOError:
+            return True  # a Unix socket's backlog is full: something listens, and is busy
         except OSError:
             return False
     return True

@@ -1,13 +1,19 @@
-"""One thread serves every connected client: an event loop over their sockets.
+"""One thread serves every connection: an event loop over the listener and the sockets.
 
 A thread per connection (the stock manager Server) makes every request wake a thread
 that must win the GIL from the others; with 16 clients the server spent 73 µs of CPU
-per ``incr`` and served fewer operations than with one. Here a single thread reads
-whatever requests are ready, answers them, and goes back to ``epoll``: no thread
-switches, no GIL hand-offs.
+per ``incr`` and served fewer operations than with one. Here a single thread accepts
+connections, reads whatever requests are ready, answers them, and goes back to
+``epoll``: no thread switches, no GIL hand-offs.
 
-The wire format is still ``multiprocessing.connection``'s (a 4-byte big-endian length,
-or -1 and an 8-byte length, then a pickle), so clients are unchanged.
+New connections are served here too, from the first byte: the handshake and the first
+request (:mod:`sharedstate.reception`) are steps of the same loop, never a thread each.
+So no number of silent, slow or half-open connections can hold up anyone else: each
+costs a descriptor and a few hundred bytes until its handshake deadline, and past
+:data:`MAX_GREETING` waiting at once the oldest is dropped.
+
+The wire format is ``multiprocessing.connection``'s: a 4-byte big-endian length (or -1
+and an 8-byte length), then the bytes; requests and replies are pickles.
 
 Nothing may block this thread. Two things can wait:
 
@@ -16,8 +22,8 @@ Nothing may block this thread. Two things can wait:
   in arrival order, each time the lock or an edit is freed, and once its timeout has
   passed. (A helper thread per waiting call, tried first, made a contended lock 38
   times slower with 64 clients than with one: every release woke every waiter.)
-- a write under ``fsync=always``: its reply waits for the fsync, in a helper thread
-  that posts the reply back when done.
+- a reply that must wait for a disk sync (``fsync=always``) or a snapshot: a helper
+  thread runs it and posts the reply back when done.
 
 While a client waits, it sends nothing (clients send one request at a time), so
 anything readable on its socket means it hung up or gave up.
@@ -33,17 +39,21 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from queue import SimpleQueue
 from traceback import format_exc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .codec import PROTOCOL
 from .config import MAX_REQUEST_BYTES
-from .errors import SharedStateError
+from .errors import LeaseExpired, SharedStateError
 from .reservations import ANY_EDIT, WouldWait
+
+if TYPE_CHECKING:
+    from .reception import Reception
+    from .sessions import Session
 
 logger = logging.getLogger("sharedstate")
 
@@ -53,19 +63,37 @@ _READ_SIZE = 256 * 1024
 # While calls are parked, they run again at least this often (seconds): for their
 # timeouts, and for a lock lease that runs out while nobody releases anything.
 PARKED_TICK = 0.05
+# Connections still in their handshake or first request, at most; past it the oldest
+# is dropped. A real client is through in a millisecond or two.
+MAX_GREETING = 1024
+# Connections accepted per pass of the loop, so a flood can't starve the clients.
+_ACCEPT_BATCH = 64
 
 Reply = tuple[str, Any]
 
+# A connection's stages (Client.stage).
+GREETING = "greeting"  # hello sent; waiting for the client's proof
+AUTHENTICATED = "authenticated"  # waiting for its first request
+SERVING = "serving"  # a store client
+
 
 class Client:
-    """One authenticated connection: what it owns, and its unread and unsent bytes."""
+    """One connection: its stage, what it owns, and its unread and unsent bytes."""
 
     may_wait = False  # the loop parks its calls instead: see WouldWait
 
-    def __init__(self, id: int, sock: socket.socket, pid: int | None) -> None:
+    def __init__(self, id: int, sock: socket.socket, uid: int | None, pid: int | None) -> None:
         self.id = id
         self.sock = sock
+        self.uid = uid  # from the kernel (Unix sockets), never from the client
         self.pid = pid
+        self.stage = GREETING
+        self.announced = ""  # what the client called itself (for logs only)
+        self.nonce = b""  # the handshake's server nonce
+        self.deadline = 0.0  # time.monotonic() by which it must be SERVING
+        self.session: Session | None = None
+        self.lapsed = False  # its lock lease ran out before it released the lock
+        self.closing = False  # hang up once the outbox is sent
         self.connected_at = time.time()
         self.requests = 0
         self.inbox = bytearray()
@@ -86,22 +114,26 @@ class _Parked:
 
     function: Callable[..., Any]
     args: tuple[Any, ...]
-    kwds: dict[str, Any]
+    rid: int = 0  # its write number within the client's session (0: not a numbered write)
     deadline: float | None = None  # time.monotonic() when its timeout ends
     waits_for: Hashable = None  # what it waits for (see WouldWait)
 
 
 class ClientLoop:
-    """Serves store calls for every adopted client, from the thread running :meth:`run`."""
+    """Serves every connection to ``listener``, from the thread running :meth:`run`."""
 
     def __init__(
         self,
+        listener: socket.socket,
         objects: dict[str, Any],
+        reception: Reception,
         release: Callable[[Client], list[str]],
         take_pending_sync: Callable[[], Callable[[], None] | None] | None,
         on_departure: Callable[[Client], None],
     ) -> None:
+        self._listener = listener
         self._objects = objects  # ident -> (object, exposed method names, _)
+        self._reception = reception
         self._release = release
         self._take_pending_sync = take_pending_sync
         self._on_departure = on_departure
@@ -110,7 +142,10 @@ class ClientLoop:
         self._wake_read.setblocking(False)
         self._wake_write.setblocking(False)
         self._selector.register(self._wake_read, selectors.EVENT_READ)
-        self._arrivals: SimpleQueue[Client] = SimpleQueue()
+        listener.setblocking(False)
+        self._selector.register(listener, selectors.EVENT_READ)
+        self._ids = 0
+        self._greeting: OrderedDict[int, Client] = OrderedDict()  # oldest first
         self._answers: SimpleQueue[tuple[Client, Reply]] = SimpleQueue()
         self._stopping = False
         self._parked: dict[int, Client] = {}  # by client id, in the order they parked
@@ -122,12 +157,6 @@ class ClientLoop:
         self._view = memoryview(self._buffer)
 
     # -- called from other threads ------------------------------------------------------
-
-    def adopt(self, client: Client) -> None:
-        """Start serving ``client`` (its handshake is done)."""
-        client.sock.setblocking(False)
-        self._arrivals.put(client)
-        self._wake()
 
     def stop(self) -> None:
         self._stopping = True
@@ -153,10 +182,12 @@ class ClientLoop:
     def run(self) -> None:
         self._thread_id = threading.get_ident()
         while not self._stopping:
-            timeout = PARKED_TICK if self._parked else 1.0
-            for key, events in self._selector.select(timeout):
+            for key, events in self._selector.select(self._select_timeout()):
                 if key.fileobj is self._wake_read:
                     self._take_news()
+                    continue
+                if key.fileobj is self._listener:
+                    self._accept()
                     continue
                 client: Client = key.data
                 if events & selectors.EVENT_WRITE:
@@ -168,7 +199,16 @@ class ClientLoop:
                         self._read(client)
             if self._parked and (self._freed or time.monotonic() >= self._next_tick):
                 self._run_parked()
+            if self._greeting:
+                self._drop_late_greetings()
         self._selector.close()
+
+    def _select_timeout(self) -> float:
+        timeout = PARKED_TICK if self._parked else 1.0
+        if self._greeting:
+            oldest = next(iter(self._greeting.values()))
+            timeout = min(timeout, max(oldest.deadline - time.monotonic(), 0.0))
+        return timeout
 
     def _take_news(self) -> None:
         try:
@@ -176,13 +216,69 @@ class ClientLoop:
                 pass
         except BlockingIOError:
             pass
-        while not self._arrivals.empty():
-            self._watch(self._arrivals.get())
         while not self._answers.empty():
             client, reply = self._answers.get()
             client.busy = False
+            if client.gone:
+                continue
             self._watch(client)
             self._send(client, reply)
+
+    # -- new connections -------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # out of descriptors, say: try again next pass
+                logger.warning("could not accept a connection: %s", error)
+                return
+            sock.setblocking(False)
+            self._ids += 1
+            client = self._reception.new_client(self._ids, sock)
+            client.deadline = time.monotonic() + self._reception.timeout
+            self._greeting[client.id] = client
+            if len(self._greeting) > MAX_GREETING:
+                _, oldest = self._greeting.popitem(last=False)
+                logger.warning(
+                    "%s had not finished its handshake when %d newer connections were "
+                    "waiting; dropped it",
+                    oldest,
+                    MAX_GREETING,
+                )
+                self._depart(oldest)
+            self._watch(client)
+            self._reception.greet(self, client)
+
+    def set_aside(self, client: Client) -> None:
+        """Stop serving ``client`` without closing it: someone else will answer it."""
+        self._greeting.pop(client.id, None)
+        self._unwatch(client)
+        client.sock.setblocking(True)
+
+    def promote(self, client: Client) -> None:
+        """``client`` passed the handshake and was admitted: serve its store calls."""
+        self._greeting.pop(client.id, None)
+        client.stage = SERVING
+
+    def _drop_late_greetings(self) -> None:
+        now = time.monotonic()
+        while self._greeting:
+            oldest = next(iter(self._greeting.values()))
+            if oldest.deadline > now:
+                return
+            del self._greeting[oldest.id]
+            if not oldest.busy:
+                logger.warning(
+                    "refused a connection from %s: no handshake within %g s",
+                    self._reception.describe(oldest),
+                    self._reception.timeout,
+                )
+                self._depart(oldest)
+
+    # -- requests --------------------------------------------------------------------------
 
     def _read(self, client: Client) -> None:
         try:
@@ -194,7 +290,8 @@ class ClientLoop:
         if not size:
             self._depart(client)
             return
-        if not client.inbox and size >= 4:
+        serving = client.stage == SERVING
+        if serving and not client.inbox and size >= 4:
             # The usual case: the request arrived whole, in one read.
             (length,) = _LENGTH.unpack_from(self._buffer)
             if length >= 0 and length + 4 == size:
@@ -202,20 +299,37 @@ class ClientLoop:
                 return
         client.inbox += self._view[:size]
         while not client.busy and not client.gone and client.parked is None:
+            # Before it is a client, a connection may only send small messages: a
+            # stranger must not make the server buffer a gigabyte.
+            limit = MAX_REQUEST_BYTES if client.stage == SERVING else self._reception.max_message
             try:
-                message = _take_message(client.inbox)
+                message = take_message(client.inbox, limit)
             except ValueError as error:
-                logger.warning("%s sent a malformed message (%s); disconnecting it", client, error)
+                if client.stage == SERVING:
+                    logger.warning(
+                        "%s sent a malformed message (%s); disconnecting it", client, error
+                    )
+                else:
+                    logger.warning(
+                        "refused a connection from %s: %s",
+                        self._reception.describe(client),
+                        error,
+                    )
                 self._depart(client)
                 return
             if message is None:
                 return
-            self._serve(client, message)
+            if client.closing:
+                continue  # answered for good; whatever else it says is ignored
+            if client.stage == SERVING:
+                self._serve(client, message)
+            else:
+                self._reception.receive(self, client, message)
 
     def _serve(self, client: Client, message: bytes) -> None:
         client.requests += 1
         try:
-            ident, method, args, kwds = load_request(message)
+            ident, method, args, rid = load_request(message)
         except Exception as error:
             logger.warning("%s sent a malformed request (%r); disconnecting it", client, error)
             self._depart(client)
@@ -228,14 +342,22 @@ class ClientLoop:
         except Exception:
             self._send(client, ("#TRACEBACK", format_exc()))
             return
-        self._call(client, _Parked(function, args, kwds))
+        if client.lapsed and method != "lock_release":
+            self._send(client, ("#ERROR", _lapsed_error()))
+            return
+        self._call(client, _Parked(function, args, rid if type(rid) is int else 0))
         if self._freed and self._parked:
             self._run_parked()  # before anyone else can take what was just freed
 
     def _call(self, client: Client, call: _Parked) -> bool:
         """Run ``call`` for ``client`` and answer it; False if it had to be parked."""
+        session = client.session
+        if call.rid and session is not None and call.rid <= session.last_rid:
+            self._answer_again(client, session, call.rid)
+            return True
+        reply: Reply
         try:
-            result = call.function(client, *call.args, **call.kwds)
+            result = call.function(client, *call.args)
         except WouldWait as wait:
             call.waits_for = wait.waits_for
             if client.parked is None:
@@ -245,19 +367,35 @@ class ClientLoop:
                 self._parked[client.id] = client
             return False
         except SharedStateError as error:
-            self._send(client, ("#ERROR", error))
-            return True
+            reply = ("#ERROR", error)
         except Exception:
             logger.exception("error serving %s", client)
-            self._send(client, ("#TRACEBACK", format_exc()))
-            return True
-        if self._take_pending_sync is not None:
-            sync = self._take_pending_sync()
-            if sync is not None:
-                self._hand_off(client, lambda: (sync(), result)[1])
-                return True
-        self._send(client, ("#RETURN", result))
+            reply = ("#TRACEBACK", format_exc())
+        else:
+            reply = ("#RETURN", result)
+        sync = self._take_pending_sync() if self._take_pending_sync is not None else None
+        if call.rid and session is not None:
+            session.remember(call.rid, reply, sync)
+        if sync is not None and reply[0] == "#RETURN":
+            self.hand_off(client, _after(sync, reply))
+        else:
+            self._send(client, reply)
         return True
+
+    def _answer_again(self, client: Client, session: Session, rid: int) -> None:
+        """A write the client sent again (its connection dropped before the reply)."""
+        if rid != session.last_rid or session.reply is None:
+            error = SharedStateError(
+                f"write number {rid} of this client came after write {session.last_rid}; "
+                "the client is out of step with the server. Reconnect (state.close())"
+            )
+            self._send(client, ("#ERROR", error))
+            return
+        logger.info("%s retried a write the server had applied; answered it again", client)
+        if session.durable is not None and session.reply[0] == "#RETURN":
+            self.hand_off(client, _after(session.durable, session.reply))
+        else:
+            self._send(client, session.reply)
 
     def _run_parked(self) -> None:
         """Run parked calls again, oldest first; answer those that can go on.
@@ -292,17 +430,18 @@ class ClientLoop:
         client.out_of_time = False
         self._parked.pop(client.id, None)
 
-    def _hand_off(self, client: Client, work: Callable[[], Any]) -> None:
+    def hand_off(self, client: Client, work: Callable[[], Reply]) -> None:
+        """Have a helper thread make ``client``'s reply (it may block); send it when done."""
         client.busy = True
         self._unwatch(client)
         helper = threading.Thread(target=self._help, args=(client, work), daemon=True)
         helper.name = f"helper-{client.id}"
         helper.start()
 
-    def _help(self, client: Client, work: Callable[[], Any]) -> None:
+    def _help(self, client: Client, work: Callable[[], Reply]) -> None:
         reply: Reply
         try:
-            reply = ("#RETURN", work())
+            reply = work()
         except SharedStateError as error:
             reply = ("#ERROR", error)
         except Exception:
@@ -311,11 +450,23 @@ class ClientLoop:
         self._answers.put((client, reply))
         self._wake()
 
-    def _send(self, client: Client, reply: tuple[str, Any]) -> None:
+    # -- replies ---------------------------------------------------------------------------
+
+    def _send(self, client: Client, reply: Reply) -> None:
         try:
             data = pickle.dumps(reply, protocol=PROTOCOL)
         except Exception:
             data = pickle.dumps(("#UNSERIALIZABLE", format_exc()), protocol=PROTOCOL)
+        self.send_frame(client, data)
+
+    def send_reply(self, client: Client, reply: Reply, *, then_close: bool = False) -> None:
+        """Send a pickled reply; with ``then_close``, hang up once it is sent."""
+        client.closing = client.closing or then_close
+        self._send(client, reply)
+
+    def send_frame(self, client: Client, data: bytes, *, then_close: bool = False) -> None:
+        """Send ``data`` as one message (a length, then the bytes)."""
+        client.closing = client.closing or then_close
         if len(data) > 0x7FFFFFFF:
             header = _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(data))
         else:
@@ -331,6 +482,8 @@ class ClientLoop:
                 self._depart(client)
                 return
             if sent == len(frame):
+                if client.closing:
+                    self._depart(client)
                 return
             client.outbox.append(memoryview(frame)[sent:])
         else:
@@ -354,6 +507,9 @@ class ClientLoop:
                 outbox[0] = outbox[0][sent:]
                 break
             outbox.popleft()
+        if not outbox and client.closing:
+            self._depart(client)
+            return
         if client.watched:
             self._watch(client)  # and for writing, while bytes are left to send
 
@@ -372,19 +528,44 @@ class ClientLoop:
             self._selector.unregister(client.sock)
             client.watched = 0
 
+    # -- departures ------------------------------------------------------------------------
+
+    def hang_up(self, client: Client) -> None:
+        """Disconnect ``client`` now, releasing what it holds (from the loop thread)."""
+        self._depart(client)
+
     def _depart(self, client: Client) -> None:
         if client.gone:
             return
         client.gone = True
+        self._greeting.pop(client.id, None)
         self._unpark(client)
         self._unwatch(client)
         client.sock.close()
-        released = self._release(client)
-        if released:
-            logger.info("%s disconnected; released %s", client, ", ".join(released))
-        else:
-            logger.debug("%s disconnected", client)
+        if client.stage == SERVING:
+            released = self._release(client)
+            if released:
+                logger.info("%s disconnected; released %s", client, ", ".join(released))
+            else:
+                logger.debug("%s disconnected", client)
         self._on_departure(client)
+
+
+def _after(sync: Callable[[], None], reply: Reply) -> Callable[[], Reply]:
+    def work() -> Reply:
+        sync()
+        return reply
+
+    return work
+
+
+def _lapsed_error() -> LeaseExpired:
+    return LeaseExpired(
+        "state.lock's lease ran out while this thread held it, and the server gave the "
+        "lock to others; this thread must not go on as if it held it. Leave the "
+        "`with state.lock` block (or call state.lock.release(), which raises this too), "
+        "then acquire the lock again, with a longer lease"
+    )
 
 
 def _was_freed(waits_for: Hashable, freed: set[Hashable]) -> bool:
@@ -396,8 +577,8 @@ def _was_freed(waits_for: Hashable, freed: set[Hashable]) -> bool:
 _PROTO_OPCODE = pickle.PROTO[0]
 
 
-def load_request(message: bytes) -> tuple[Any, str, tuple[Any, ...], dict[str, Any]]:
-    """Unpickle a request: ``(object id, method, args, kwargs)``; ValueError if it isn't one.
+def load_request(message: bytes) -> tuple[Any, str, tuple[Any, ...], Any]:
+    """Unpickle a request: ``(object id, method, args, request id)``; ValueError if it isn't.
 
     Requests are pickles of protocol 2 or later, which start by saying so. Checking
     that first keeps stray bytes away from the unpickler, which takes some short inputs
@@ -407,13 +588,17 @@ def load_request(message: bytes) -> tuple[Any, str, tuple[Any, ...], dict[str, A
     if len(message) < 2 or message[0] != _PROTO_OPCODE or not 2 <= message[1] <= PROTOCOL:
         raise ValueError("not a pickle")
     request = pickle.loads(message)
-    if type(request) is not tuple or len(request) != 4:
-        raise ValueError("not a 4-tuple")
+    if type(request) is not tuple or len(request) != 4 or type(request[2]) is not tuple:
+        raise ValueError("not a request")
     return request
 
 
-def _take_message(inbox: bytearray) -> bytes | None:
-    """Remove and return the first whole message in ``inbox``, if there is one."""
+def take_message(inbox: bytearray, limit: int) -> bytes | None:
+    """Remove and return the first whole message in ``inbox``, if there is one.
+
+    Raises ValueError for a length over ``limit``: garbage, or a peer that must not
+    send that much.
+    """
     if len(inbox) < 4:
         return None
     (size,) = _LENGTH.unpack_from(inbox)
@@ -423,8 +608,7 @@ def _take_message(inbox: bytearray) -> bytes | None:
             return None
         (size,) = _LONG_LENGTH.unpack_from(inbox, 4)
         start = 12
-    if not 0 <= size <= MAX_REQUEST_BYTES:
-        # Clients never send more (they check first): this is garbage, not a request.
+    if not 0 <= size <= limit:
         raise ValueError(f"bad message length {size}")
     end = start + size
     if len(inbox) < end:

@@ -8,6 +8,7 @@ StrictModes), and we never loosen or "fix" modes on a user's files behind their 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -56,7 +57,10 @@ def ensure_safe_dir(path: str) -> None:
     others unless it has the sticky bit, like ``/tmp``; and it must belong to us or root.
     """
     os.makedirs(path, mode=0o700, exist_ok=True)  # many workers may race to create it
-    info = os.stat(path)
+    _check_safe_dir(path, os.stat(path))
+
+
+def _check_safe_dir(path: str, info: os.stat_result) -> None:
     writable_by_others = info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
     if info.st_uid not in (os.getuid(), 0) or writable_by_others:
         raise InsecurePermissions(
@@ -106,20 +110,37 @@ def open_private_file(path: str, what: str, flags: int = os.O_RDWR | os.O_CREAT)
 
 
 def read_key_file(path: str) -> bytes:
-    """Read an authentication key from an owner-only file (surrounding whitespace ignored)."""
+    """Read an authentication key from an owner-only file (surrounding whitespace ignored).
+
+    The file itself must be ours: a symbolic link or a second hard link placed by
+    someone else would make us use any private file of ours, whose content they may
+    know, as the key.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(
             f"key file {path} does not exist; check SHAREDSTATE_AUTHKEY_FILE", path=path
         ) from None
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InsecurePermissions(
+                f"key file {path} is a symbolic link; refusing to follow it (someone could "
+                "point it at another file of yours). Use the real file's path",
+                path=path,
+            ) from None
         raise ConfigError(f"key file {path} can't be read ({error.strerror})", path=path) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"key file {path} is not a regular file", path=path)
         check_private_file(path, info, "key file")
+        if info.st_nlink > 1:
+            raise InsecurePermissions(
+                f"key file {path} has {info.st_nlink} hard links; refusing it (someone could "
+                "have linked another file of yours there). Copy the key into a file of its own",
+                path=path,
+            )
     except BaseException:
         os.close(fd)
         raise
@@ -160,6 +181,21 @@ def load_or_create_key(path: str) -> bytes:
     finally:
         os.unlink(partial)
     return key
+
+
+def check_files_dir(address: Address) -> None:
+    """Before a client trusts anything in the directory of ``address``'s files: the
+    checks the server makes when it creates it. A missing directory is fine (nothing
+    listens there), a directory another user made or can change is refused."""
+    path = address.files_dir
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    if path == runtime_dir():
+        ensure_private_dir(path)
+    else:
+        _check_safe_dir(path, info)
 
 
 def _mode(info: os.stat_result) -> str:

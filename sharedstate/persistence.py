@@ -191,24 +191,28 @@ class Persistence:
             "writes_since_snapshot": self.store.seq - self.saved_seq,
         }
 
-    def close(self) -> None:
-        """Stop: refuse further writes, take a final snapshot, close the journal."""
+    def close(self) -> str | None:
+        """Stop: refuse further writes, take a final snapshot, close the journal.
+
+        Returns why the final snapshot failed, or None if it succeeded.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         self.store.freeze()
         try:
             self.snapshot_now()
-        except PersistenceError:
+        except PersistenceError as error:
             logger.error("the final snapshot failed; the journal still holds every write")
             if self.journal is not None:
                 self.journal.close()
-            return
+            return str(error)
         if self.journal is not None:
             try:
                 self.journal.close(remove=True)  # the final snapshot holds every write
             except OSError as error:
                 logger.warning("could not remove the journal after the final snapshot: %s", error)
+        return None
 
     # -- internals -----------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -10,7 +11,6 @@ import signal
 import socket
 import stat
 import sys
-from multiprocessing.connection import Listener
 from types import FrameType
 
 from . import __version__
@@ -18,10 +18,11 @@ from .address import Address
 from .config import Settings
 from .daemon import Report, detach
 from .errors import ConfigError, ServerStartError, SharedStateError
+from .loop import MAX_GREETING
 from .permissions import ensure_files_dir
 from .persistence import Persistence
 from .pidlock import ServerLock
-from .server import MAX_HANDSHAKES, StateServer
+from .server import StateServer
 from .store import Store
 
 logger = logging.getLogger("sharedstate")
@@ -54,7 +55,7 @@ def run_server(
     report: Report | None = detach(log_path, START_TIMEOUT) if background else None
     _configure_logging(settings, to_file=None if background else settings.log_file)
     try:
-        lock, server = _start(settings, lock_fd, salvage, started_by)
+        lock, server, listener = _start(settings, lock_fd, salvage, started_by)
     except (SharedStateError, OSError) as error:
         logger.error("could not start: %s", error)
         if report:
@@ -71,11 +72,15 @@ def run_server(
     )
     if report:
         report(None)
+
+    def final_snapshot() -> str | None:
+        # Before another server may start here, and before `stop` hears how it went.
+        return server.persistence.close() if server.persistence is not None else None
+
     try:
-        server.serve_until_stopped()
+        server.serve_until_stopped(final_snapshot)
     finally:
-        if server.persistence is not None:
-            server.persistence.close()  # the final snapshot, before another server may start
+        listener.close()
         lock.release()
         logger.info("stopped; %s removed", address if address.is_unix else "listener")
 
@@ -100,7 +105,7 @@ def check_exposure(settings: Settings) -> None:
 
 def _start(
     settings: Settings, lock_fd: int | None, salvage: bool, started_by: int | None
-) -> tuple[ServerLock, StateServer]:
+) -> tuple[ServerLock, StateServer, _Listener]:
     address = settings.address
     if lock_fd is not None:
         lock = ServerLock.adopt(address.lock_path, lock_fd)
@@ -125,15 +130,15 @@ def _start(
         persistence.start()
     _make_room_for(settings.max_clients)
     server = StateServer(
-        store, listener, key, str(address), persistence, started_by, settings.max_clients
+        store, listener.sock, key, str(address), persistence, started_by, settings.max_clients
     )
-    return lock, server
+    return lock, server, listener
 
 
 def _make_room_for(max_clients: int) -> None:
     """Raise the soft open-files limit so ``max_clients`` connections fit, if allowed."""
     # A descriptor per client and per handshake, plus files, logs and the event loop.
-    needed = max_clients + MAX_HANDSHAKES + 64
+    needed = max_clients + MAX_GREETING + 64
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
@@ -146,17 +151,41 @@ def _make_room_for(max_clients: int) -> None:
             "max_clients=%d; raise it (ulimit -n, LimitNOFILE=) or lower "
             "SHAREDSTATE_MAX_CLIENTS",
             target,
-            target - MAX_HANDSHAKES - 64,
+            target - MAX_GREETING - 64,
             max_clients,
         )
 
 
-def _listen(address: Address) -> Listener:
+class _Listener:
+    """The listening socket; closing it removes its socket file (if still ours)."""
+
+    def __init__(self, sock: socket.socket, path: str | None) -> None:
+        self.sock = sock
+        self.path = path
+        self._inode = os.lstat(path).st_ino if path is not None else None
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                if os.lstat(self.path).st_ino == self._inode:
+                    os.unlink(self.path)
+
+
+def _listen(address: Address) -> _Listener:
     if address.path is not None:
         _remove_stale_socket(address.path)
+    family = socket.AF_UNIX if address.is_unix else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        listener = Listener(address.target, backlog=BACKLOG)
+        if family == socket.AF_INET:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address.target)
+        if address.path is not None:
+            os.chmod(address.path, 0o600)
+        sock.listen(BACKLOG)
     except OSError as error:
+        sock.close()
         if error.errno == errno.EADDRINUSE:
             raise ServerStartError(
                 f"{address} is already in use by another program; choose another address",
@@ -165,9 +194,7 @@ def _listen(address: Address) -> Listener:
         raise ServerStartError(
             f"can't listen at {address}: {error}", address=str(address)
         ) from None
-    if address.path is not None:
-        os.chmod(address.path, 0o600)
-    return listener
+    return _Listener(sock, address.path)
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -189,6 +216,8 @@ def _remove_stale_socket(path: str) -> None:
     probe.settimeout(1.0)
     try:
         probe.connect(path)
+    except BlockingIOError:
+        pass  # its backlog is full: something listens there, and is busy
     except OSError:
         os.unlink(path)
         logger.info("removed stale socket %s left by a server that is gone", path)

@@ -1,26 +1,23 @@
-"""Socket-level helpers shared by client and server.
+"""Socket-level helpers: kernel timeouts, and who is at the other end.
 
 ``multiprocessing.connection.Connection`` reads with plain ``os.read`` on a blocking
 file descriptor, so a Python-level socket timeout would not apply. Kernel timeouts
-(``SO_RCVTIMEO``) do: a read that waits too long fails with ``EAGAIN``. We use them to
-bound the authentication handshake on both sides, so a peer that connects and then
-says nothing can't hold a thread forever.
+(``SO_RCVTIMEO``) do: a read that waits too long fails with ``EAGAIN``. Clients use them
+to bound the handshake and every call, so a server that stops answering can't hang a
+worker.
+
+Who is at the other end comes from the kernel, never from what the peer says: its
+credentials on a Unix socket, and on Linux the owner of a loopback TCP socket.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
-
-
-def _socket_of(conn: Connection) -> socket.socket:
-    # A duplicate descriptor: options set through it apply to the shared socket, and
-    # closing it leaves the connection open. The family is read from the descriptor.
-    return socket.socket(fileno=os.dup(conn.fileno()))
 
 
 def set_timeouts(conn: Connection, seconds: float | None) -> None:
@@ -50,29 +47,62 @@ def io_timeout(conn: Connection, seconds: float) -> Iterator[None]:
             set_timeouts(conn, None)
 
 
-def describe_peer(conn: Connection) -> str:
-    """Who is at the other end: ``pid 1234`` for Unix sockets, ``host:port`` for TCP."""
-    pid = peer_pid(conn)
-    if pid is not None:
-        return f"pid {pid}"
-    try:
-        with _socket_of(conn) as sock:
-            peer = sock.getpeername()
-    except OSError:
-        return "an unknown peer"
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a local process"
+def connect(sock: socket.socket, target: str | tuple[str, int], timeout: float) -> None:
+    """Connect ``sock`` within ``timeout`` seconds; it is left blocking.
+
+    A Unix socket whose listen backlog is full refuses a non-blocking connect at once
+    (EAGAIN) instead of waiting like TCP: a server busy with a flood of new
+    connections is not a missing server, so keep trying until the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            sock.connect(target)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{target} did not accept the connection in time") from None
+            time.sleep(0.005)
+    sock.settimeout(None)
 
 
-def peer_pid(conn: Connection) -> int | None:
-    """The process id of a Unix-socket peer, when the platform tells it."""
-    if not hasattr(socket, "SO_PEERCRED"):
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """``(pid, uid, gid)`` of the process at the other end of a Unix socket, from the
+    kernel; None for other sockets, or where the platform doesn't say."""
+    if not hasattr(socket, "SO_PEERCRED") or sock.family != socket.AF_UNIX:
         return None
     try:
-        with _socket_of(conn) as sock:
-            if sock.family != socket.AF_UNIX:
-                return None
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
         return None
-    pid = int(struct.unpack("3i", raw)[0])
-    return pid or None
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def loopback_tcp_owner(sock: socket.socket) -> int | None:
+    """The uid owning the far end of a TCP connection on this machine, or None.
+
+    Linux lists every TCP socket of the network namespace in ``/proc/net/tcp`` with
+    its owner; the server's end of our connection is the line whose local address is
+    our peer and whose remote address is us. (An accepted socket belongs to whoever
+    owns the listening one.) None where there is no such table or no such line.
+    """
+    try:
+        ours, theirs = sock.getsockname(), sock.getpeername()
+        with open("/proc/net/tcp", encoding="ascii") as table:
+            lines = table.readlines()[1:]
+    except (OSError, ValueError):
+        return None
+    wanted = (_proc_address(theirs), _proc_address(ours))
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 7 and (fields[1], fields[2]) == wanted:
+            return int(fields[7])
+    return None
+
+
+def _proc_address(address: tuple[str, int]) -> str:
+    # /proc/net/tcp prints the IPv4 address as a number in host byte order, then the port.
+    (number,) = struct.unpack("=I", socket.inet_aton(address[0]))
+    return f"{number:08X}:{address[1]:04X}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import pickle
 import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
@@ -22,7 +21,7 @@ from .errors import (
 )
 from .launcher import connect_or_start
 from .store import Contents
-from .transport import Transport
+from .transport import Hello, Link, Transport
 from .views import wrap
 
 _MISSING: Any = object()
@@ -385,7 +384,10 @@ def connect_state(
     It connects now, so errors show at once, unless ``lazy``: then on first use, in
     whichever process and thread uses it (what a web app built before forking needs).
     """
-    connect = functools.partial(connect_or_start, settings, start=start, timeout=timeout)
+
+    def connect(hello: Hello) -> Link:
+        return connect_or_start(settings, start=start, timeout=timeout, hello=hello)
+
     transport = Transport(
         connect,
         settings.address,

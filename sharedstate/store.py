@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from .codec import DATA, NAMESPACE, PROTOCOL, decode, place
 from .errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
 from .nested import apply_method, check_method, check_nesting, check_number, step_into
+from .operations import ALL, WRITES
 from .reservations import Caller, LocalCaller, Reservations
 
 # What to do when the server can't unpickle a value it must work on.
@@ -52,11 +53,8 @@ class Contents:
 
 REPLAY = LocalCaller(0)
 
-# Store methods a journal record may name.
-REPLAYABLE = frozenset(
-    {"set", "delete", "setdefault", "pop", "update", "clear", "incr", "nested",
-     "ns_set", "ns_delete", "restore", "delete_many"}
-)  # fmt: skip
+# Store methods a journal record may name: the writes.
+REPLAYABLE = WRITES
 
 
 class _Live:
@@ -73,16 +71,7 @@ class Store:
     """All shared data of one server. Thread-safe: one condition guards everything."""
 
     #: The methods a client may call over the wire.
-    EXPOSED = frozenset(
-        {
-            "lookup", "contains", "length", "keys", "items", "values", "copy",
-            "set", "delete", "setdefault", "pop", "update", "clear", "incr", "nested",
-            "ns_lookup", "ns_set", "ns_delete", "ns_items",
-            "lock_acquire", "lock_release", "lock_locked",
-            "edit_begin", "edit_commit", "edit_abort",
-            "export_all", "restore", "get_many", "delete_many",
-        }
-    )  # fmt: skip
+    EXPOSED = ALL
 
     def __init__(self) -> None:
         self._spaces: dict[str, dict[Any, bytes | _Live]] = {DATA: {}, NAMESPACE: {}}

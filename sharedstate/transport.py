@@ -3,14 +3,22 @@
 One connection per thread: each thread's calls (and the lock and edits it takes) are
 its own, and threads never wait on each other's round trips. Connections are re-made:
 
-- after ``fork()``: the child must never write to the parent's socket (two processes
-  interleaving messages on one connection corrupt both, CPython gh-101320), so a
-  process only uses connections it opened itself (diskcache does the same with its pid
-  check);
+- after ``fork()``: the child closes its copies of the parent's connections at once
+  (``os.register_at_fork``). It never writes to them (two processes interleaving
+  messages on one connection corrupt both, CPython gh-101320), and it must not keep them
+  open either: while a child held a copy, a SIGKILLed parent's connection stayed up, and
+  so did the lock it held. The child opens its own connections on first use;
 - after the server restarted: a connection the server closed is noticed before use
   (it reads as end-of-file) and replaced, so the call goes through;
-- after a call was cut off mid-flight: the call raises :class:`ConnectionLost`, since it
-  may or may not have happened, and the next call connects afresh.
+- after a call was cut off mid-flight: a read is simply sent again; a write is sent
+  again with the number it had in this thread's *session*, and the server applies it at
+  most once (:mod:`sharedstate.sessions`). If the new connection reached another run of
+  the server, or one that forgot the session, the call raises :class:`ConnectionLost`
+  (it may or may not have taken effect).
+
+A thread that held the lock or an edit when its connection dropped lost it: the server
+freed it, and another process may hold it now. Such a thread never reconnects silently:
+its calls raise :class:`LockLost` until it leaves the ``with`` block (or releases).
 """
 
 from __future__ import annotations
@@ -22,40 +30,66 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import (
-    Connection,
-    answer_challenge,
-    deliver_challenge,
-)
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from .address import Address
-from .codec import PROTOCOL, Where, encode, where_text
+from .codec import PROTOCOL, STORE_IDENT, Where, encode, where_text
 from .config import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, MAX_REQUEST_BYTES
 from .errors import (
     AuthenticationFailed,
     ConnectionLost,
+    InsecurePermissions,
+    LockLost,
     ServerError,
     Timeout,
     ValueNotPicklable,
     ValueTooLarge,
 )
-from .manager import STORE_IDENT
-from .sockets import io_timeout, set_timeouts
+from .handshake import HandshakeFailed, authenticate
+from .operations import READS, WRITES
+from .sockets import connect, io_timeout, loopback_tcp_owner, peer_credentials, set_timeouts
+
+SESSION_ID_BYTES = 16
+LOCK = "state.lock"  # what a thread holds: LOCK, or ("edit", key)
+# poll() takes milliseconds as a C int: wait in slices no longer than a day.
+_LONGEST_POLL_MS = 86_400_000
 
 
-def handshake(address: Address, authkey: bytes, timeout: float) -> Connection:
-    """Connect and authenticate, BaseManager-style; give up after ``timeout`` seconds.
+@dataclass(frozen=True)
+class Hello:
+    """What a client tells the server when it connects: who it is, and its session."""
 
-    Raises ``FileNotFoundError`` or ``ConnectionRefusedError`` when nothing listens.
+    name: str
+    session: bytes
+    resume: bool  # this thread had a connection before: the server may know the session
+
+
+@dataclass
+class Link:
+    """A connection ready for store calls, and what the server said of it."""
+
+    conn: Connection
+    instance: bytes  # the server's run: a restarted server has another
+    session_known: bool  # False: the server does not know the session we resumed
+
+
+def handshake(
+    address: Address, authkey: bytes, timeout: float, trusted_uids: frozenset[int]
+) -> tuple[Connection, bytes]:
+    """Connect, check who listens, and authenticate both ways; give up after ``timeout``.
+
+    Returns the connection and the server's instance id. Raises ``FileNotFoundError`` or
+    ``ConnectionRefusedError`` when nothing listens, and :class:`InsecurePermissions`
+    before sending a byte when the listening process belongs to a user not in
+    ``trusted_uids``.
     """
     family = socket.AF_UNIX if address.is_unix else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
-        sock.connect(address.target)
-        sock.settimeout(None)  # Connection needs a blocking socket
+        connect(sock, address.target, timeout)  # left blocking, as Connection needs
+        check_listener(sock, address, trusted_uids)
         if family == socket.AF_INET:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except BaseException:
@@ -64,20 +98,50 @@ def handshake(address: Address, authkey: bytes, timeout: float) -> Connection:
     conn = Connection(sock.detach())
     try:
         with io_timeout(conn, timeout):
-            answer_challenge(conn, authkey)
-            deliver_challenge(conn, authkey)
-    except AuthenticationError:
+            instance = authenticate(conn, authkey)
+    except HandshakeFailed as failure:
         conn.close()
+        if failure.wrong_key:
+            raise AuthenticationFailed(
+                f"the server at {address} and this process use different keys; give both "
+                "the same SHAREDSTATE_AUTHKEY_FILE (or SHAREDSTATE_AUTHKEY), or let clients "
+                f"read the server's key file {address.key_path}",
+                address=str(address),
+            ) from None
         raise AuthenticationFailed(
-            f"the server at {address} and this process use different keys; give both the "
-            "same SHAREDSTATE_AUTHKEY_FILE (or SHAREDSTATE_AUTHKEY), or let clients read "
-            f"the server's key file {address.key_path}",
+            f"the program listening at {address} is not a sharedstate server holding our "
+            f"key ({failure}); is another program using that address? Nothing it sent "
+            "was loaded",
             address=str(address),
         ) from None
     except BaseException as error:
         conn.close()
         raise _handshake_error(error, address, timeout) from None
-    return conn
+    return conn, instance
+
+
+def check_listener(sock: socket.socket, address: Address, trusted_uids: frozenset[int]) -> None:
+    """Refuse a server run by a user we don't trust, before it can send us a pickle.
+
+    The kernel says who: the peer's credentials on a Unix socket, the owner of the
+    server's end on a loopback TCP connection (Linux). A remote TCP server can't be
+    checked this way; only the handshake vouches for it.
+    """
+    if address.is_unix:
+        credentials = peer_credentials(sock)
+        uid = credentials[1] if credentials is not None else None
+    else:
+        uid = loopback_tcp_owner(sock)
+    if uid is None or uid in trusted_uids:
+        return
+    raise InsecurePermissions(
+        f"the process listening at {address} runs as uid {uid}, not as you (uid "
+        f"{os.getuid()}) or root; it may be another user posing as your server, so nothing "
+        "was sent to it. If it is your server, run it as your user, or name its user in "
+        "SHAREDSTATE_SERVER_USER",
+        address=str(address),
+        uid=uid,
+    )
 
 
 def server_request(
@@ -86,7 +150,7 @@ def server_request(
     """Call a server function (``accept_connection``, ``shutdown``...) on a new connection."""
     try:
         with io_timeout(conn, timeout):
-            conn.send_bytes(_dumps((None, function, args, {})))
+            conn.send_bytes(_dumps((None, function, args, 0)))
             kind, result = pickle.loads(conn.recv_bytes())
     except BaseException as error:
         conn.close()
@@ -107,13 +171,6 @@ def _handshake_error(error: BaseException, address: Address, timeout: float) -> 
             f"{timeout:g} s; is it stopped or overloaded?",
             address=str(address),
         )
-    if isinstance(error, (AssertionError, ValueError)):
-        # multiprocessing's handshake asserts on what it reads: not a sharedstate server.
-        return ConnectionLost(
-            f"the program listening at {address} does not speak sharedstate's handshake; "
-            "is another program using that address?",
-            address=str(address),
-        )
     if isinstance(error, (EOFError, OSError)):
         return ConnectionLost(
             f"the server at {address} closed the connection while we were connecting "
@@ -123,9 +180,26 @@ def _handshake_error(error: BaseException, address: Address, timeout: float) -> 
     return error
 
 
-class _ThreadConnection(threading.local):
-    conn: Connection | None = None
-    poller: select.poll | None = None
+class _Cut(Exception):
+    """A call's connection broke after the request may have reached the server."""
+
+
+class _ThreadState(threading.local):
+    """One thread's connection, session and what it holds on the server."""
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+        self.poller: select.poll | None = None
+        self.instance = b""
+        self.session = os.urandom(SESSION_ID_BYTES)
+        self.connected_before = False
+        self.session_known = True  # False: the server forgot the session we resumed
+        self.last_rid = 0
+        self.holds: set[Any] = set()  # LOCK and ("edit", key)
+        self.lost: str | None = None  # why what it holds was lost
+
+
+_transports: weakref.WeakSet[Transport] = weakref.WeakSet()
 
 
 class Transport:
@@ -138,7 +212,7 @@ class Transport:
 
     def __init__(
         self,
-        connect: Callable[[], Connection],
+        connect: Callable[[Hello], Link],
         address: Address,
         *,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
@@ -149,9 +223,10 @@ class Transport:
         self.call_timeout = call_timeout
         self.max_value_bytes = max_value_bytes
         self._pid = os.getpid()
-        self._local = _ThreadConnection()
+        self._local = _ThreadState()
         self._opened: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._opened_lock = threading.Lock()
+        _transports.add(self)
 
     def encode(self, value: Any, where: Where) -> bytes:
         """Pickle a value to send; refuse it if it is larger than ``max_value_bytes``."""
@@ -172,8 +247,17 @@ class Transport:
         ``waits``: seconds the server may take on purpose (a lock or edit timeout) on
         top of ``call_timeout``; None if it may wait forever.
         """
+        if self._pid != os.getpid():
+            self._forget_parent_connections()
+        local = self._local
+        if local.lost is not None:
+            self._refuse_while_lost(local, method, args)
+        rid = 0
+        if method in WRITES:
+            local.last_rid += 1
+            rid = local.last_rid
         try:
-            request = _dumps((STORE_IDENT, method, args, {}))
+            request = _dumps((STORE_IDENT, method, args, rid))
         except Exception as error:
             raise ValueNotPicklable(
                 f"the arguments of {method}() can't be pickled: {error}"
@@ -183,63 +267,121 @@ class Transport:
                 f"{method}() would send {len(request):,} bytes; one call carries at most "
                 f"{MAX_REQUEST_BYTES:,}. Send fewer values per call"
             )
-        conn, reused = self._connection()
         try:
-            conn.send_bytes(request)
-        except BlockingIOError:
-            self._drop()
-            raise self._timeout(method) from None
-        except OSError:
-            self._drop()
-            if not reused:
-                raise ConnectionLost(f"could not send to the server at {self.address}") from None
-            conn, _ = self._connection()  # it died while idle; nothing was delivered
-            self._send_or_drop(conn, request)
-        except BaseException:
-            self._drop()
-            raise
-        if waits != 0.0 and self.call_timeout is not None:
-            self._await_reply(method, waits, self.call_timeout)
-        try:
-            kind, result = pickle.loads(conn.recv_bytes())
-        except BlockingIOError:
-            self._drop()  # the reply may still come, out of turn: never read this socket again
-            raise self._timeout(method) from None
-        except (EOFError, OSError) as error:
-            self._drop()
-            raise ConnectionLost(
-                f"the connection to the server at {self.address} broke during {method}(); "
-                "it may or may not have taken effect. The next call reconnects.",
-                address=str(self.address),
-            ) from error
-        except BaseException:
-            self._drop()  # e.g. KeyboardInterrupt: the reply would arrive out of turn
-            raise
+            kind, result = self._exchange(local, method, request, waits)
+        except _Cut as cut:
+            kind, result = self._again(local, method, request, rid, waits, cut)
+        self._note_reservations(local, method, args, kind, result)
         if kind == "#RETURN":
             return result
         if kind == "#ERROR":
             raise result
         raise ServerError(f"the server at {self.address} failed during {method}():\n{result}")
 
-    def _await_reply(self, method: str, waits: float | None, call_timeout: float) -> None:
+    # -- one round trip ----------------------------------------------------------------
+
+    def _exchange(
+        self, local: _ThreadState, method: str, request: bytes, waits: float | None
+    ) -> tuple[str, Any]:
+        conn, reused = self._connection(local)
+        try:
+            conn.send_bytes(request)
+        except BlockingIOError:
+            self._drop(local, "did not take the request in time")
+            raise self._timeout(local, method) from None
+        except OSError:
+            self._drop(local, "was found closed")
+            if not reused:
+                raise ConnectionLost(f"could not send to the server at {self.address}") from None
+            conn, _ = self._connection(local)  # it died while idle; nothing was delivered
+            try:
+                conn.send_bytes(request)
+            except OSError:
+                self._drop(local, "broke")
+                raise ConnectionLost(f"could not send to the server at {self.address}") from None
+        except BaseException:
+            self._drop(local, "was interrupted")
+            raise
+        if waits != 0.0 and self.call_timeout is not None:
+            self._await_reply(local, method, waits, self.call_timeout)
+        try:
+            kind, result = pickle.loads(conn.recv_bytes())
+        except BlockingIOError:
+            # The reply may still come, out of turn: never read this socket again.
+            self._drop(local, f"timed out during {method}()")
+            raise self._timeout(local, method) from None
+        except (EOFError, OSError) as error:
+            self._drop(local, f"broke during {method}()")
+            raise _Cut(repr(error)) from error
+        except BaseException:
+            self._drop(
+                local, f"was interrupted during {method}()"
+            )  # the reply would come out of turn
+            raise
+        return kind, result
+
+    def _again(
+        self,
+        local: _ThreadState,
+        method: str,
+        request: bytes,
+        rid: int,
+        waits: float | None,
+        cut: _Cut,
+    ) -> tuple[str, Any]:
+        """After a call was cut off: send a read again, or a numbered write, once."""
+        if local.lost is not None:
+            raise self._lock_lost(local) from cut
+        lost = ConnectionLost(
+            f"the connection to the server at {self.address} broke during {method}(); it may "
+            "or may not have taken effect. The next call reconnects.",
+            address=str(self.address),
+        )
+        if method not in READS and not rid:
+            raise lost from cut
+        instance = local.instance
+        try:
+            conn, _ = self._connection(local)
+        except (ConnectionError, Timeout):
+            raise lost from cut
+        if rid and (local.instance != instance or not local.session_known):
+            raise lost from cut  # another server run, or one that forgot our session
+        try:
+            return self._exchange(local, method, request, waits)
+        except _Cut as again:
+            raise lost from again
+
+    def _await_reply(
+        self, local: _ThreadState, method: str, waits: float | None, call_timeout: float
+    ) -> None:
         """Wait for the reply to a call the server may hold ``waits`` seconds on purpose.
 
         The socket's own timeout (``call_timeout``) would cut it short, so wait for the
         reply to start here: ``call_timeout`` on top of ``waits``, or forever if None.
         """
-        poller = self._local.poller
+        poller = local.poller
         assert poller is not None  # opened with the connection
-        limit = -1 if waits is None else (call_timeout + waits) * 1000
+        left = None if waits is None else (call_timeout + waits) * 1000
         try:
-            ready = poller.poll(limit)
+            while True:
+                slice_ms = _LONGEST_POLL_MS if left is None else min(left, _LONGEST_POLL_MS)
+                if poller.poll(slice_ms):
+                    return
+                if left is not None:
+                    left -= slice_ms
+                    if left <= 0:
+                        break
         except BaseException:
-            self._drop()  # e.g. KeyboardInterrupt: the reply would arrive out of turn
+            self._drop(
+                local, f"was interrupted during {method}()"
+            )  # the reply would come out of turn
             raise
-        if not ready:
-            self._drop()
-            raise self._timeout(method)
+        self._drop(local, f"timed out during {method}()")
+        raise self._timeout(local, method)
 
-    def _timeout(self, method: str) -> Timeout:
+    def _timeout(self, local: _ThreadState, method: str) -> Exception:
+        if local.lost is not None:
+            return self._lock_lost(local)
         return Timeout(
             f"the server at {self.address} did not answer {method}() within "
             f"{self.call_timeout:g} s (SHAREDSTATE_CALL_TIMEOUT); it may be stopped, "
@@ -248,9 +390,56 @@ class Transport:
             address=str(self.address),
         )
 
+    # -- what a thread holds -----------------------------------------------------------
+
+    @staticmethod
+    def _note_reservations(
+        local: _ThreadState, method: str, args: tuple[Any, ...], kind: str, result: Any
+    ) -> None:
+        if method == "lock_acquire":
+            if kind == "#RETURN" and result:
+                local.holds.add(LOCK)
+        elif method == "lock_release":
+            local.holds.discard(LOCK)
+        elif method == "edit_begin":
+            if kind == "#RETURN":
+                local.holds.add(("edit", args[0]))
+        elif method in ("edit_commit", "edit_abort"):
+            local.holds.discard(("edit", args[0]))
+
+    def _refuse_while_lost(self, local: _ThreadState, method: str, args: tuple[Any, ...]) -> None:
+        """A call from a thread whose lock or edit was lost: always LockLost.
+
+        Leaving the block (``release()``, the end of an edit) ends that state.
+        """
+        error = self._lock_lost(local)
+        if method == "lock_release":
+            local.holds.discard(LOCK)
+        elif method in ("edit_commit", "edit_abort"):
+            local.holds.discard(("edit", args[0]))
+        if not local.holds:
+            local.lost = None
+        raise error
+
+    def _lock_lost(self, local: _ThreadState) -> LockLost:
+        what = " and ".join(
+            sorted(
+                LOCK if held == LOCK else f"the edit of state[{held[1]!r}]" for held in local.holds
+            )
+        )
+        return LockLost(
+            f"this thread's connection to the server at {self.address} {local.lost} while "
+            f"it held {what}; the server freed it, and another process may hold it now. "
+            "Leave the `with` block (or call release()): until then, every call of this "
+            "thread raises LockLost",
+            address=str(self.address),
+        )
+
+    # -- connections -------------------------------------------------------------------
+
     def connect(self) -> None:
         """Open this thread's connection now (starting the server if allowed)."""
-        self._connection()
+        self._connection(self._local)
 
     def close(self) -> None:
         """Close every connection this process opened; later calls reconnect."""
@@ -259,52 +448,64 @@ class Transport:
             self._opened = weakref.WeakSet()
         for conn in opened:
             conn.close()
-        self._local = _ThreadConnection()
+        self._local = _ThreadState()
 
-    def _connection(self) -> tuple[Connection, bool]:
+    def _connection(self, local: _ThreadState) -> tuple[Connection, bool]:
         """This thread's usable connection, and whether it was already open."""
-        if self._pid != os.getpid():
-            self._forget_parent_connections()
-        local = self._local
         if local.conn is not None:
             assert local.poller is not None
             if not local.poller.poll(0):
                 return local.conn, True
-            self._drop()  # readable while idle: the server closed it
-        conn = self._connect()
+            self._drop(local, "was closed by the server")  # readable while idle
+        if local.lost is not None:
+            raise self._lock_lost(local)  # reconnecting would run its calls unprotected
+        link = self._connect(
+            Hello(f"client-{os.getpid()}", local.session, resume=local.connected_before)
+        )
+        conn = link.conn
         if self.call_timeout is not None:
             set_timeouts(conn, self.call_timeout)
         poller = select.poll()
         poller.register(conn.fileno(), select.POLLIN)
         local.conn, local.poller = conn, poller
+        local.instance = link.instance
+        local.connected_before = True
+        local.session_known = link.session_known
         with self._opened_lock:
             self._opened.add(conn)
         return conn, False
 
-    def _send_or_drop(self, conn: Connection, request: bytes) -> None:
-        try:
-            conn.send_bytes(request)
-        except OSError:
-            self._drop()
-            raise ConnectionLost(f"could not send to the server at {self.address}") from None
-
-    def _drop(self) -> None:
-        conn = self._local.conn
-        self._local.conn = self._local.poller = None
+    def _drop(self, local: _ThreadState, how: str) -> None:
+        conn = local.conn
+        local.conn = local.poller = None
         if conn is not None:
             conn.close()
+            if local.holds and local.lost is None:
+                local.lost = how
 
     def forget_inherited(self) -> None:
-        """After ``fork()``: drop the parent's connections (never close them)."""
+        """After ``fork()``: drop the parent's connections (the fork hook closed them)."""
         if self._pid != os.getpid():
             self._forget_parent_connections()
 
     def _forget_parent_connections(self) -> None:
-        # Never close them here: that is the parent's business. Dropping our
-        # references closes only this process's copies of the descriptors.
+        # Runs in a child after fork(), before any other thread exists there. Close our
+        # copies of the parent's descriptors (the parent's stay open), and never take
+        # the parent's locks, which another of its threads may have held at the fork.
+        for conn in list(self._opened):
+            conn.close()
         self._pid = os.getpid()
-        self._local = _ThreadConnection()
+        self._local = _ThreadState()
         self._opened = weakref.WeakSet()
+        self._opened_lock = threading.Lock()
+
+
+def _close_inherited_connections() -> None:
+    for transport in list(_transports):
+        transport._forget_parent_connections()
+
+
+os.register_at_fork(after_in_child=_close_inherited_connections)
 
 
 def _dumps(message: Any) -> bytes:

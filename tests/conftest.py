@@ -26,6 +26,7 @@ from sharedstate.errors import SharedStateError
 from sharedstate.launcher import call_server_function
 
 from .processes import REPO_ROOT, is_dead, processes_mentioning
+from .users import other_user, shared_tmp  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

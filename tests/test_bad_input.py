@@ -162,7 +162,7 @@ def test_an_empty_authkey_variable_never_means_an_empty_key(
     with open(str(state.address) + ".key", "rb") as file:
         assert len(file.read().strip()) == 64
     with pytest.raises(AuthenticationFailed):
-        handshake(state.address, b"", 5)  # an empty key is not let in
+        handshake(state.address, b"", 5, frozenset({os.getuid()}))  # an empty key: not let in
     assert state["x"] == 1
 
 

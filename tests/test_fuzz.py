@@ -15,8 +15,7 @@ import pickle
 import resource
 import socket
 import struct
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sharedstate import get_shared_state
+from sharedstate.handshake import HandshakeFailed, authenticate
 from sharedstate.sockets import io_timeout
 
 from .conftest import ServerProcess
@@ -94,11 +94,10 @@ def handshake_cut_short(address: str, key: bytes, cut: int, tail: bytes = b"") -
         with io_timeout(conn, HANG_UP_WITHIN):
             try:
                 if cut > 0:
-                    answer_challenge(conn, key)
-                    deliver_challenge(conn, key)
+                    authenticate(conn, key)
             except BlockingIOError:
                 raise AssertionError("the server stopped answering a handshake") from None
-            except (_HungUp, EOFError, OSError, AuthenticationError):
+            except (_HungUp, EOFError, OSError, HandshakeFailed):
                 pass  # we hung up, or the server refused what it got so far
             return conn.hang_up_and_drain()
     finally:
@@ -139,7 +138,7 @@ def test_random_bytes_before_the_handshake_never_get_in(server: ServerProcess) -
         sock = open_raw(server.address)
         send_until_refused(sock, garbage)
         received = hang_up_and_drain(sock)
-        assert b"#WELCOME#" not in received, f"{garbage!r} was let in"
+        assert b"welcome " not in received, f"{garbage!r} was let in"
 
     send()
     report_tried("bytes before the handshake", tried)
@@ -154,15 +153,14 @@ def client_handshake_length(address: str, key: bytes) -> int:
     conn = CutShortConnection(open_raw(address), budget, b"")
     try:
         with io_timeout(conn, HANG_UP_WITHIN):
-            answer_challenge(conn, key)
-            deliver_challenge(conn, key)
+            authenticate(conn, key)
         return budget - conn.budget
     finally:
         conn.close()
 
 
-# The simplest request a fresh connection may make: the manager's "dummy" function.
-DUMMY_REQUEST = frame(pickle.dumps((None, "dummy", (), {})))
+# The simplest request a fresh connection may make: a server function.
+DUMMY_REQUEST = frame(pickle.dumps((None, "server_info", (), 0)))
 
 
 @pytest.mark.fuzz
@@ -231,7 +229,7 @@ def test_bad_length_prefixes_are_refused_at_every_stage(server: ServerProcess) -
         send_until_refused(sock, header + body)
         received = hang_up_and_drain(sock)
         if stage == "handshake":
-            assert b"#WELCOME#" not in received, f"{header!r} was let in"
+            assert b"welcome " not in received, f"{header!r} was let in"
         else:
             assert "#RETURN" not in reply_kinds(received), f"{header!r} was served at {stage}"
 

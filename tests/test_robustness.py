@@ -18,6 +18,7 @@ from sharedstate.pidlock import read_pid
 
 from .conftest import ServerProcess
 from .processes import _fork, kill_and_wait, server_pids, start_process, wait_until
+from .wire import store_connection
 
 
 def test_state_created_before_fork_works_in_the_child(server: ServerProcess) -> None:
@@ -178,13 +179,10 @@ def test_large_values_cross_in_pieces_both_ways(server: ServerProcess) -> None:
 
 
 def test_a_request_split_into_single_bytes_is_still_understood(server: ServerProcess) -> None:
-    from sharedstate.config import load_settings
-    from sharedstate.launcher import try_connect
-    from sharedstate.manager import STORE_IDENT
+    from sharedstate.codec import STORE_IDENT
 
-    conn = try_connect(load_settings(), 5)
-    assert conn is not None
-    request = pickle.dumps((STORE_IDENT, "incr", ("split", 1), {}))
+    conn = store_connection()
+    request = pickle.dumps((STORE_IDENT, "incr", ("split", 1), 0))
     framed = struct.pack("!i", len(request)) + request
     with socket.socket(fileno=os.dup(conn.fileno())) as sock:
         for byte in framed:
@@ -195,13 +193,9 @@ def test_a_request_split_into_single_bytes_is_still_understood(server: ServerPro
 
 
 def test_a_malformed_message_disconnects_only_its_sender(server: ServerProcess) -> None:
-    from sharedstate.config import load_settings
-    from sharedstate.launcher import try_connect
-
     state = get_shared_state(start=False)
     state["x"] = 1
-    conn = try_connect(load_settings(), 5)
-    assert conn is not None
+    conn = store_connection()
     with socket.socket(fileno=os.dup(conn.fileno())) as sock:
         sock.send(struct.pack("!i", -7))  # a negative length: not a message
     with pytest.raises(EOFError):

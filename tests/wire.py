@@ -13,7 +13,12 @@ import os
 import pickle
 import socket
 import struct
-from multiprocessing.connection import Client
+from multiprocessing.connection import Connection
+
+from sharedstate.address import parse_address
+from sharedstate.config import load_settings
+from sharedstate.launcher import try_connect
+from sharedstate.transport import Hello, handshake
 
 from .conftest import ServerProcess, fresh_state
 from .processes import wait_until
@@ -75,15 +80,23 @@ def reply_kinds(received: bytes) -> list[str]:
 
 
 def authenticated(address: str, key: bytes, *, adopted: bool) -> socket.socket:
-    """A socket past the handshake; ``adopted``: also past accept_connection (the event loop)."""
-    conn = Client(address, authkey=key)
+    """A socket past the handshake; ``adopted``: also past accept_connection (a client)."""
+    conn, _ = handshake(parse_address(address), key, HANG_UP_WITHIN, frozenset({os.getuid()}))
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     conn.close()
     sock.settimeout(HANG_UP_WITHIN)
     if adopted:
-        sock.sendall(frame(pickle.dumps((None, "accept_connection", ("client-fuzz",), {}))))
+        sock.sendall(frame(pickle.dumps((None, "accept_connection", ("client-fuzz",), 0))))
         assert read_reply(sock) == "#RETURN"
     return sock
+
+
+def store_connection() -> Connection:
+    """A connection of our own to the test's server, ready for store calls."""
+    settings = load_settings()
+    link = try_connect(settings, 5, Hello("client-test", os.urandom(16), resume=False))
+    assert link is not None
+    return link.conn
 
 
 def read_reply(sock: socket.socket) -> str | None:
