@@ -273,15 +273,20 @@ def dump(file: str, fmt: str, force: bool, **overrides: Any) -> None:
 @cli.command()
 @setting_options("address", "authkey_file")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--replace", "mode", flag_value="replace", help="Replace the whole state with FILE.")
-@click.option("--merge", "mode", flag_value="merge", help="Set the keys of FILE, keep the others.")
+@click.option("--replace", is_flag=True, help="Replace the whole state with FILE.")
+@click.option("--merge", is_flag=True, help="Set the keys of FILE, keep the others.")
 @click.option(
     "--format", "fmt", type=click.Choice(("auto", *FORMATS)), default="auto", show_default=True
 )
-def restore(file: str, mode: str | None, fmt: str, **overrides: Any) -> None:
+def restore(file: str, replace: bool, merge: bool, fmt: str, **overrides: Any) -> None:
     """Load a dump into the running server and save it (--replace or --merge)."""
-    if mode is None:
-        raise click.UsageError("say what to do with the current state: --replace or --merge")
+    if replace == merge:
+        # Both would be a guess at which one was meant, and --replace wipes every other key.
+        raise click.UsageError(
+            "say what to do with the current state: either --replace or --merge"
+            + (", not both" if replace else "")
+        )
+    mode = "replace" if replace else "merge"
     settings = load_settings(overrides)
     contents = read_dump(file, fmt)
     with _connected(overrides) as state:

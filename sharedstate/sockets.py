@@ -13,6 +13,7 @@ credentials on a Unix socket, and on Linux the owner of a loopback TCP socket.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import time
@@ -85,21 +86,44 @@ def loopback_tcp_owner(sock: socket.socket) -> int | None:
 
     Linux lists every TCP socket of the network namespace in ``/proc/net/tcp`` with
     its owner; the server's end of our connection is the line whose local address is
-    our peer and whose remote address is us. (An accepted socket belongs to whoever
-    owns the listening one.) None where there is no such table or no such line.
+    our peer and whose remote address is us. (An accepted socket, or one still waiting
+    to be accepted, belongs to whoever owns the listening one.) The table is read in
+    pieces while connections come and go, so a line can be missed: look again a few
+    times. None where there is no such table or no such line.
     """
     try:
         ours, theirs = sock.getsockname(), sock.getpeername()
-        with open("/proc/net/tcp", encoding="ascii") as table:
-            lines = table.readlines()[1:]
-    except (OSError, ValueError):
+    except OSError:
         return None
     wanted = (_proc_address(theirs), _proc_address(ours))
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 7 and (fields[1], fields[2]) == wanted:
-            return int(fields[7])
+    for _ in range(_TABLE_READS):
+        try:
+            table = _read_whole("/proc/net/tcp")
+        except OSError:
+            return None
+        for line in table.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 7 and (fields[1], fields[2]) == wanted:
+                # Only a live socket's owner counts: one its owner closed already is
+                # listed as root's (and the connection will read as closed).
+                return int(fields[7]) if fields[3] in _OPEN_STATES else None
     return None
+
+
+_TABLE_READS = 5
+_OPEN_STATES = ("01", "03")  # ESTABLISHED, SYN_RECV (not yet accepted)
+
+
+def _read_whole(path: str) -> str:
+    # Large reads: the kernel fills each one in a single walk of the table.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii", "replace")
 
 
 def _proc_address(address: tuple[str, int]) -> str:

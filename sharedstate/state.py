@@ -50,12 +50,7 @@ class SharedLock:
         ``lease``: seconds after which the server frees the lock even if this thread has
         not released it; the late ``release()`` then raises :class:`LeaseExpired`.
         """
-        if not blocking:
-            wait: float | None = 0.0
-        elif timeout is None or timeout < 0:
-            wait = None
-        else:
-            wait = float(timeout)
+        wait = 0.0 if not blocking else seconds_to_wait(timeout, "lock timeout")
         if lease is not None:
             lease = float(lease)
             if not 0 < lease < float("inf"):
@@ -289,9 +284,10 @@ class SharedState(MutableMapping[Any, Any]):
         ``timeout`` bounds the wait for another client's edit of the same key.
         """
         check_key(key)
+        wait = seconds_to_wait(timeout, "edit timeout")
         where = (key,)
         default_data = None if default is _MISSING else self._transport.encode(default, where)
-        data = self._transport.call("edit_begin", key, default_data, timeout, waits=timeout)
+        data = self._transport.call("edit_begin", key, default_data, wait, waits=wait)
         try:
             value = decode(data, where)
             yield value
@@ -343,6 +339,21 @@ class SharedState(MutableMapping[Any, Any]):
         if isinstance(value, (dict, list)):
             return wrap(self._transport, DATA, (key,), value)
         return value
+
+
+def seconds_to_wait(timeout: float | None, what: str) -> float | None:
+    """A wait the caller asked for, in seconds; None (or -1, or infinity) is forever."""
+    if timeout is None:
+        return None
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if seconds != seconds:  # NaN
+        raise ConfigError(f"{what} must be a number of seconds or None, not {timeout!r}")
+    if seconds < 0 or seconds == float("inf"):
+        return None
+    return seconds
 
 
 _states: dict[tuple[Any, ...], SharedState] = {}

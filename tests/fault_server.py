@@ -1,8 +1,13 @@
-"""``python -m tests.fault_server ARGS``: the sharedstate CLI with injected disk faults."""
+"""``python -m tests.fault_server ARGS``: the sharedstate CLI with injected faults.
+
+Disk faults (``SHAREDSTATE_TEST_FAULTS``) and replies cut off
+(``SHAREDSTATE_TEST_CUT_REPLIES``): see tests/faults.py.
+"""
 
 from sharedstate.cli import main
-from tests.faults import install_from_env
+from tests.faults import install_from_env, install_reply_cuts_from_env
 
 if __name__ == "__main__":
     install_from_env()
+    install_reply_cuts_from_env()
     main()

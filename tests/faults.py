@@ -22,6 +22,7 @@ import glob
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from sharedstate import durable
 
@@ -135,3 +136,50 @@ def lose_unsynced_writes(snapshot: str, synced_log: str) -> dict[str, int]:
             os.truncate(path, keep)
             dropped[path] = size - keep
     return dropped
+
+
+# -- replies that never arrive ---------------------------------------------------------
+
+CUT_ENV = "SHAREDSTATE_TEST_CUT_REPLIES"
+
+
+def install_reply_cuts_from_env() -> None:
+    """Hang up (``cut``) or exit (``die``) instead of replying to chosen calls.
+
+    ``SHAREDSTATE_TEST_CUT_REPLIES="cut:incr:3,die:nested:1"``: the 3rd ``incr`` is
+    applied, then its client is hung up on before the reply; the server process exits at
+    once after applying the 1st nested write. What a network failure or a crash between
+    a write and its reply does, to test that a retried write is applied at most once.
+    """
+    from sharedstate.loop import ClientLoop
+
+    rules = {}
+    for part in filter(None, os.environ.get(CUT_ENV, "").split(",")):
+        action, method, nth = part.split(":")
+        rules[method] = (action, int(nth))
+    if not rules:
+        return
+    counts: dict[str, int] = {}
+    call, send = ClientLoop._call, ClientLoop._send
+
+    def counting_call(self: ClientLoop, client: Any, parked: Any) -> bool:
+        method = getattr(parked.function, "__name__", "")
+        if method in rules:
+            counts[method] = counts.get(method, 0) + 1
+            if counts[method] == rules[method][1]:
+                client.cut_reply = rules[method][0]
+        return call(self, client, parked)
+
+    def cutting_send(self: ClientLoop, client: Any, reply: Any) -> None:
+        action = getattr(client, "cut_reply", None)
+        if action is None:
+            send(self, client, reply)
+            return
+        client.cut_reply = None
+        print(f"injected fault: {action} instead of replying to {client}", file=sys.stderr)
+        if action == "die":
+            os._exit(1)
+        self.hang_up(client)
+
+    ClientLoop._call = counting_call  # type: ignore[method-assign]
+    ClientLoop._send = cutting_send  # type: ignore[method-assign]

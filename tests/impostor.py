@@ -127,7 +127,13 @@ def _attack(reflect, first, second, marker, counts) -> None:  # type: ignore[no-
     except (OSError, EOFError, struct.error):
         pass
     finally:
+        # Keep each connection open until its victim hangs up, counting what it sends.
         for sock in (first, second):
+            try:
+                while chunk := sock.recv(4096):
+                    counts[sock.fileno()] = counts.get(sock.fileno(), 0) + len(chunk)
+            except OSError:
+                pass
             print(f"received {counts.get(sock.fileno(), 0)} bytes", flush=True)
             sock.close()
 

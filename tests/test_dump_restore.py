@@ -109,6 +109,22 @@ def test_restore_needs_to_be_told_replace_or_merge(server: ServerProcess, workdi
     assert "--replace or --merge" in result.stderr
 
 
+@pytest.mark.parametrize("flags", [("--merge", "--replace"), ("--replace", "--merge")])
+def test_restore_refuses_both_replace_and_merge(
+    server: ServerProcess, workdir: str, flags: tuple[str, str]
+) -> None:
+    # The last flag used to win: "--merge --replace" wiped every key not in the dump.
+    state = get_shared_state(start=False)
+    state["kept"] = 1
+    path = os.path.join(workdir, "backup.json")
+    with open(path, "w") as file:
+        json.dump({"data": {"restored": 2}}, file)
+    result = run_cli("restore", path, *flags)
+    assert result.returncode == 2
+    assert "not both" in result.stderr
+    assert fresh_state().to_dict() == {"kept": 1}
+
+
 def test_a_pickle_dump_others_could_write_is_refused(server: ServerProcess, workdir: str) -> None:
     path = os.path.join(workdir, "backup.dump")
     assert run_cli("dump", path).returncode == 0
