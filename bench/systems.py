@@ -353,12 +353,14 @@ class SharedStateSystem(System):
         )  # fmt: skip
         from sharedstate.config import load_settings
         from sharedstate.launcher import try_connect
+        from sharedstate.transport import Hello
 
         deadline = time.monotonic() + 20
-        while (conn := try_connect(load_settings({"address": self.address}), 5)) is None:
+        hello = Hello("bench", os.urandom(16), resume=False)
+        while (link := try_connect(load_settings({"address": self.address}), 5, hello)) is None:
             assert time.monotonic() < deadline, "sharedstate did not start"
             time.sleep(0.02)
-        conn.close()
+        link.conn.close()
 
     def stop(self) -> None:
         self.process.terminate()

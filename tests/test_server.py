@@ -10,7 +10,7 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, fresh_state
 from .processes import is_dead, run_cli, server_pids
 
 
@@ -45,6 +45,23 @@ def test_stop_stops_the_server_and_waits_for_it(server: ServerProcess) -> None:
     assert f"pid {server.pid}" in result.stdout
     assert is_dead(server.pid) or server.wait(5) == 0
     assert not os.path.exists(server.address)
+
+
+def test_stop_says_so_when_the_final_snapshot_failed(
+    server_factory: type[ServerProcess], workdir: str
+) -> None:
+    # It used to print success, though the final snapshot had failed (the disk was full).
+    snapshot = os.path.join(workdir, "state.snap")
+    server = server_factory("--snapshot", snapshot, faults="replace@state.snap:1-").start()
+    get_shared_state(start=False)["x"] = 1
+    result = run_cli("stop")
+    assert result.returncode == 1
+    assert "final snapshot failed" in result.stderr
+    assert "journal still holds every write" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert server.wait(10) == 0
+    server_factory("--snapshot", snapshot).start()
+    assert fresh_state()["x"] == 1, "the journal kept the write"
 
 
 def test_a_second_server_on_the_same_address_is_refused(server: ServerProcess) -> None:
