@@ -137,7 +137,7 @@ POSITIONAL_WRITES: dict[str, Callable[[Any], Any]] = {
     "incr through the index": lambda users: users[0].incr("visits"),
     "append through the index": lambda users: users[1].setdefault("tags", []).append("x"),
     "item assignment": lambda users: users.__setitem__(0, {"name": "dave"}),
-    "negative item assignment": lambda users: users.__setitem__(-3, {"name": "dave"}),
+    "negative item assignment": lambda users: users.__setitem__(-2, {"name": "dave"}),
     "item deletion": lambda users: users.__delitem__(0),
     "pop(i)": lambda users: users.pop(0),
     "insert(i, x)": lambda users: users.insert(1, {"name": "dave"}),
