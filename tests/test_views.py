@@ -196,6 +196,9 @@ NON_POSITIONAL_WRITES: dict[str, Callable[[Any], Any]] = {
     "+=": lambda users: users.__iadd__([{"name": "dave"}]),
     "insert(0, x)": lambda users: users.insert(0, {"name": "dave"}),
     "insert at the end": lambda users: users.insert(len(users), {"name": "dave"}),
+    "slice assignment at the end": lambda users: users.__setitem__(
+        slice(len(users), None), [{"name": "dave"}]
+    ),
     "pop()": lambda users: users.pop(),
     "remove(x)": lambda users: users.remove({"name": "carol", "visits": 0}),
     "reverse": lambda users: users.reverse(),
