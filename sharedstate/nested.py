@@ -41,6 +41,9 @@ LIST_METHODS = frozenset(
     }
 )  # fmt: skip
 
+# The longest list ``*=`` may make: its references alone take a GiB in the server.
+MAX_REPEATED_ITEMS = MAX_REQUEST_BYTES // 8
+
 # (depth, step, value): the container ``depth`` steps down the path (1: the stored
 # value itself) must hold ``value`` at ``step``, an int or a slice.
 Expectation = tuple[int, Any, Any]
@@ -236,14 +239,14 @@ def apply_method(container: Any, method: str, args: Any, kwargs: Any, where: Whe
 
 
 def _check_repeat(container: list[Any], times: Any, *, where: Where) -> None:
-    """Refuse ``*=`` that would grow a list past what one call may carry."""
-    if type(times) is not int or times <= 1 or not container:
-        return  # a wrong type fails in the operation itself
-    size = len(pickle.dumps(container, PROTOCOL)) * times
-    if size > MAX_REQUEST_BYTES:
+    """Refuse ``*=`` that would make a list too long to keep (the items are references)."""
+    if type(times) is not int:
+        return  # fails in the operation itself
+    items = len(container) * times
+    if items > MAX_REPEATED_ITEMS:
         raise ValueTooLarge(
-            f"{where_text(where)} *= {times} would make a list of about {size:,} bytes "
-            f"pickled, more than {MAX_REQUEST_BYTES:,}; nothing was changed"
+            f"{where_text(where)} *= {times} would make a list of {items:,} items, more than "
+            f"{MAX_REPEATED_ITEMS:,} (a GiB of references in the server); nothing was changed"
         )
 
 

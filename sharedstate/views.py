@@ -593,7 +593,9 @@ class SharedList(_View, list[Any]):
         if count == 1:
             return self
         if count > 1:
-            size = len(self._transport.encode(list(self), self._where_later)) * count
+            # The copies are references to the same items: pickled, about 5 bytes each.
+            size = len(encode(list(self), self._where_later))
+            size += (count - 1) * list.__len__(self) * 5
             limit: int | None = getattr(self._transport, "max_value_bytes", None)
             if limit is not None and size > limit:
                 raise ValueTooLarge(
