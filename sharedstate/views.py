@@ -32,33 +32,17 @@ without a key never conflict.
 from __future__ import annotations
 
 import copy
-import itertools
 import operator
-import pickle
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, SupportsIndex, overload
 
-from .codec import Where, check_key, checked_pairs, decode, encode, place
-from .errors import (
-    Conflict,
-    IndexOutOfRange,
-    InvalidArgument,
-    KeyNotFound,
-    ValueNotPicklable,
-    ValueTooLarge,
-    WrongType,
-)
+from .codec import check_key, checked_pairs, encode
+from .errors import IndexOutOfRange, InvalidArgument, KeyNotFound, ValueTooLarge, WrongType
 from .transport import Transport
+from .writethrough import STALE, WriteThrough
 
 _MISSING: Any = object()
-_CHUNK = 1024  # items read from an iterator between two checks of its size
-
-# After the server applied a write that names no position, the view applies it to its
-# own copy too. If that copy is stale (another process changed the value since it was
-# read), the step may not fit (pop() of a list that is empty here); the server's result
-# is what counts, so a failed local step is skipped.
-_STALE = (LookupError, TypeError, ValueError)
 
 
 def wrap(transport: Transport, space: str, path: tuple[Any, ...], value: Any) -> Any:
@@ -70,184 +54,23 @@ def wrap(transport: Transport, space: str, path: tuple[Any, ...], value: Any) ->
     return value
 
 
-class _View:
-    """What dict and list views share: where the value is, and how writes are sent.
-
-    A view made by reading ``parent[step]`` keeps ``_origin``, the object in the
-    parent's copy it was made from, and applies each of its writes to that object too,
-    so the parent's copy stays right. Its path is worked out at each write: a list
-    element is found where it is now (its list may have been reordered through the
-    parent), and a view whose origin is no longer in its parent's copy refuses writes.
-    The top-level view has no parent; its ``_step`` holds its whole path.
-    """
-
-    __slots__ = ()
-
-    _transport: Transport
-    _space: str
-    _parent: _View | None
-    _step: Any
-    _origin: Any
-    _views: weakref.WeakValueDictionary[int, _View]
-
-    # -- where the value is ------------------------------------------------------------
-
-    def _steps(self) -> tuple[Any, ...]:
-        """The path as last known, without checking it (for messages)."""
-        if self._parent is None:
-            return tuple(self._step)
-        return (*self._parent._steps(), self._step)
-
-    @property
-    def _where(self) -> str:
-        return place(self._space, self._steps())
-
-    def _where_later(self) -> str:  # for messages formatted only when something fails
-        return self._where
-
-    def _located(self) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
-        """The path now, and the expectation for its outermost list position, if any.
-
-        That one comparison covers everything below it, so deeper positions need none.
-        """
-        parent = self._parent
-        if parent is None:
-            return tuple(self._step), None
-        path, expectation = parent._located()
-        step = parent._step_of(self)
-        if expectation is None and isinstance(parent, list):
-            expectation = (len(path), step, self._origin)
-        return (*path, step), expectation
-
-    def _step_of(self, child: _View) -> Any:
-        raise NotImplementedError
-
-    def _detached(self, child: _View) -> Conflict:
-        where = place(self._space, child._steps())
-        return Conflict(
-            f"{where} was replaced or removed, through this process's view of "
-            f"{self._where}, after this view of it was read, so it no longer leads "
-            "anywhere: read it again and retry",
-            where=where,
-        )
-
-    def _child(self, step: Any, value: Any) -> Any:
-        """The view of ``value``, found at ``step`` in this view's copy (one per object)."""
-        kind = type(value)
-        if kind is not dict and kind is not list:
-            return value
-        view = self._views.get(id(value))
-        if view is None or view._origin is not value:
-            maker = SharedDict._make if kind is dict else SharedList._make
-            view = maker(self._transport, self._space, self, step, value, self._views)
-            self._views[id(value)] = view
-        elif view._parent is self:
-            view._step = step
-        return view
-
-    # -- writing -------------------------------------------------------------------------
-
-    def _write(
-        self,
-        method: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None = None,
-        position: tuple[Any, Any] | None = None,
-        *,
-        keep: bool = False,
-    ) -> tuple[Any, tuple[Any, ...]]:
-        """Run ``method`` on the server's copy; return its result and ``args`` as sent.
-
-        ``position``: ``(step, value)`` this write names in this list, with what this
-        view holds there, for the server to check (unless the path already checks a
-        list position above, which covers it). With ``keep``, the arguments come back
-        decoded from the very bytes that were sent: what the write stores is kept as
-        the server has it, never as the caller's objects (or views).
-        """
-        path, expectation = self._located()
-        if expectation is None and position is not None:
-            expectation = (len(path), *position)
-        call: tuple[Any, ...] = (args, kwargs or {})
-        if expectation is not None:
-            call += ((expectation,),)
-
-        def where() -> str:
-            return f"{place(self._space, path)}.{method}()"
-
-        try:
-            call_data = self._transport.encode(call, where)
-        except ValueNotPicklable:
-            self._encode_one_by_one(path, method, args, kwargs or {})
-            raise
-        result = self._transport.call("nested", self._space, path, method, call_data)
-        sent: tuple[Any, ...] = pickle.loads(call_data)[0] if keep else args
-        return decode(result, lambda: f"the result of {where()}"), sent
-
-    def _encode_one_by_one(
-        self, path: tuple[Any, ...], method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        """Pickle a call's values separately, so a failure names the value and its place."""
-        for where, value in self._placed_values(path, method, args):
-            encode(value, where)
-        for value in (*args, *kwargs.values()):
-            encode(value, f"{place(self._space, path)}.{method}()")
-
-    def _placed_values(
-        self, path: tuple[Any, ...], method: str, args: tuple[Any, ...]
-    ) -> Iterable[tuple[Where, Any]]:
-        """The values a write stores, each with the place it was going to."""
-        if method in ("__setitem__", "setdefault", "insert") and len(args) == 2:
-            step, value = args
-            if isinstance(step, slice):
-                return [(place(self._space, (*path, step)), item) for item in value]
-            return [(place(self._space, (*path, step)), value)]
-        if method == "update":
-            return [(place(self._space, (*path, key)), value) for key, value in args[0].items()]
-        if method in ("append", "extend"):
-            values = args[0] if method == "extend" else args
-            return [(f"the end of {place(self._space, path)}", value) for value in values]
-        return []
-
-    def _apply(self, change: Callable[[Any], object]) -> None:
-        """Make a change the server made in this view's copy and in its origin."""
-        try:
-            change(self)
-        except _STALE:
-            return  # both copies hold the same items, so the origin would fail alike
-        if self._origin is not None:
-            change(self._origin)
-
-    def _materialize(self, values: Any, what: Callable[[], str]) -> list[Any]:
-        """``list(values)``, reading an iterator only as far as the size limit allows.
-
-        A write is sent whole, in one call, so an iterator is read to its end first; one
-        that would pickle past ``max_value_bytes`` stops being read there.
-        """
-        if isinstance(values, (list, tuple, dict, set, frozenset, str, bytes, range)):
-            return list(values)  # already in memory
-        try:
-            iterator = iter(values)
-        except TypeError:
-            raise WrongType(f"{what()} needs an iterable, not {type(values).__name__}") from None
-        limit: int | None = getattr(self._transport, "max_value_bytes", None)
-        items: list[Any] = []
-        size = 0
-        while chunk := list(itertools.islice(iterator, _CHUNK)):
-            items += chunk
-            if limit is not None:
-                size += len(encode(chunk, what))
-                if size > limit:
-                    raise ValueTooLarge(
-                        f"the values for {what()} pickle to more than {limit:,} bytes "
-                        f"(SHAREDSTATE_MAX_VALUE_BYTES) after {len(items):,} items, so "
-                        "nothing was sent: a write is sent whole, so the iterator is read "
-                        "before anything is sent. Write in smaller batches, or raise the limit",
-                        where=what(),
-                    )
-        return items
+def _child(parent: WriteThrough, step: Any, value: Any) -> Any:
+    """The view of ``value``, found at ``step`` in ``parent``'s copy: one per object, so
+    ``v[k] is v[k]``; other values are returned as they are."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return value
+    view = parent._views.get(id(value))
+    if view is None or view._origin is not value:
+        maker = SharedDict._make if kind is dict else SharedList._make
+        view = maker(parent._transport, parent._space, parent, step, value, parent._views)
+        parent._views[id(value)] = view
+    elif view._parent is parent:
+        view._step = step
+    return view
 
 
-class SharedDict(_View, dict[Any, Any]):
+class SharedDict(WriteThrough, dict[Any, Any]):
     """A dict inside the state: a dict holding the fetched copy; writes go to the server.
 
     ``v[k]``, ``v.get(k)`` and ``v.setdefault(k, d)`` give views of nested dicts and
@@ -278,10 +101,10 @@ class SharedDict(_View, dict[Any, Any]):
         cls,
         transport: Transport,
         space: str,
-        parent: _View | None,
+        parent: WriteThrough | None,
         step: Any,
         value: dict[Any, Any],
-        views: weakref.WeakValueDictionary[int, _View],
+        views: weakref.WeakValueDictionary[int, WriteThrough],
     ) -> SharedDict:
         view = dict.__new__(cls)
         dict.update(view, value)
@@ -290,7 +113,7 @@ class SharedDict(_View, dict[Any, Any]):
         view._origin = None if parent is None else value
         return view
 
-    def _step_of(self, child: _View) -> Any:
+    def _step_of(self, child: WriteThrough) -> Any:
         if dict.get(self, child._step, _MISSING) is not child._origin:
             raise self._detached(child)
         return child._step
@@ -307,7 +130,7 @@ class SharedDict(_View, dict[Any, Any]):
             # keys writes would refuse (dates, enums...), and reading those must work.
             check_key(key, self._where_later)
             raise
-        return self._child(key, value)
+        return _child(self, key, value)
 
     def get(self, key: Any, default: Any = None) -> Any:
         try:
@@ -317,7 +140,7 @@ class SharedDict(_View, dict[Any, Any]):
         except TypeError:
             check_key(key, self._where_later)
             raise
-        return self._child(key, value)
+        return _child(self, key, value)
 
     def __contains__(self, key: object) -> bool:
         try:
@@ -344,7 +167,7 @@ class SharedDict(_View, dict[Any, Any]):
         value, _ = self._write("setdefault", (key, default))
         if not dict.__contains__(self, key):
             self._apply(lambda copy: dict.__setitem__(copy, key, value))
-        return self._child(key, dict.get(self, key, value))
+        return _child(self, key, dict.get(self, key, value))
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         check_key(key, self._where_later)
@@ -404,7 +227,7 @@ class SharedDict(_View, dict[Any, Any]):
         return dict.fromkeys(iterable, value)
 
 
-class SharedList(_View, list[Any]):
+class SharedList(WriteThrough, list[Any]):
     """A list inside the state: a list holding the fetched copy; writes go to the server.
 
     ``v[i]`` gives a view of a nested dict or list; iteration, slices, ``list(v)``,
@@ -436,10 +259,10 @@ class SharedList(_View, list[Any]):
         cls,
         transport: Transport,
         space: str,
-        parent: _View | None,
+        parent: WriteThrough | None,
         step: Any,
         value: list[Any],
-        views: weakref.WeakValueDictionary[int, _View],
+        views: weakref.WeakValueDictionary[int, WriteThrough],
     ) -> SharedList:
         view = list.__new__(cls)
         list.extend(view, value)
@@ -448,7 +271,7 @@ class SharedList(_View, list[Any]):
         view._origin = None if parent is None else value
         return view
 
-    def _step_of(self, child: _View) -> Any:
+    def _step_of(self, child: WriteThrough) -> Any:
         step, origin = child._step, child._origin
         if step < list.__len__(self) and list.__getitem__(self, step) is origin:
             return step
@@ -505,7 +328,7 @@ class SharedList(_View, list[Any]):
         if isinstance(index, slice):
             return list.__getitem__(self, index)  # a plain list
         position = self._position(index)
-        return self._child(position, list.__getitem__(self, position))
+        return _child(self, position, list.__getitem__(self, position))
 
     # -- writes ------------------------------------------------------------------------
 
@@ -673,7 +496,7 @@ class SharedList(_View, list[Any]):
             self._write("sort", (), {"reverse": backwards})
             try:
                 ordered = sorted(list.__iter__(self), reverse=backwards)
-            except _STALE:
+            except STALE:
                 return
             self._apply(lambda copy: list.__setitem__(copy, slice(None), ordered))
             return
