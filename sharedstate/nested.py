@@ -44,15 +44,15 @@ LIST_METHODS = frozenset(
 # The longest list ``*=`` may make: its references alone take a GiB in the server.
 MAX_REPEATED_ITEMS = MAX_REQUEST_BYTES // 8
 
-# (depth, step, value): the container ``depth`` steps down the path (1: the stored
-# value itself) must hold ``value`` at ``step``, an int or a slice.
-Expectation = tuple[int, Any, Any]
+_MISSING: Any = object()
 
 
 def unpack_call(call: Any, where: Where) -> tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...]]:
     """``(args, kwargs, expectations)`` from a call's decoded data.
 
-    Older clients (and the journals they left) send ``(args, kwargs)``: no expectations.
+    Each expectation is ``(depth, step, value)``: the container ``depth`` steps down the
+    path (1: the stored value itself) must hold ``value`` at ``step``, an int or a
+    slice. Older clients (and the journals they left) send ``(args, kwargs)``: none.
     """
     if type(call) is tuple and len(call) in (2, 3):
         args, kwargs, *more = call
@@ -113,9 +113,6 @@ def check_expectation(
             "again and retry",
             where=where,
         )
-
-
-_MISSING: Any = object()
 
 
 def _same(found: Any, expected: Any) -> bool:

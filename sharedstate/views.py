@@ -308,10 +308,10 @@ class SharedList(WriteThrough, list[Any]):
         try:
             start, stop, step = index.indices(list.__len__(self))
         except ValueError as error:
-            raise InvalidArgument(f"{self._where}[{index}]: {error}") from None
+            raise InvalidArgument(f"{self._where_at(index)}: {error}") from None
         except TypeError:
             raise WrongType(
-                f"{self._where}[{index}]: slice indices must be integers or None"
+                f"{self._where_at(index)}: slice indices must be integers or None"
             ) from None
         count = len(range(start, stop, step))
         if step == 1:
@@ -348,12 +348,12 @@ class SharedList(WriteThrough, list[Any]):
         self._apply(lambda copy: list.__setitem__(copy, position, sent))
 
     def _set_slice(self, index: slice, values: Any) -> None:
-        items = self._materialize(values, lambda: f"{self._where}[{index}] = ...")
+        items = self._materialize(values, lambda: f"{self._where_at(index)} = ...")
         target, count = self._slice(index)
         if target.step is not None and len(items) != count:
             raise InvalidArgument(
                 f"attempt to assign sequence of size {len(items)} to extended slice of size "
-                f"{count} ({self._where}[{index}])"
+                f"{count} ({self._where_at(index)})"
             )
         if target.step is not None and count == 0:
             return  # nothing selected, nothing given

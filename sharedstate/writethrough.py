@@ -63,6 +63,10 @@ class WriteThrough:
     def _where_later(self) -> str:  # for messages formatted only when something fails
         return self._where
 
+    def _where_at(self, step: Any) -> str:
+        """Name ``self[step]`` for messages: ``state['l'][2]``, ``state['l'][1:3]``."""
+        return place(self._space, (*self._steps(), step))
+
     def _located(self) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
         """The path now, and the expectation for its outermost list position, if any.
 

@@ -34,7 +34,7 @@ from sharedstate.flask import SharedState as SharedStateExtension
 from sharedstate.flask import shared_state
 
 from .conftest import ServerProcess
-from .processes import run_in_processes
+from .processes import run_cli, run_in_processes
 
 
 @pytest.fixture
@@ -421,3 +421,21 @@ def test_reading_a_list_view_out_of_range_or_with_a_bad_index_is_clear(
     with pytest.raises(WrongType, match=r"list indices must be integers or slices, not str"):
         numbers["x"] = 2  # type: ignore[call-overload]
     assert state["l"] == [1]
+
+
+def test_values_stored_from_views_read_as_plain_json_in_the_command_line(
+    state: SharedState,
+) -> None:
+    state["a"] = {"x": [1, {"y": 2}]}
+    state["b"] = state["a"]  # pickled as its plain value
+    state["c"] = state["a"]["x"]
+    state["a"]["x"][1]["y"] = 3
+    assert json.loads(run_cli("get", "b").stdout) == {"x": [1, {"y": 2}]}
+    assert json.loads(run_cli("get", "c").stdout) == [1, {"y": 2}]
+    dumped = run_cli("dump", "-", "--format", "json")
+    assert dumped.returncode == 0, dumped.stderr
+    assert json.loads(dumped.stdout)["data"] == {
+        "a": {"x": [1, {"y": 3}]},
+        "b": {"x": [1, {"y": 2}]},
+        "c": [1, {"y": 2}],
+    }
