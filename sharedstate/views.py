@@ -84,10 +84,18 @@ class SharedDict(WriteThrough, dict[Any, Any]):
 
     __slots__ = ("__weakref__", "_origin", "_parent", "_space", "_step", "_transport", "_views")
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> dict[Any, Any]:  # type: ignore[misc]
+        """``SharedDict(...)`` makes a plain dict: a view only comes from reading the state.
+
+        So code that rebuilds a container as ``type(v)(...)`` (``dataclasses.asdict``...)
+        gets plain data, as conversions do.
+        """
+        return dict(*args, **kwargs)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(
-            "SharedDict views are made by reading a dict from the state (state[key]); "
-            "to store a dict, assign it: state[key] = {...}"
+            "a SharedDict can't be re-initialised: it is a view of a dict in the state; "
+            "assign to it (v.clear(); v.update(...)) or store a new dict: state[key] = {...}"
         )
 
     @classmethod
@@ -242,10 +250,14 @@ class SharedList(WriteThrough, list[Any]):
 
     __slots__ = ("__weakref__", "_origin", "_parent", "_space", "_step", "_transport", "_views")
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> list[Any]:  # type: ignore[misc]
+        """``SharedList(...)`` makes a plain list: a view only comes from reading the state."""
+        return list(*args, **kwargs)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(
-            "SharedList views are made by reading a list from the state (state[key]); "
-            "to store a list, assign it: state[key] = [...]"
+            "a SharedList can't be re-initialised: it is a view of a list in the state; "
+            "assign to it (v[:] = ...) or store a new list: state[key] = [...]"
         )
 
     @classmethod

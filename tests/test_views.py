@@ -10,6 +10,7 @@ raise :class:`Conflict`; never on another one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import pickle
@@ -348,6 +349,12 @@ def test_extend_reads_an_iterator_only_until_it_is_over_the_size_limit(
 # -- 16. conversions give plain data ------------------------------------------------------
 
 
+@dataclasses.dataclass
+class Holder:
+    cfg: dict[str, Any]
+    hosts: list[Any]
+
+
 def test_converting_a_view_gives_plain_data_that_never_writes_back(state: SharedState) -> None:
     original = {"db": {"port": 1}, "hosts": [{"name": "a"}, [1]]}
     state["cfg"] = original
@@ -370,6 +377,8 @@ def test_converting_a_view_gives_plain_data_that_never_writes_back(state: Shared
         "v[:]": hosts[:],
         "sorted(v.items())": sorted(cfg.items()),
         "json": json.loads(json.dumps(cfg)),
+        "type(v)(v)": (type(cfg)(cfg), type(hosts)(hosts)),
+        "dataclasses.asdict": dataclasses.asdict(Holder(cfg, hosts)),
     }
     for name, plain in conversions.items():
         assert views_inside(plain) == [], f"{name} holds views at {views_inside(plain)}"

@@ -109,8 +109,8 @@ EXCEPTIONS: dict[str, tuple[type[BaseException], str]] = {
     # -- list_tests.CommonTest
     "list.test_init": (
         TypeError,
-        "it calls __init__ again on an existing list to refill it; a view is made by "
-        "reading the state and can't be re-initialised (SharedList.__init__ raises TypeError)",
+        "it calls __init__ again on an existing list to refill it; a view can't be "
+        "re-initialised (SharedList.__init__ raises TypeError; v[:] = ... does that)",
     ),
     "list.test_repr": (
         AssertionError,
