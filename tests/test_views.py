@@ -342,8 +342,12 @@ def test_extend_reads_an_iterator_only_until_it_is_over_the_size_limit(
     with pytest.raises(ValueTooLarge, match=r"state\['l'\]\.extend\(\).*MAX_VALUE_BYTES"):
         numbers.extend(zeros())
     assert read < 1_000_000, f"extend() read {read:,} items of an iterator far over the limit"
+    with pytest.raises(ValueTooLarge, match=r"state\['l'\]\.extend\(\) is [\d,]+ bytes"):
+        numbers.extend([0] * 600_000)  # a list in hand: refused once pickled
     assert numbers == []
     assert state["l"] == []
+    numbers.extend(n for n in range(3))  # an iterator under the limit: one write
+    assert state["l"] == [0, 1, 2]
 
 
 # -- 16. conversions give plain data ------------------------------------------------------
