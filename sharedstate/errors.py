@@ -167,15 +167,35 @@ class ValueNotFound(SharedStateError, ValueError):
     """``remove(x)`` on a nested list that does not contain ``x``."""
 
 
+class InvalidArgument(SharedStateError, ValueError):
+    """An argument of the right type that the operation can't use.
+
+    A slice step of 0, a sequence of the wrong size for an extended slice, a list
+    changed by its own sort key while ``sort()`` ran: what ``list`` raises ValueError for.
+    """
+
+
+class Conflict(SharedStateError, RuntimeError):
+    """A write meant for a list position found something else there, so it was refused.
+
+    Writes through a list index carry the element this process read there; when another
+    process (or another view in this one) has moved or changed it since, the write
+    would land on a different element, so nothing is written. Read the value again and
+    retry. ``where`` names the place.
+    """
+
+
 __all__ = [
     "AlreadyRunning",
     "AttributeNotFound",
     "AuthenticationFailed",
     "ConfigError",
+    "Conflict",
     "ConnectionLost",
     "CorruptFile",
     "IndexOutOfRange",
     "InsecurePermissions",
+    "InvalidArgument",
     "InvalidKey",
     "KeyNotFound",
     "LeaseExpired",

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from .codec import DATA, NAMESPACE, PROTOCOL, decode, place
 from .errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
-from .nested import apply_method, check_method, check_nesting, check_number, step_into
+from .nested import apply_method, check_method, check_nesting, check_number, unpack_call, walk
 from .operations import ALL, WRITES
 from .reservations import Caller, LocalCaller, Reservations
 
@@ -203,22 +203,20 @@ class Store:
     ) -> bytes:
         """Call a container method on the dict or list at ``path``; return its pickled result.
 
-        ``call_data`` is the pickled ``(args, kwargs)``; ``method`` must be one of the
-        mutating or reading methods :mod:`sharedstate.nested` allows for the container.
+        ``call_data`` is the pickled ``(args, kwargs)``, or ``(args, kwargs,
+        expectations)`` when the write names list positions: what the client read there,
+        checked on the way down (:func:`sharedstate.nested.walk`) before anything is
+        recorded. ``method`` must be one of the methods :mod:`sharedstate.nested` allows
+        for the container.
         """
         where = functools.partial(place, space, path)  # formatted only if needed
-        args, kwargs = decode(
-            call_data, lambda: f"the arguments of {where()}.{method}()", _SERVER_HINT
-        )
+        call = decode(call_data, lambda: f"the arguments of {where()}.{method}()", _SERVER_HINT)
+        args, kwargs, expectations = unpack_call(call, lambda: f"{where()}.{method}()")
         with self._cond:
             if space == DATA:
                 self._reservations.wait_until_not_edited(caller, path[0])
             live = self._live(space, path[0])
-            container = live.value
-            for depth, step in enumerate(path[1:], start=1):
-                container = step_into(
-                    container, step, functools.partial(place, space, path[:depth])
-                )
+            container = walk(live.value, space, path, expectations)
             check_method(container, method, where)
             check_nesting(path, args, kwargs, where)
             self._record("nested", space, path, method, call_data)

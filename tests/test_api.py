@@ -106,11 +106,13 @@ def test_views_behave_like_the_container(state: SharedState) -> None:
     state["cfg"] = {"a": 1, "list": [3, 1, 2]}
     cfg = state["cfg"]
     assert isinstance(cfg, SharedDict)
+    assert isinstance(cfg, dict), "a dict subclass, so json, Flask and dict() take it"
     assert len(cfg) == 2
     assert sorted(cfg) == ["a", "list"]
     assert cfg == {"a": 1, "list": [3, 1, 2]}
     numbers = cfg["list"]
     assert isinstance(numbers, SharedList)
+    assert isinstance(numbers, list)
     assert list(numbers) == [3, 1, 2]
     assert numbers[1:] == [1, 2]
     numbers.sort()
