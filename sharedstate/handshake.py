@@ -90,8 +90,16 @@ def authenticate(conn: Connection, key: bytes) -> bytes:
     anything from the server is unpickled. Socket errors and timeouts propagate.
     """
     greeting = conn.recv_bytes(MAX_MESSAGE_BYTES)
+    if greeting.startswith(b"#CHALLENGE#"):
+        raise HandshakeFailed(
+            "it speaks multiprocessing's handshake: a sharedstate server older than this "
+            "client (stop it, and start it again with this version), or another "
+            "multiprocessing program"
+        )
     if len(greeting) != len(HELLO) + NONCE_BYTES or not greeting.startswith(HELLO):
-        raise HandshakeFailed("it does not speak sharedstate's handshake")
+        raise HandshakeFailed(
+            "it does not speak sharedstate's handshake (is another program using that address?)"
+        )
     server_nonce = greeting[len(HELLO) :]
     client_nonce = os.urandom(NONCE_BYTES)
     conn.send_bytes(AUTH + client_nonce + _proof(key, _CLIENT, server_nonce, client_nonce))
@@ -100,9 +108,14 @@ def authenticate(conn: Connection, key: bytes) -> bytes:
         raise HandshakeFailed("it uses a different key", wrong_key=True)
     size = len(WELCOME) + INSTANCE_BYTES + _PROOF_BYTES
     if len(answer) != size or not answer.startswith(WELCOME):
-        raise HandshakeFailed("it does not speak sharedstate's handshake")
+        raise HandshakeFailed(
+            "it does not speak sharedstate's handshake (is another program using that address?)"
+        )
     instance = answer[len(WELCOME) : len(WELCOME) + INSTANCE_BYTES]
     proof = answer[len(WELCOME) + INSTANCE_BYTES :]
     if not hmac.compare_digest(proof, _proof(key, _SERVER, server_nonce, client_nonce, instance)):
-        raise HandshakeFailed("it could not prove that it knows the key")
+        raise HandshakeFailed(
+            "it could not prove that it knows the key (another user's program posing as "
+            "your server, or a server with another key)"
+        )
     return instance

@@ -180,11 +180,15 @@ class SharedState(MutableMapping[Any, Any]):
         return list(self._call("keys"))
 
     def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
-        """``(key, value)`` pairs taken at one moment; dicts and lists come as views."""
-        return [(key, self._wrap(key, data)) for key, data in self._call("items")]
+        """``(key, value)`` pairs taken at one moment, as plain data.
+
+        Like a view's, only reading by key (``state[k]``, ``get``, ``setdefault``) gives
+        views that write back; what lists or copies the values gives plain data.
+        """
+        return [(key, decode(data, (key,))) for key, data in self._call("items")]
 
     def values(self) -> list[Any]:  # type: ignore[override]
-        """The values, taken at one moment; dicts and lists come as views."""
+        """The values, taken at one moment, as plain data (see :meth:`items`)."""
         return [value for _, value in self.items()]
 
     def get(self, key: Any, default: Any = None) -> Any:

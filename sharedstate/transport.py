@@ -110,8 +110,7 @@ def handshake(
             ) from None
         raise AuthenticationFailed(
             f"the program listening at {address} is not a sharedstate server holding our "
-            f"key ({failure}); is another program using that address? Nothing it sent "
-            "was loaded",
+            f"key: {failure}. Nothing it sent was loaded",
             address=str(address),
         ) from None
     except BaseException as error:

@@ -359,6 +359,19 @@ class Holder:
     hosts: list[Any]
 
 
+def test_the_states_own_items_and_values_are_plain_data(state: SharedState) -> None:
+    # The same rule at the top level: reading by key gives views, listing gives data.
+    state["cfg"] = {"db": {"port": 1}}
+    assert views_inside(state.items()) == []
+    assert views_inside(state.values()) == []
+    assert views_inside(state.to_dict()) == []
+    state.items()[0][1]["db"]["port"] = 77
+    state.values()[0]["db"]["port"] = 78
+    assert state["cfg"] == {"db": {"port": 1}}
+    state["cfg"]["db"]["port"] = 2  # while reading by key still writes through
+    assert state["cfg"] == {"db": {"port": 2}}
+
+
 def test_converting_a_view_gives_plain_data_that_never_writes_back(state: SharedState) -> None:
     original = {"db": {"port": 1}, "hosts": [{"name": "a"}, [1]]}
     state["cfg"] = original
