@@ -42,7 +42,7 @@ def test_intact_frames_read_back(workdir: str) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    ["cut in the payload", "cut in the header", "bad last checksum", "zero tail"],
+    ["cut in the payload", "cut in the header", "zero tail", "cut in the payload, zeros"],
 )
 def test_a_torn_tail_is_dropped_and_measured(workdir: str, damage: str) -> None:
     good = [b"alpha", b"beta"]
@@ -50,13 +50,37 @@ def test_a_torn_tail_is_dropped_and_measured(workdir: str, damage: str) -> None:
     tail = {
         "cut in the payload": last[:-3],
         "cut in the header": last[:7],
-        "bad last checksum": last[:-1] + b"X",
         "zero tail": bytes(512),
+        "cut in the payload, zeros": last[:-3] + bytes(2),  # still shorter than its header says
     }[damage]
     payloads, torn = read_all(frames_file(workdir, good, tail))
     assert payloads == good
     assert torn is not None
     assert torn.size == len(tail)
+
+
+@pytest.mark.parametrize(
+    "damage", ["one bit of the last payload", "the last header's checksum", "the last length"]
+)
+def test_a_complete_last_record_that_is_damaged_is_corruption_not_a_torn_tail(
+    workdir: str, damage: str
+) -> None:
+    # A complete record was written whole, so its write may have been acknowledged:
+    # dropping it as "torn" would lose it silently.
+    good = [b"alpha", b"beta"]
+    last = bytearray(frame(b"gamma-gamma"))
+    position, mask = {
+        "one bit of the last payload": (len(last) - 4, 0x01),
+        "the last header's checksum": (9, 0x80),  # followed by the (intact) payload
+        "the last length": (0, 0x01),  # a length one byte off: no longer a torn record
+    }[damage]
+    last[position] ^= mask
+    path = frames_file(workdir, good, bytes(last))
+    with pytest.raises(CorruptFile, match="is damaged") as raised:
+        read_all(path)
+    offset = len(frame(b"alpha")) + len(frame(b"beta"))
+    assert raised.value.offset == offset  # type: ignore[attr-defined]
+    assert f"at byte {offset}" in str(raised.value)
 
 
 def test_damage_before_the_end_is_corruption_even_in_a_journal(workdir: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import random
 import signal
@@ -15,29 +14,13 @@ import pytest
 from sharedstate import PersistenceError, SharedStateError, get_shared_state
 
 from .conftest import ServerProcess, fresh_state
+from .persisted import fingerprint, fingerprints, flip_byte, record_offsets, segments, serve_refused
 from .processes import _fork, kill_and_wait, run_cli, server_pids, start_process, wait_until
 
 
 @pytest.fixture
 def snapshot(workdir: str) -> str:
     return os.path.join(workdir, "data", "state.snap")
-
-
-def fingerprint(path: str) -> str:
-    with open(path, "rb") as file:
-        return hashlib.sha256(file.read()).hexdigest()
-
-
-def flip_byte(path: str, offset: int) -> None:
-    with open(path, "r+b") as file:
-        file.seek(offset)
-        byte = file.read(1)
-        file.seek(offset)
-        file.write(bytes([byte[0] ^ 0xFF]))
-
-
-def segments(snapshot: str) -> list[str]:
-    return sorted(glob.glob(snapshot + ".journal.*"))
 
 
 def fill(state: Any) -> None:
@@ -176,6 +159,28 @@ def test_a_flipped_byte_mid_journal_refuses_to_start_and_leaves_the_file_alone(
     assert fingerprint(segment) == before
 
 
+def test_a_flipped_bit_in_the_last_journal_record_refuses_to_start_and_changes_no_file(
+    server_factory: type[ServerProcess], snapshot: str, address: str
+) -> None:
+    # The last record is complete: its write was acknowledged (fsync always), so a bad
+    # checksum there is damage, not a torn write to drop.
+    _killed_after_writes(server_factory, snapshot, 10)
+    [segment] = segments(snapshot)
+    last = record_offsets(segment)[-1]
+    flip_byte(segment, os.path.getsize(segment) - 3, mask=0x01)
+    before = fingerprints(os.path.dirname(snapshot))
+    result = serve_refused("--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert segment in result.stderr
+    assert f"at byte {last}" in result.stderr
+    assert "--salvage" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert fingerprints(os.path.dirname(snapshot)) == before, "no file may change"
+    server = server_factory("--snapshot", snapshot, "--salvage").start()
+    assert sorted(fresh_state().keys()) == sorted(f"k{i}" for i in range(1, 10))
+    assert "salvaging" in server.log()
+
+
 def test_a_flipped_byte_in_the_snapshot_refuses_to_start_and_leaves_it_alone(
     server_factory: type[ServerProcess], snapshot: str, address: str
 ) -> None:
@@ -212,7 +217,7 @@ def test_salvage_starts_from_the_valid_prefix_and_keeps_the_damaged_file(
 ) -> None:
     _killed_after_writes(server_factory, snapshot, 10)
     [segment] = segments(snapshot)
-    records = _record_offsets(segment)
+    records = record_offsets(segment)
     flip_byte(segment, records[5] + 20)  # inside the sixth record
     original = fingerprint(segment)
     server = server_factory("--snapshot", snapshot, "--salvage").start()
@@ -370,9 +375,3 @@ def test_snapshot_command_without_persistence_says_so(server: ServerProcess) -> 
     result = run_cli("snapshot")
     assert result.returncode == 1
     assert "--snapshot PATH" in result.stderr
-
-
-def _record_offsets(segment: str) -> list[int]:
-    from sharedstate.journal import read_segment
-
-    return [record.offset for record in read_segment(segment).records]
