@@ -27,6 +27,7 @@ from .errors import CorruptFile, PersistenceError
 from .journal import Journal, Record, list_segments, read_segment
 from .permissions import check_not_writable_by_others, ensure_safe_dir
 from .snapshot import read_snapshot, write_snapshot
+from .snapshotlock import SnapshotLock
 from .store import Contents, Store
 
 logger = logging.getLogger("sharedstate")
@@ -41,6 +42,8 @@ class Persistence:
         assert settings.snapshot is not None
         self.store = store
         self.path = settings.snapshot
+        self.address = str(settings.address)
+        self._lock: SnapshotLock | None = None  # held from recover() to close()
         self.interval = settings.snapshot_interval
         self.policy = settings.fsync
         self.use_journal = settings.journal
@@ -61,8 +64,17 @@ class Persistence:
         as it was. After replaying a journal, writes a fresh snapshot and removes the
         replayed segments, so the server starts with an empty journal.
         """
-        started = time.monotonic()
         ensure_safe_dir(os.path.dirname(self.path))
+        # Before reading anything: another server's files are not ours to replay or tidy.
+        self._lock = SnapshotLock.acquire(self.path, self.address)
+        try:
+            self._recover(salvage)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _recover(self, salvage: bool) -> None:
+        started = time.monotonic()
         self._remove_leftover_temp_files()
         segments = list_segments(self.path)
         for path in (self.path, *segments):
@@ -203,12 +215,23 @@ class Persistence:
             logger.error("the final snapshot failed; the journal still holds every write")
             if self.journal is not None:
                 self.journal.close()
+            self._release_lock()
             return
         if self.journal is not None:
             try:
                 self.journal.close(remove=True)  # the final snapshot holds every write
             except OSError as error:
                 logger.warning("could not remove the journal after the final snapshot: %s", error)
+        self._release_lock()
+
+    def abandon(self) -> None:
+        """Let go of the files without a final snapshot (the server failed to start)."""
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- internals -----------------------------------------------------------------------
 

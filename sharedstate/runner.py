@@ -106,17 +106,19 @@ def _start(
         lock = ServerLock.adopt(address.lock_path, lock_fd)
     else:
         lock = ServerLock.acquire(address.lock_path, LOCK_WAIT)
+    persistence = None
     try:
         lock.write_pid()
         key = settings.load_key(create=True)
         assert key is not None
         store = Store()
-        persistence = None
         if settings.snapshot is not None:
             persistence = Persistence(store, settings)
             persistence.recover(salvage=salvage)
         listener = _listen(address)
     except BaseException:
+        if persistence is not None:
+            persistence.abandon()
         lock.release()
         raise
     if not address.is_loopback:

@@ -17,12 +17,17 @@ def fingerprint(path: str) -> str:
         return hashlib.sha256(file.read()).hexdigest()
 
 
-def fingerprints(directory: str) -> dict[str, str]:
-    """The SHA-256 of every file in ``directory``, by name: proof that nothing changed."""
+def fingerprints(directory: str, *, with_lock: bool = True) -> dict[str, str]:
+    """The SHA-256 of every file in ``directory``, by name: proof that nothing changed.
+
+    ``with_lock=False`` leaves out the snapshot's lock file, in which each server that
+    starts writes its pid, even one that then refuses damaged files.
+    """
     return {
         name: fingerprint(os.path.join(directory, name))
         for name in sorted(os.listdir(directory))
         if os.path.isfile(os.path.join(directory, name))
+        and (with_lock or not name.endswith(".lock"))
     }
 
 

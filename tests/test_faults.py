@@ -203,7 +203,9 @@ def _run_io_scenario(server: ServerProcess, snapshot: str) -> tuple[dict[str, in
 
 def _recover_in_process(snapshot: str) -> dict[str, Any]:
     store = Store()
-    Persistence(store, load_settings({"snapshot": snapshot})).recover()
+    persistence = Persistence(store, load_settings({"snapshot": snapshot}))
+    persistence.recover()
+    persistence.abandon()
     return {key: pickle.loads(data) for key, data in store.export().data.items()}
 
 
