@@ -39,10 +39,15 @@ MAX_PAYLOAD = (1 << 31) - 1
 
 def frame(payload: bytes) -> bytes:
     """``payload`` with its header in front."""
+    return frame_header(payload) + payload
+
+
+def frame_header(payload: bytes) -> bytes:
+    """The header of ``payload``'s frame: write it, then the payload (no joined copy)."""
     if not 0 < len(payload) <= MAX_PAYLOAD:
         raise ValueError(f"a frame holds 1 to {MAX_PAYLOAD} bytes, not {len(payload)}")
     head = struct.pack("<II", len(payload), zlib.crc32(payload))
-    return head + struct.pack("<I", zlib.crc32(head)) + payload
+    return head + struct.pack("<I", zlib.crc32(head))
 
 
 def dump_plain(value: Any) -> bytes:
@@ -75,19 +80,23 @@ def preamble(magic: bytes, version: int) -> bytes:
     return magic + struct.pack("<H", version)
 
 
-def check_preamble(data: bytes, path: str, magic: bytes, version: int, kind: str) -> None:
-    """Refuse a file that is not ours, or of a format version we can't read."""
+def check_preamble(
+    data: bytes, path: str, magic: bytes, versions: tuple[int, ...], kind: str
+) -> int:
+    """Refuse a file that is not ours, or of a format version we can't read; return it."""
     if data[: len(magic)] != magic:
         raise CorruptFile(f"{path} is not a sharedstate {kind}", path=path, offset=0)
     end = len(magic) + 2
-    found = struct.unpack("<H", data[len(magic) : end])[0] if len(data) >= end else -1
-    if found != version:
+    found: int = struct.unpack("<H", data[len(magic) : end])[0] if len(data) >= end else -1
+    if found not in versions:
+        readable = " or ".join(str(version) for version in versions)
         raise CorruptFile(
             f"{path} has {kind} format version {found}; this sharedstate reads version "
-            f"{version}. Use the sharedstate version that wrote it.",
+            f"{readable}. Use the sharedstate version that wrote it.",
             path=path,
             offset=len(magic),
         )
+    return found
 
 
 @dataclass

@@ -96,7 +96,7 @@ def read_segment(path: str, *, salvage: bool = False) -> Segment:
         preamble = file.read(len(_PREAMBLE))
         if len(preamble) < len(_PREAMBLE) and _PREAMBLE.startswith(preamble):
             return Segment(records, Torn(0, size) if size else None)
-        check_preamble(preamble, path, MAGIC, VERSION, "journal")
+        check_preamble(preamble, path, MAGIC, (VERSION,), "journal")
         reader = FrameReader(file, path, allow_torn_tail=True)
         try:
             for offset, payload in reader:
@@ -177,7 +177,13 @@ class Journal:
         self.error: str | None = None  # why writes are refused, if they are
         self._failed: _Segment | None = None  # the segment that failed, if any
         self._current = _Segment.create(segment_path(snapshot_path, first_seq))
-        self._current.sync_to(self._current.size)
+        try:
+            self._current.sync_to(self._current.size)
+        except BaseException:
+            self._current.close()
+            with contextlib.suppress(OSError):
+                durable.disk.unlink(self._current.path)
+            raise
         self._retired: list[_Segment] = []
         self._next: _Segment | None = None  # created ahead of the next rotation
         self._pending = _Pending()

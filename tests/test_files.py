@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sharedstate import durable
+from sharedstate import snapshot as snapshot_format
 from sharedstate.errors import CorruptFile
 from sharedstate.frames import FrameReader, dump_plain, frame, load_plain
 from sharedstate.journal import Journal, list_segments, read_segment
@@ -126,6 +127,70 @@ def test_snapshot_round_trip(workdir: str) -> None:
     assert contents.seq == 41
     assert contents.data == data
     assert contents.namespace == {"mode": pickle.dumps("x")}
+
+
+def _frame_sizes(path: str) -> list[int]:
+    with open(path, "rb") as file:
+        file.seek(len(b"sharedstate snapshot\n") + 2)
+        return [len(payload) for _, payload in FrameReader(file, path, allow_torn_tail=False)]
+
+
+def test_snapshot_chunks_are_bounded_by_bytes_not_only_by_count(workdir: str) -> None:
+    # 37 values of 60 MB in one chunk of 10,000 entries made a frame over 2 GiB, which
+    # no snapshot could hold: smaller here, the same shape.
+    path = os.path.join(workdir, "state.snap")
+    value_size = 24 << 20
+    data = {f"k{i}": bytes([i]) * value_size for i in range(8)}
+    write_snapshot(path, Contents(8, data, {}))
+    assert max(_frame_sizes(path)) < 100_000_000  # a chunk of 64 MiB, plus one value
+    contents, _ = read_snapshot(path)
+    assert contents.data == data
+
+
+def test_a_value_too_large_for_one_frame_is_split_into_pieces(
+    workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nested writes can grow one value past what one frame holds (2 GiB); here the
+    # limit is lowered so that a few MB show the same thing.
+    monkeypatch.setattr(snapshot_format, "LARGEST_WHOLE_VALUE", 1 << 20)
+    monkeypatch.setattr(snapshot_format, "CHUNK_BYTES", 256 << 10)
+    path = os.path.join(workdir, "state.snap")
+    big = os.urandom(3 << 20) + b"end"
+    data = {"small": b"s", "big": big, ("t", 1): b"after"}
+    namespace = {"huge": big[::-1], "mode": b"m"}
+    write_snapshot(path, Contents(5, data, namespace))
+    assert max(_frame_sizes(path)) < 1 << 20
+    contents, damage = read_snapshot(path)
+    assert damage is None
+    assert (contents.seq, contents.data, contents.namespace) == (5, data, namespace)
+    with open(path, "rb") as file:
+        assert file.read(len(snapshot_format.MAGIC) + 2)[-2:] == b"\x02\x00", "format version 2"
+
+
+def test_a_snapshot_without_large_values_keeps_format_version_1(workdir: str) -> None:
+    # Older sharedstate versions read version 1; only what they could never hold needs 2.
+    path = os.path.join(workdir, "state.snap")
+    write_snapshot(path, Contents(1, {"a": pickle.dumps(1)}, {}))
+    with open(path, "rb") as file:
+        assert file.read(len(snapshot_format.MAGIC) + 2)[-2:] == b"\x01\x00"
+
+
+def test_a_snapshot_cut_inside_a_split_value_is_refused(
+    workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshot_format, "LARGEST_WHOLE_VALUE", 1 << 10)
+    monkeypatch.setattr(snapshot_format, "CHUNK_BYTES", 1 << 10)
+    path = os.path.join(workdir, "state.snap")
+    write_snapshot(path, Contents(1, {"big": os.urandom(10_000)}, {}))
+    sizes = _frame_sizes(path)
+    # Keep the preamble, the meta record, the "large" record and three of ten pieces.
+    keep = len(snapshot_format.MAGIC) + 2 + sum(size + 12 for size in sizes[:5])
+    os.truncate(path, keep)
+    with pytest.raises(CorruptFile, match="end record|cut short"):
+        read_snapshot(path)
+    contents, damage = read_snapshot(path, salvage=True)
+    assert damage is not None
+    assert "big" not in contents.data, "half a value is never loaded"
 
 
 def test_a_snapshot_without_its_end_record_is_refused(workdir: str) -> None:
