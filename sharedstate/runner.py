@@ -17,7 +17,7 @@ from . import __version__
 from .address import Address
 from .config import Settings
 from .daemon import Report, detach
-from .errors import ConfigError, ServerStartError, SharedStateError
+from .errors import ConfigError, PersistenceError, ServerStartError, SharedStateError
 from .permissions import ensure_files_dir
 from .persistence import Persistence
 from .pidlock import ServerLock
@@ -71,13 +71,17 @@ def run_server(
     )
     if report:
         report(None)
+    final_snapshot_failure = None
     try:
         server.serve_until_stopped()
     finally:
         if server.persistence is not None:
-            server.persistence.close()  # the final snapshot, before another server may start
+            # The final snapshot, before another server may start.
+            final_snapshot_failure = server.persistence.close()
         lock.release()
         logger.info("stopped; %s removed", address if address.is_unix else "listener")
+    if final_snapshot_failure is not None:
+        raise PersistenceError(final_snapshot_failure)  # so `serve` exits 1, saying why
 
 
 def check_exposure(settings: Settings) -> None:

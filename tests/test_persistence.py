@@ -260,6 +260,58 @@ def test_salvage_starts_from_the_valid_prefix_and_keeps_the_damaged_file(
     assert "salvaging" in server.log()
 
 
+def test_salvage_keeps_aside_the_segments_it_could_not_replay(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")
+    server = server_factory(*args, faults="replace@state.snap:1-").start()
+    state = get_shared_state(start=False)
+    for index in range(1, 6):
+        state[f"k{index}"] = index
+    assert run_cli("snapshot").returncode == 1  # it failed, but started a second segment
+    for index in range(6, 11):
+        state[f"k{index}"] = index
+    kill_and_wait(server.pid)
+    first, second = segments(snapshot)
+    flip_byte(first, record_offsets(first)[2] + 20)  # the third write is damaged
+    kept = fingerprint(second)
+    server = server_factory(*args, "--salvage").start()
+    assert fresh_state().to_dict() == {"k1": 1, "k2": 2}
+    assert "salvaging" in server.log()
+    [aside] = glob.glob(second + ".*")
+    assert fingerprint(aside) == kept, "writes after the damage are kept aside, not deleted"
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    server_factory(*args).start()  # nothing left for a later start to replay on top
+    assert fresh_state().to_dict() == {"k1": 1, "k2": 2}
+
+
+def test_segments_of_a_journaled_run_are_never_replayed_twice_after_one_without_journal(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    journaled = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")
+    unjournaled = ("--snapshot", snapshot, "--no-journal", "--snapshot-interval", "3600")
+    server = server_factory(*journaled).start()
+    state = get_shared_state(start=False)
+    for _ in range(5):
+        state.incr("n")
+    kill_and_wait(server.pid)  # the increments are in the journal only
+    # Without a journal, and the old segments can't be removed after its snapshot.
+    server = server_factory(*unjournaled, faults="unlink@journal:1-").start()
+    state = fresh_state()
+    assert state["n"] == 5
+    state.incr("n", 10)
+    assert run_cli("snapshot").returncode == 0
+    assert segments(snapshot), "the fault kept the old segments"
+    kill_and_wait(server.pid)
+    server = server_factory(*unjournaled).start()
+    assert fresh_state()["n"] == 15, "the old segments were replayed on top of the snapshot"
+    wait_until(lambda: segments(snapshot) == [])  # removed after the first snapshot
+    kill_and_wait(server.pid)
+    server_factory(*journaled).start()
+    assert fresh_state()["n"] == 15
+
+
 def test_a_journal_with_a_missing_segment_is_refused(
     server_factory: type[ServerProcess], snapshot: str, address: str
 ) -> None:
