@@ -208,13 +208,14 @@ class Journal:
         segment = self._current
         try:
             durable.write_all(segment.fd, record, segment.size)
-        except OSError as error:
-            self._fail(segment, f"the journal {segment.path} could not be written ({error})")
-            with contextlib.suppress(OSError):
+        except Exception as error:  # not only OSError: any failure may leave half a record
+            problem = _describe(error)
+            self._fail(segment, f"the journal {segment.path} could not be written ({problem})")
+            with contextlib.suppress(Exception):
                 durable.disk.truncate(segment.fd, segment.size)  # drop the partial record
             raise PersistenceError(
                 f"the write was refused: the journal {segment.path} could not be written "
-                f"({error})",
+                f"({problem})",
                 path=segment.path,
             ) from error
         segment.size += len(record)
@@ -256,11 +257,12 @@ class Journal:
         def sync() -> None:
             try:
                 self._sync(segment, offset)
-            except OSError as error:
-                self._fail(segment, f"the journal {segment.path} could not be synced ({error})")
+            except Exception as error:
+                problem = _describe(error)
+                self._fail(segment, f"the journal {segment.path} could not be synced ({problem})")
                 raise PersistenceError(
                     f"the write was applied in memory but could not be made durable "
-                    f"({error}); it may be lost if the server stops. Check the disk",
+                    f"({problem}); it may be lost if the server stops. Check the disk",
                     path=segment.path,
                 ) from error
 
@@ -334,5 +336,14 @@ class Journal:
             segment = self._current
             try:
                 self._sync(segment, segment.size)
-            except OSError as error:
-                self._fail(segment, f"the journal {segment.path} could not be synced ({error})")
+            except Exception as error:  # this thread must never die silently
+                problem = _describe(error)
+                self._fail(segment, f"the journal {segment.path} could not be synced ({problem})")
+
+
+def _describe(error: Exception) -> str:
+    """An error for a message: an OSError as its text, anything else with its type too."""
+    if isinstance(error, OSError):
+        return str(error)
+    logger.error("unexpected error in the journal", exc_info=error)
+    return f"{type(error).__name__}: {error}"

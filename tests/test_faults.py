@@ -292,6 +292,38 @@ def test_the_snapshot_thread_survives_unexpected_errors_and_retries(
     assert os.path.exists(snapshot)
 
 
+@pytest.mark.parametrize(
+    ("policy", "fault"),
+    [("everysec", "sync@journal:2!RuntimeError"), ("always", "write@journal:3!ValueError")],
+)
+def test_a_journal_failing_with_an_unexpected_error_refuses_writes_and_says_so(
+    server_factory: type[ServerProcess], workdir: str, policy: str, fault: str
+) -> None:
+    # Not an OSError, yet the journal can't be trusted with the next write: refuse
+    # writes until a snapshot starts a clean segment, as for a disk error.
+    snapshot = os.path.join(workdir, "data", "state.snap")
+    args = ("--snapshot", snapshot, "--fsync", policy, "--snapshot-interval", "3600")
+    server = server_factory(*args, faults=fault).start()
+    state = get_shared_state(start=False)
+    state["a"] = 1
+    with contextlib.suppress(PersistenceError):
+        state["b"] = 2  # under always the fault hits this write: refused
+    wait_until(lambda: "UNHEALTHY" in _status())
+    assert "journal" in _status()
+    with pytest.raises(PersistenceError, match="refused"):
+        state["c"] = 3
+    assert run_cli("snapshot").returncode == 0  # a clean segment: writes resume
+    wait_until(lambda: "persistence: ok" in _status())
+    state["d"] = 4
+    assert "unexpected error in the journal" in server.log()  # with its traceback, to debug
+    kill_and_wait(server.pid)
+    server_factory(*args).start()
+    recovered = fresh_state().to_dict()
+    assert recovered["a"] == 1
+    assert recovered["d"] == 4
+    assert "c" not in recovered
+
+
 def test_close_returns_why_the_final_snapshot_failed(
     workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
