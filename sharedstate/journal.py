@@ -35,7 +35,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import durable
 from .errors import CorruptFile, PersistenceError
@@ -88,7 +88,8 @@ def read_segment(path: str, *, salvage: bool = False) -> Segment:
 
     A torn last record is dropped and reported. Damage before the end raises
     :class:`CorruptFile`, or with ``salvage`` ends the records there. A segment cut
-    short inside its preamble (a crash right after creating it) is empty and torn.
+    short inside its preamble, or holding only zero bytes (a crash or power loss right
+    after creating it), is empty and torn.
     """
     records: list[Record] = []
     with open(path, "rb") as file:
@@ -96,6 +97,8 @@ def read_segment(path: str, *, salvage: bool = False) -> Segment:
         preamble = file.read(len(_PREAMBLE))
         if len(preamble) < len(_PREAMBLE) and _PREAMBLE.startswith(preamble):
             return Segment(records, Torn(0, size) if size else None)
+        if not preamble.strip(b"\0") and _only_zeros(file):
+            return Segment(records, Torn(0, size))
         check_preamble(preamble, path, MAGIC, (VERSION,), "journal")
         reader = FrameReader(file, path, allow_torn_tail=True)
         try:
@@ -106,6 +109,14 @@ def read_segment(path: str, *, salvage: bool = False) -> Segment:
                 raise
             return Segment(records, damage=str(damage))
     return Segment(records, reader.torn)
+
+
+def _only_zeros(file: BinaryIO) -> bool:
+    """Does the rest of ``file`` hold only zero bytes?"""
+    while chunk := file.read(1 << 20):
+        if chunk.strip(b"\0"):
+            return False
+    return True
 
 
 def _record(fields: Any, path: str, offset: int) -> Record:

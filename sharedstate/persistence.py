@@ -109,10 +109,14 @@ class Persistence:
             except Exception as error:  # a bug, MemoryError...: reported all the same
                 logger.error("unexpected error while writing a snapshot", exc_info=True)
                 self.error = (
-                    f"writing the snapshot {self.path} failed ({type(error).__name__}: {error})"
+                    f"writing the snapshot {self.path} failed ({type(error).__name__}: "
+                    f"{error}; the server log has the details)"
                 )
-            logger.error("%s; the previous snapshot is intact", self.error)
-            raise PersistenceError(self.error, path=self.path)
+            kept = "the previous snapshot is intact"
+            if self.journal is not None:
+                kept += " and the journal holds every write since"
+            logger.error("%s; %s", self.error, kept)
+            raise PersistenceError(f"{self.error}; {kept}", path=self.path)
 
     def status(self) -> dict[str, Any]:
         """Health and figures for ``sharedstate status``."""

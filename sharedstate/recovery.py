@@ -227,14 +227,22 @@ def _salvage(
     """Save what was readable as the snapshot; keep every file it can't use aside."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kept_snapshot = f"{path}.damaged-{stamp}" if path in damaged else None
+    moved = False
     if kept_snapshot is not None:
-        durable.disk.link(path, kept_snapshot)  # the new snapshot replaces only this name
+        try:
+            durable.disk.link(path, kept_snapshot)  # the new snapshot replaces only this name
+        except OSError:  # a filesystem without hard links
+            durable.disk.rename(path, kept_snapshot)
+            moved = True
     try:
         write_snapshot(path, store.export())
     except OSError as error:
         if kept_snapshot is not None:
             with contextlib.suppress(OSError):
-                durable.disk.unlink(kept_snapshot)
+                if moved:
+                    durable.disk.rename(kept_snapshot, path)
+                else:
+                    durable.disk.unlink(kept_snapshot)
         advice = no_room_advice(os.path.dirname(path), error, bytes_on_disk)
         raise PersistenceError(
             f"--salvage writes a new snapshot of what was readable, and writing {path} "

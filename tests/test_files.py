@@ -263,6 +263,43 @@ def test_a_segment_cut_inside_its_header_is_empty(workdir: str) -> None:
     assert segment.torn is not None
 
 
+def test_a_segment_of_only_zero_bytes_is_empty(workdir: str) -> None:
+    # A power loss right after a segment was created can leave its length but no data.
+    path = os.path.join(workdir, "state.snap.journal.000000000001")
+    with open(path, "wb") as file:
+        file.write(bytes(4096))
+    segment = read_segment(path)
+    assert segment.records == []
+    assert segment.torn is not None
+    assert segment.torn.size == 4096
+
+
+def test_a_segment_that_is_not_ours_is_refused(workdir: str) -> None:
+    path = os.path.join(workdir, "state.snap.journal.000000000001")
+    with open(path, "wb") as file:
+        file.write(b"hello, world" + bytes(100))
+    with pytest.raises(CorruptFile, match="not a sharedstate journal"):
+        read_segment(path)
+
+
+def test_files_written_by_format_version_1_still_load() -> None:
+    # Written by sharedstate 0.1.0 (commit 6d6b0a6), before format version 2 existed.
+    reference = os.path.join(os.path.dirname(__file__), "reference")
+    contents, damage = read_snapshot(os.path.join(reference, "v1.snap"))
+    assert damage is None
+    assert contents.seq == 3
+    assert {key: pickle.loads(value) for key, value in contents.data.items()} == {
+        "a": 1,
+        ("t", 1): [1, 2],
+    }
+    assert pickle.loads(contents.namespace["mode"]) == "x"
+    segment = read_segment(os.path.join(reference, "v1.snap.journal.000000000004"))
+    assert [(r.seq, r.method, r.args) for r in segment.records] == [
+        (4, "set", ("b", pickle.dumps(2, protocol=5))),
+        (5, "delete", ("a",)),
+    ]
+
+
 def test_frame_refuses_empty_payloads() -> None:
     with pytest.raises(ValueError, match="1 to"):
         frame(b"")

@@ -260,6 +260,43 @@ def test_salvage_starts_from_the_valid_prefix_and_keeps_the_damaged_file(
     assert "salvaging" in server.log()
 
 
+def _damaged_snapshot(server_factory: type[ServerProcess], snapshot: str) -> str:
+    """A stopped server's snapshot, damaged in its end record; returns its fingerprint."""
+    server = server_factory("--snapshot", snapshot).start()
+    fill(get_shared_state(start=False))
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    flip_byte(snapshot, os.path.getsize(snapshot) - 2)
+    return fingerprint(snapshot)
+
+
+def test_salvage_of_a_damaged_snapshot_keeps_it_and_saves_what_was_readable(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    damaged = _damaged_snapshot(server_factory, snapshot)
+    server = server_factory("--snapshot", snapshot, "--salvage").start()
+    assert fresh_state().to_dict() == FILLED
+    [aside] = glob.glob(snapshot + ".damaged-*")
+    assert fingerprint(aside) == damaged
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    server_factory("--snapshot", snapshot).start()  # the new snapshot is sound
+    assert fresh_state().to_dict() == FILLED
+
+
+def test_salvage_without_room_for_its_snapshot_says_so_and_changes_no_file(
+    server_factory: type[ServerProcess], snapshot: str, address: str
+) -> None:
+    _damaged_snapshot(server_factory, snapshot)
+    before = fingerprints(os.path.dirname(snapshot), with_lock=False)
+    server = server_factory("--snapshot", snapshot, "--salvage", faults="write@state.snap.tmp:1-")
+    with pytest.raises(AssertionError, match="server exited with 1"):
+        server.start()
+    assert "free at least" in server.log()
+    assert f"writing {snapshot} failed" in server.log()
+    assert fingerprints(os.path.dirname(snapshot), with_lock=False) == before
+
+
 def test_salvage_keeps_aside_the_segments_it_could_not_replay(
     server_factory: type[ServerProcess], snapshot: str
 ) -> None:
