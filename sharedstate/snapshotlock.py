@@ -12,9 +12,10 @@ spelling of the path (a symlinked directory, ``..``, a bind mount) reaches the s
 
 from __future__ import annotations
 
+import errno
 import os
 
-from .errors import SnapshotInUse
+from .errors import InsecurePermissions, SnapshotInUse
 from .pidlock import ServerLock
 
 
@@ -34,7 +35,16 @@ class SnapshotLock:
     def acquire(cls, snapshot_path: str, address: str) -> SnapshotLock:
         """Take the lock for the server at ``address``, or raise :class:`SnapshotInUse`."""
         path = snapshot_lock_path(snapshot_path)
-        lock = ServerLock.try_acquire(path)
+        try:
+            lock = ServerLock.try_acquire(path)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise InsecurePermissions(
+                f"{path} is a symbolic link; sharedstate does not follow one there (it "
+                "could make the server write into another file). Remove it, and start again",
+                path=path,
+            ) from None
         if lock is None:
             pid, holder = read_holder(path)
             who = f"the sharedstate server at {holder}" if holder else "another sharedstate server"

@@ -150,6 +150,23 @@ def test_a_second_server_on_the_same_snapshot_is_refused_and_changes_no_file(
     assert fresh_state().to_dict() == {f"k{i}": i for i in range(1, 7)}
 
 
+def test_a_snapshot_lock_file_that_is_a_symlink_is_refused(
+    snapshot: str, address: str, workdir: str
+) -> None:
+    # Someone could point the lock at a file of the user's: it must not be written.
+    os.makedirs(os.path.dirname(snapshot), mode=0o700)
+    precious = os.path.join(workdir, "precious.txt")
+    with open(precious, "w") as file:
+        file.write("mine")
+    os.symlink(precious, snapshot + ".lock")
+    result = serve_refused("--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert f"{snapshot}.lock is a symbolic link" in result.stderr
+    assert "Traceback" not in result.stderr
+    with open(precious) as file:
+        assert file.read() == "mine"
+
+
 def test_a_torn_last_record_is_dropped_with_a_warning(
     server_factory: type[ServerProcess], snapshot: str
 ) -> None:
