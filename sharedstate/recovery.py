@@ -34,7 +34,7 @@ from .errors import CorruptFile, PersistenceError
 from .journal import Segment, list_segments, read_segment
 from .permissions import check_not_writable_by_others
 from .snapshot import read_snapshot, write_snapshot
-from .store import Contents, Store
+from .store import REPLAYABLE, Contents, Store
 
 logger = logging.getLogger("sharedstate")
 
@@ -145,13 +145,20 @@ def _replay(store: Store, segments: dict[str, Segment], snapshot_seq: int, salva
                     f"{record.path}: the journal jumps from write {expected - 1} to write "
                     f"{record.seq} at byte {record.offset}; a segment is missing or damaged"
                 )
-                if not salvage:
-                    raise advise(CorruptFile(message, path=record.path, offset=record.offset))
-                logger.warning("salvaging: stopped replaying at the gap (%s)", message)
-                return replayed
-            store.replay(record.seq, record.method, record.args)
-            expected += 1
-            replayed += 1
+            elif record.method not in REPLAYABLE:
+                message = (
+                    f"{record.path}: the record at byte {record.offset} names an unknown "
+                    f"operation {record.method!r} (a newer sharedstate may have written it)"
+                )
+            else:
+                store.replay(record.seq, record.method, record.args)
+                expected += 1
+                replayed += 1
+                continue
+            if not salvage:
+                raise advise(CorruptFile(message, path=record.path, offset=record.offset))
+            logger.warning("salvaging: stopped replaying there (%s)", message)
+            return replayed
     return replayed
 
 

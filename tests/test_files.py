@@ -14,8 +14,9 @@ from sharedstate import snapshot as snapshot_format
 from sharedstate.errors import CorruptFile
 from sharedstate.frames import FrameReader, dump_plain, frame, load_plain
 from sharedstate.journal import Journal, list_segments, read_segment
+from sharedstate.recovery import recover
 from sharedstate.snapshot import read_snapshot, write_snapshot
-from sharedstate.store import Contents
+from sharedstate.store import Contents, Store
 
 from .faults import FailingDisk, lose_unsynced_writes
 
@@ -298,6 +299,19 @@ def test_files_written_by_format_version_1_still_load() -> None:
         (4, "set", ("b", pickle.dumps(2, protocol=5))),
         (5, "delete", ("a",)),
     ]
+
+
+def test_a_journal_record_of_an_unknown_operation_is_refused_naming_it(workdir: str) -> None:
+    # What a newer sharedstate might write: refused as a file this version can't read.
+    snapshot = os.path.join(workdir, "state.snap")
+    journal = Journal(snapshot, "always", first_seq=1)
+    journal.append(1, "set", ("a", pickle.dumps(1)))
+    journal.append(2, "frobnicate", ("a",))
+    journal.close()
+    [segment] = list_segments(snapshot)
+    with pytest.raises(CorruptFile, match="unknown operation 'frobnicate'") as raised:
+        recover(Store(), snapshot)
+    assert raised.value.path == segment  # type: ignore[attr-defined]
 
 
 def test_frame_refuses_empty_payloads() -> None:
