@@ -40,6 +40,9 @@ class Disk:
     def rename(self, source: str, target: str) -> None:
         os.rename(source, target)
 
+    def link(self, source: str, target: str) -> None:
+        os.link(source, target, follow_symlinks=False)
+
     def unlink(self, path: str) -> None:
         os.unlink(path)
 

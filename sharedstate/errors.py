@@ -66,6 +66,13 @@ class AlreadyRunning(ServerStartError):
     """Another sharedstate server already serves this address."""
 
 
+class SnapshotInUse(AlreadyRunning):
+    """Another sharedstate server (at another address) already uses this snapshot file.
+
+    ``pid`` and ``holder`` (its address) say which, when it recorded them.
+    """
+
+
 class Timeout(SharedStateError, TimeoutError):
     """Waiting for the server, the lock or an edit took longer than allowed."""
 
@@ -207,6 +214,7 @@ __all__ = [
     "ServerStartError",
     "ServerStopping",
     "SharedStateError",
+    "SnapshotInUse",
     "Timeout",
     "TooManyClients",
     "ValueNotFound",

@@ -7,9 +7,13 @@ A frame is a 12-byte header, then the payload::
 The header has its own checksum so a damaged length is recognised as damage, instead of
 sending the reader past the end of the file and passing for a torn tail.
 
-When reading, a bad frame is either a *torn tail* (the file ends inside it, or it is the
-last frame, or only zeros follow: a crash during the last append) or *corruption*
-(intact data follows it). Journals may drop a torn tail; corruption is never skipped.
+When reading, a bad frame is either a *torn tail* or *damage*. A torn tail is what a
+crash during the last append leaves: the file ends inside a header, or inside a payload
+(fewer bytes than the header says), or only zero bytes follow (a filesystem's
+zero-filled tail after a power loss). Anything else is damage, even in the last frame: a
+complete frame whose checksum fails was written whole, so its write may have been
+acknowledged, and dropping it as torn would lose it silently. Journals may drop a torn
+tail; damage is never skipped.
 
 Payloads are pickles of plain data (tuples, lists, str, bytes, numbers). They are read
 with an unpickler that refuses every class, so reading a file never runs code from it.
@@ -35,10 +39,15 @@ MAX_PAYLOAD = (1 << 31) - 1
 
 def frame(payload: bytes) -> bytes:
     """``payload`` with its header in front."""
+    return frame_header(payload) + payload
+
+
+def frame_header(payload: bytes) -> bytes:
+    """The header of ``payload``'s frame: write it, then the payload (no joined copy)."""
     if not 0 < len(payload) <= MAX_PAYLOAD:
         raise ValueError(f"a frame holds 1 to {MAX_PAYLOAD} bytes, not {len(payload)}")
     head = struct.pack("<II", len(payload), zlib.crc32(payload))
-    return head + struct.pack("<I", zlib.crc32(head)) + payload
+    return head + struct.pack("<I", zlib.crc32(head))
 
 
 def dump_plain(value: Any) -> bytes:
@@ -71,19 +80,23 @@ def preamble(magic: bytes, version: int) -> bytes:
     return magic + struct.pack("<H", version)
 
 
-def check_preamble(data: bytes, path: str, magic: bytes, version: int, kind: str) -> None:
-    """Refuse a file that is not ours, or of a format version we can't read."""
+def check_preamble(
+    data: bytes, path: str, magic: bytes, versions: tuple[int, ...], kind: str
+) -> int:
+    """Refuse a file that is not ours, or of a format version we can't read; return it."""
     if data[: len(magic)] != magic:
         raise CorruptFile(f"{path} is not a sharedstate {kind}", path=path, offset=0)
     end = len(magic) + 2
-    found = struct.unpack("<H", data[len(magic) : end])[0] if len(data) >= end else -1
-    if found != version:
+    found: int = struct.unpack("<H", data[len(magic) : end])[0] if len(data) >= end else -1
+    if found not in versions:
+        readable = " or ".join(str(version) for version in versions)
         raise CorruptFile(
             f"{path} has {kind} format version {found}; this sharedstate reads version "
-            f"{version}. Use the sharedstate version that wrote it.",
+            f"{readable}. Use the sharedstate version that wrote it.",
             path=path,
             offset=len(magic),
         )
+    return found
 
 
 @dataclass
@@ -129,8 +142,12 @@ class FrameReader:
                 self._damaged(offset, "the file ends inside a record", tail=True)
                 return
             if zlib.crc32(payload) != payload_crc:
+                # Complete, so not torn: damage, even as the last record of the file.
                 last = offset + HEADER.size + length == self._size
-                self._damaged(offset, "a record's checksum does not match", tail=last)
+                what = "a record's checksum does not match"
+                if last:
+                    what = "the last record is complete but its checksum does not match"
+                self._damaged(offset, what, tail=False, last=last)
                 return
             yield offset, payload
 
@@ -141,11 +158,11 @@ class FrameReader:
                 return False
         return True
 
-    def _damaged(self, offset: int, what: str, *, tail: bool) -> None:
+    def _damaged(self, offset: int, what: str, *, tail: bool, last: bool = False) -> None:
         if tail and self._allow_torn_tail:
             self.torn = Torn(offset, self._size - offset)
             return
-        where = "at its end" if tail else "before its end"
+        where = "at its end" if tail or last else "before its end"
         raise CorruptFile(
             f"{self._path} is damaged {where}: {what} at byte {offset} of {self._size}",
             path=self._path,

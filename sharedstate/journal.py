@@ -35,7 +35,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import durable
 from .errors import CorruptFile, PersistenceError
@@ -88,7 +88,8 @@ def read_segment(path: str, *, salvage: bool = False) -> Segment:
 
     A torn last record is dropped and reported. Damage before the end raises
     :class:`CorruptFile`, or with ``salvage`` ends the records there. A segment cut
-    short inside its preamble (a crash right after creating it) is empty and torn.
+    short inside its preamble, or holding only zero bytes (a crash or power loss right
+    after creating it), is empty and torn.
     """
     records: list[Record] = []
     with open(path, "rb") as file:
@@ -96,7 +97,9 @@ def read_segment(path: str, *, salvage: bool = False) -> Segment:
         preamble = file.read(len(_PREAMBLE))
         if len(preamble) < len(_PREAMBLE) and _PREAMBLE.startswith(preamble):
             return Segment(records, Torn(0, size) if size else None)
-        check_preamble(preamble, path, MAGIC, VERSION, "journal")
+        if not preamble.strip(b"\0") and _only_zeros(file):
+            return Segment(records, Torn(0, size))
+        check_preamble(preamble, path, MAGIC, (VERSION,), "journal")
         reader = FrameReader(file, path, allow_torn_tail=True)
         try:
             for offset, payload in reader:
@@ -106,6 +109,14 @@ def read_segment(path: str, *, salvage: bool = False) -> Segment:
                 raise
             return Segment(records, damage=str(damage))
     return Segment(records, reader.torn)
+
+
+def _only_zeros(file: BinaryIO) -> bool:
+    """Does the rest of ``file`` hold only zero bytes?"""
+    while chunk := file.read(1 << 20):
+        if chunk.strip(b"\0"):
+            return False
+    return True
 
 
 def _record(fields: Any, path: str, offset: int) -> Record:
@@ -177,7 +188,13 @@ class Journal:
         self.error: str | None = None  # why writes are refused, if they are
         self._failed: _Segment | None = None  # the segment that failed, if any
         self._current = _Segment.create(segment_path(snapshot_path, first_seq))
-        self._current.sync_to(self._current.size)
+        try:
+            self._current.sync_to(self._current.size)
+        except BaseException:
+            self._current.close()
+            with contextlib.suppress(OSError):
+                durable.disk.unlink(self._current.path)
+            raise
         self._retired: list[_Segment] = []
         self._next: _Segment | None = None  # created ahead of the next rotation
         self._pending = _Pending()
@@ -202,13 +219,14 @@ class Journal:
         segment = self._current
         try:
             durable.write_all(segment.fd, record, segment.size)
-        except OSError as error:
-            self._fail(segment, f"the journal {segment.path} could not be written ({error})")
-            with contextlib.suppress(OSError):
+        except Exception as error:  # not only OSError: any failure may leave half a record
+            problem = _describe(error)
+            self._fail(segment, f"the journal {segment.path} could not be written ({problem})")
+            with contextlib.suppress(Exception):
                 durable.disk.truncate(segment.fd, segment.size)  # drop the partial record
             raise PersistenceError(
                 f"the write was refused: the journal {segment.path} could not be written "
-                f"({error})",
+                f"({problem})",
                 path=segment.path,
             ) from error
         segment.size += len(record)
@@ -250,11 +268,12 @@ class Journal:
         def sync() -> None:
             try:
                 self._sync(segment, offset)
-            except OSError as error:
-                self._fail(segment, f"the journal {segment.path} could not be synced ({error})")
+            except Exception as error:
+                problem = _describe(error)
+                self._fail(segment, f"the journal {segment.path} could not be synced ({problem})")
                 raise PersistenceError(
                     f"the write was applied in memory but could not be made durable "
-                    f"({error}); it may be lost if the server stops. Check the disk",
+                    f"({problem}); it may be lost if the server stops. Check the disk",
                     path=segment.path,
                 ) from error
 
@@ -328,5 +347,14 @@ class Journal:
             segment = self._current
             try:
                 self._sync(segment, segment.size)
-            except OSError as error:
-                self._fail(segment, f"the journal {segment.path} could not be synced ({error})")
+            except Exception as error:  # this thread must never die silently
+                problem = _describe(error)
+                self._fail(segment, f"the journal {segment.path} could not be synced ({problem})")
+
+
+def _describe(error: Exception) -> str:
+    """An error for a message: an OSError as its text, anything else with its type too."""
+    if isinstance(error, OSError):
+        return str(error)
+    logger.error("unexpected error in the journal", exc_info=error)
+    return f"{type(error).__name__}: {error}"

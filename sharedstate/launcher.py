@@ -141,9 +141,7 @@ def stop_server(settings: Settings, timeout: float) -> int | None:
     error = (outcome or {}).get("final_snapshot_error")
     if error:
         raise PersistenceError(
-            f"the server at {settings.address} (pid {pid}) stopped, but its final snapshot "
-            f"failed: {error}. Its journal still holds every write: the next start "
-            "replays it",
+            f"the server at {settings.address} (pid {pid}) stopped, but {error}",
             address=str(settings.address),
         )
     return pid

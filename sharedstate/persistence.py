@@ -1,19 +1,21 @@
 """Keeping the state across restarts: recovery at start, periodic snapshots, the journal.
 
-At start the snapshot is loaded and the journal segments written since are replayed
-(:meth:`Persistence.recover`). While serving, every write is journaled before it is
-acknowledged (:mod:`sharedstate.journal`), and a snapshot is taken every
-``snapshot_interval`` seconds when the state changed; each snapshot empties the journal.
-On a clean stop, writes are refused and a final snapshot is taken.
+At start the snapshot file is locked for this server (:mod:`sharedstate.snapshotlock`),
+then loaded and the journal segments written since are replayed
+(:mod:`sharedstate.recovery`, which needs no free space). While serving, every write is
+journaled before it is acknowledged (:mod:`sharedstate.journal`), and a snapshot is
+taken every ``snapshot_interval`` seconds when the state changed, and soon after start
+when recovery replayed writes; each snapshot empties the journal. On a clean stop,
+writes are refused and a final snapshot is taken.
 
-Damaged files stop the server from starting, with a message naming the file and the
-offset; they are never modified. ``--salvage`` starts from what is readable and moves
-the damaged files aside.
+No failure while taking a snapshot is silent: whatever its cause, it becomes a
+:class:`PersistenceError` naming the file, ``status`` reports persistence as unhealthy
+with the reason, and the snapshot thread tries again a few seconds later.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
 import threading
@@ -23,11 +25,13 @@ from typing import Any
 
 from . import durable
 from .config import Settings
-from .errors import CorruptFile, PersistenceError
-from .journal import Journal, Record, list_segments, read_segment
-from .permissions import check_not_writable_by_others, ensure_safe_dir
-from .snapshot import read_snapshot, write_snapshot
-from .store import Contents, Store
+from .errors import PersistenceError
+from .journal import Journal, segment_path
+from .permissions import ensure_safe_dir
+from .recovery import describe_size, no_room_advice, recover
+from .snapshot import write_snapshot
+from .snapshotlock import SnapshotLock
+from .store import Store
 
 logger = logging.getLogger("sharedstate")
 
@@ -41,6 +45,7 @@ class Persistence:
         assert settings.snapshot is not None
         self.store = store
         self.path = settings.snapshot
+        self.address = str(settings.address)
         self.interval = settings.snapshot_interval
         self.policy = settings.fsync
         self.use_journal = settings.journal
@@ -48,6 +53,9 @@ class Persistence:
         self.error: str | None = None  # why the last snapshot failed
         self.last_snapshot: dict[str, Any] | None = None
         self.saved_seq = 0  # the last write the snapshot file holds
+        # Segments of an earlier run whose writes no snapshot file holds yet.
+        self._replayed_segments: list[str] = []
+        self._lock: SnapshotLock | None = None  # held from recover() to close()
         self._snapshot_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -55,67 +63,28 @@ class Persistence:
     # -- start-up ------------------------------------------------------------------------
 
     def recover(self, *, salvage: bool = False) -> None:
-        """Load the snapshot and replay the journal into the store.
+        """Lock the snapshot file, load it, replay the journal, open a new segment.
 
-        Raises :class:`CorruptFile` for damage (unless ``salvage``), leaving every file
-        as it was. After replaying a journal, writes a fresh snapshot and removes the
-        replayed segments, so the server starts with an empty journal.
+        Raises :class:`SnapshotInUse` if another server holds the snapshot (before
+        anything is read), :class:`CorruptFile` for damage (unless ``salvage``), leaving
+        every file as it was, and :class:`PersistenceError` if the journal can't start.
         """
-        started = time.monotonic()
         ensure_safe_dir(os.path.dirname(self.path))
-        self._remove_leftover_temp_files()
-        segments = list_segments(self.path)
-        for path in (self.path, *segments):
-            if os.path.lexists(path):
-                check_not_writable_by_others(path, "persistence file")
-
-        damaged: list[str] = []
-        contents = Contents()
-        records: list[Record] = []
+        # Before reading anything: another server's files are not ours to replay or tidy.
+        self._lock = SnapshotLock.acquire(self.path, self.address)
         try:
-            if os.path.exists(self.path):
-                contents, damage = read_snapshot(self.path, salvage=salvage)
-                if damage:
-                    logger.warning(
-                        "salvaging %s: kept what precedes the damage (%s)", self.path, damage
-                    )
-                    damaged.append(self.path)
-            for path in segments:
-                segment = read_segment(path, salvage=salvage)
-                if segment.torn:
-                    logger.warning(
-                        "dropped %d bytes at the end of %s: a record cut short by a crash, "
-                        "whose write was never acknowledged",
-                        segment.torn.size,
-                        path,
-                    )
-                if segment.damage:
-                    logger.warning(
-                        "salvaging %s: kept what precedes the damage (%s)", path, segment.damage
-                    )
-                    damaged.append(path)
-                records.extend(segment.records)
-        except CorruptFile as error:
-            raise _advise(error) from None
-
-        self.store.load(contents)
-        self.saved_seq = contents.seq
-        replayed = self._replay(records, contents.seq, salvage)
-        logger.info(
-            "recovered %d keys from %s and %d journal records in %.2f s",
-            self.store.stats()["keys"],
-            self.path if os.path.exists(self.path) else "nothing (no snapshot yet)",
-            replayed,
-            time.monotonic() - started,
-        )
-        if segments or damaged:
-            self._compact_after_recovery(segments, damaged)
+            recovery = recover(self.store, self.path, salvage=salvage)
+            self.saved_seq = recovery.snapshot_seq
+            self._replayed_segments = recovery.replayed_segments
+            if self.use_journal:
+                self.journal = self._open_journal(recovery.bytes_on_disk)
+        except BaseException:
+            self.abandon()
+            raise
 
     def start(self) -> None:
-        """Attach the journal and start taking periodic snapshots."""
-        if self.use_journal:
-            self.journal = Journal(self.path, self.policy, self.store.seq + 1)
-            self.store.journal = self.journal
+        """Attach the journal and start taking snapshots in the background."""
+        self.store.journal = self.journal
         self._thread = threading.Thread(target=self._snapshot_periodically, daemon=True)
         self._thread.name = "snapshots"
         self._thread.start()
@@ -129,52 +98,25 @@ class Persistence:
     def snapshot_now(self) -> dict[str, Any]:
         """Write a snapshot of the current state; return what was written.
 
-        Raises :class:`PersistenceError` if it fails; the previous snapshot stays intact.
+        Raises :class:`PersistenceError`, and only that, if it fails; the previous
+        snapshot stays intact.
         """
         with self._snapshot_lock:
-            journal = self.journal
-            if journal is not None:
-                journal.prepare_rotation(self.store.seq)
-            started = time.monotonic()
-            contents = self.store.export(while_locked=self._start_new_segment)
-            stall = time.monotonic() - started
-            if journal is not None:
-                try:
-                    journal.seal_retired()
-                except OSError as error:
-                    logger.warning("could not sync the old journal segment: %s", error)
             try:
-                size = write_snapshot(self.path, contents)
-            except OSError as error:
-                self.error = f"writing the snapshot {self.path} failed: {error}"
-                logger.error("%s; the previous snapshot is intact", self.error)
-                raise PersistenceError(self.error, path=self.path) from error
-            self.error = None
-            self.saved_seq = contents.seq
-            if journal is not None:
-                try:
-                    journal.remove_retired()
-                except OSError as error:
-                    logger.warning("could not remove old journal segments: %s", error)
-            info = {
-                "path": self.path,
-                "seq": contents.seq,
-                "keys": len(contents.data),
-                "bytes": size,
-                "seconds": time.monotonic() - started,
-                "stall_seconds": stall,
-                "at": time.time(),
-            }
-            self.last_snapshot = info
-            logger.info(
-                "snapshot %s: %d keys, %d bytes in %.2f s (store paused %.1f ms)",
-                self.path,
-                info["keys"],
-                size,
-                info["seconds"],
-                stall * 1000,
-            )
-            return info
+                return self._snapshot()
+            except PersistenceError as error:
+                self.error = str(error)
+            except Exception as error:  # a bug, MemoryError...: reported all the same
+                logger.error("unexpected error while writing a snapshot", exc_info=True)
+                self.error = (
+                    f"writing the snapshot {self.path} failed ({type(error).__name__}: "
+                    f"{error}; the server log has the details)"
+                )
+            kept = "the previous snapshot is intact"
+            if self.journal is not None:
+                kept += " and the journal holds every write since"
+            logger.error("%s; %s", self.error, kept)
+            raise PersistenceError(f"{self.error}; {kept}", path=self.path)
 
     def status(self) -> dict[str, Any]:
         """Health and figures for ``sharedstate status``."""
@@ -194,7 +136,8 @@ class Persistence:
     def close(self) -> str | None:
         """Stop: refuse further writes, take a final snapshot, close the journal.
 
-        Returns why the final snapshot failed, or None if it succeeded.
+        Returns why the final snapshot failed (``None`` when it succeeded), for the
+        operator who stopped the server.
         """
         self._stop.set()
         if self._thread is not None:
@@ -203,18 +146,117 @@ class Persistence:
         try:
             self.snapshot_now()
         except PersistenceError as error:
-            logger.error("the final snapshot failed; the journal still holds every write")
             if self.journal is not None:
+                outcome = "the journal still holds every write; the next start recovers them"
                 self.journal.close()
-            return str(error)
+            else:
+                unsaved = self.store.seq - self.saved_seq
+                outcome = (
+                    f"without a journal, the {unsaved} writes since the last snapshot are lost"
+                )
+            failure = f"the final snapshot failed: {error}; {outcome}"
+            logger.error("%s", failure)
+            self._release_lock()
+            return failure
         if self.journal is not None:
             try:
                 self.journal.close(remove=True)  # the final snapshot holds every write
             except OSError as error:
                 logger.warning("could not remove the journal after the final snapshot: %s", error)
+        self._release_lock()
         return None
 
+    def abandon(self) -> None:
+        """Let go of the files without a final snapshot (the server failed to start)."""
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+        self._release_lock()
+
     # -- internals -----------------------------------------------------------------------
+
+    def _open_journal(self, bytes_on_disk: int) -> Journal:
+        first = self.store.seq + 1
+        try:
+            return Journal(self.path, self.policy, first)
+        except OSError as error:
+            path = segment_path(self.path, first)
+            advice = no_room_advice(os.path.dirname(path), error, bytes_on_disk)
+            raise PersistenceError(
+                f"can't start the journal: creating {path} failed "
+                f"({error.strerror or error}); {advice} (the journal needs a few KB to "
+                f"start, the first snapshot about {describe_size(bytes_on_disk)}), then "
+                "start again",
+                path=path,
+            ) from None
+
+    def _snapshot(self) -> dict[str, Any]:
+        journal = self.journal
+        if journal is not None:
+            journal.prepare_rotation(self.store.seq)
+        started = time.monotonic()
+        contents = self.store.export(while_locked=self._start_new_segment)
+        stall = time.monotonic() - started
+        if journal is not None:
+            try:
+                journal.seal_retired()
+            except OSError as error:
+                logger.warning("could not sync the old journal segment: %s", error)
+        try:
+            size = write_snapshot(self.path, contents)
+        except OSError as error:
+            problem = f"writing the snapshot {self.path} failed ({error.strerror or error})"
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                needed = sum(map(len, contents.data.values())) + sum(
+                    map(len, contents.namespace.values())
+                )
+                problem += "; " + no_room_advice(os.path.dirname(self.path), error, needed)
+            raise PersistenceError(problem, path=self.path) from error
+        self.error = None
+        self.saved_seq = contents.seq
+        self._remove_segments_the_snapshot_holds()
+        info = {
+            "path": self.path,
+            "seq": contents.seq,
+            "keys": len(contents.data),
+            "bytes": size,
+            "seconds": time.monotonic() - started,
+            "stall_seconds": stall,
+            "at": time.time(),
+        }
+        self.last_snapshot = info
+        logger.info(
+            "snapshot %s: %d keys, %d bytes in %.2f s (store paused %.1f ms)",
+            self.path,
+            info["keys"],
+            size,
+            info["seconds"],
+            stall * 1000,
+        )
+        return info
+
+    def _remove_segments_the_snapshot_holds(self) -> None:
+        """After a durable snapshot: the older segments, this run's and an earlier one's."""
+        if self.journal is not None:
+            try:
+                self.journal.remove_retired()  # every segment but the current one
+            except OSError as error:
+                logger.warning("could not remove old journal segments: %s", error)
+            else:
+                self._replayed_segments = []
+            return
+        remaining = []
+        for path in self._replayed_segments:
+            try:
+                durable.disk.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                logger.warning("could not remove the old journal segment %s: %s", path, error)
+                remaining.append(path)
+            else:
+                logger.info("removed %s: the snapshot holds its writes", path)
+        self._replayed_segments = remaining
 
     def _start_new_segment(self) -> None:
         # Runs under the store's lock, at the moment the snapshot's copy is taken.
@@ -222,66 +264,25 @@ class Persistence:
             self.journal.rotate()
 
     def _snapshot_periodically(self) -> None:
-        while not self._stop.wait(RETRY_SECONDS if self._unhealthy() else self.interval):
-            if self.store.seq != self.saved_seq or self._unhealthy():
-                with contextlib.suppress(PersistenceError):
+        # Soon after start if recovery replayed writes: until a snapshot holds them,
+        # the old segments stay, and every start replays them again.
+        wait = 0.0 if self._replayed_segments else self.interval
+        while not self._stop.wait(wait):
+            try:
+                if self.store.seq != self.saved_seq or self._unhealthy():
                     self.snapshot_now()
+            except PersistenceError:
+                pass  # logged and shown by status; tried again soon
+            except Exception:  # this thread must never die: nothing would save the state
+                logger.exception("unexpected error in the snapshot thread; it carries on")
+            wait = RETRY_SECONDS if self._unhealthy() else self.interval
 
     def _unhealthy(self) -> bool:
         return self.error is not None or (
             self.journal is not None and self.journal.error is not None
         )
 
-    def _replay(self, records: list[Record], snapshot_seq: int, salvage: bool) -> int:
-        expected = snapshot_seq + 1
-        replayed = 0
-        for record in records:
-            if record.seq <= snapshot_seq:
-                continue  # already in the snapshot
-            if record.seq != expected:
-                message = (
-                    f"{record.path}: the journal jumps from write {expected - 1} to write "
-                    f"{record.seq} at byte {record.offset}; a segment is missing or damaged"
-                )
-                if not salvage:
-                    raise _advise(CorruptFile(message, path=record.path, offset=record.offset))
-                logger.warning("salvaging: stopped replaying at the gap (%s)", message)
-                break
-            self.store.replay(record.seq, record.method, record.args)
-            expected += 1
-            replayed += 1
-        return replayed
-
-    def _compact_after_recovery(self, segments: list[str], damaged: list[str]) -> None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for path in damaged:
-            aside = f"{path}.damaged-{stamp}"
-            durable.disk.rename(path, aside)
-            logger.warning("moved the damaged %s aside to %s", path, aside)
-        contents = self.store.export()
-        write_snapshot(self.path, contents)
-        self.saved_seq = contents.seq
-        for path in segments:
-            if path not in damaged:
-                durable.disk.unlink(path)
-        durable.disk.sync_dir(os.path.dirname(self.path))
-
-    def _remove_leftover_temp_files(self) -> None:
-        directory = os.path.dirname(self.path)
-        for name in os.listdir(directory):
-            if durable.is_temp_of(self.path, name):
-                candidate = os.path.join(directory, name)
-                if os.lstat(candidate).st_uid == os.getuid():
-                    os.unlink(candidate)
-                    logger.info("removed %s, left by a snapshot interrupted by a crash", candidate)
-
-
-def _advise(error: CorruptFile) -> CorruptFile:
-    """The same error, with what the operator can do about it."""
-    return CorruptFile(
-        f"{error}. The file was left unchanged. To start from the part before the damage "
-        "(losing what follows it), run: sharedstate serve --salvage (it keeps the damaged "
-        "file as <file>.damaged-<time>)",
-        path=getattr(error, "path", None),
-        offset=getattr(error, "offset", None),
-    )
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

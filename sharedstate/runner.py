@@ -17,7 +17,7 @@ from . import __version__
 from .address import Address
 from .config import Settings
 from .daemon import Report, detach
-from .errors import ConfigError, ServerStartError, SharedStateError
+from .errors import ConfigError, PersistenceError, ServerStartError, SharedStateError
 from .loop import MAX_GREETING
 from .permissions import ensure_files_dir
 from .persistence import Persistence
@@ -72,17 +72,23 @@ def run_server(
     )
     if report:
         report(None)
+    outcome: list[str | None] = []
 
     def final_snapshot() -> str | None:
         # Before another server may start here, and before `stop` hears how it went.
-        return server.persistence.close() if server.persistence is not None else None
+        if server.persistence is not None and not outcome:
+            outcome.append(server.persistence.close())
+        return outcome[0] if outcome else None
 
     try:
         server.serve_until_stopped(final_snapshot)
     finally:
+        final_snapshot()  # if serving ended some other way
         listener.close()
         lock.release()
         logger.info("stopped; %s removed", address if address.is_unix else "listener")
+    if outcome and outcome[0] is not None:
+        raise PersistenceError(outcome[0])  # so `serve` exits 1, saying why
 
 
 def check_exposure(settings: Settings) -> None:
@@ -111,17 +117,19 @@ def _start(
         lock = ServerLock.adopt(address.lock_path, lock_fd)
     else:
         lock = ServerLock.acquire(address.lock_path, LOCK_WAIT)
+    persistence = None
     try:
         lock.write_pid()
         key = settings.load_key(create=True)
         assert key is not None
         store = Store()
-        persistence = None
         if settings.snapshot is not None:
             persistence = Persistence(store, settings)
             persistence.recover(salvage=salvage)
         listener = _listen(address)
     except BaseException:
+        if persistence is not None:
+            persistence.abandon()
         lock.release()
         raise
     if not address.is_loopback:

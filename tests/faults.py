@@ -1,9 +1,10 @@
 """Injected disk failures for real server processes, SQLite-style.
 
 A rule fails calls of one disk operation (``*``: any) on paths containing some text, from
-the Nth matching call to the Mth, with ENOSPC (disk full) unless told otherwise::
+the Nth matching call to the Mth, with ENOSPC (disk full), or with an exception that is
+no ``OSError`` when one is named after ``!`` (what a bug or a ``MemoryError`` would do)::
 
-    SHAREDSTATE_TEST_FAULTS="replace@state.snap:2-,write@journal:5-6,*@:7"
+    SHAREDSTATE_TEST_FAULTS="replace@state.snap:2-,write@journal:5-6,*@:7,write@tmp:1!ValueError"
 
 ``python -m tests.fault_server serve ...`` installs the rules from that variable in the
 server process, then runs the normal CLI. Production code has no hook for this: it only
@@ -30,6 +31,13 @@ ENV = "SHAREDSTATE_TEST_FAULTS"
 SYNCED_LOG_ENV = "TEST_SHAREDSTATE_SYNCED_LOG"  # not SHAREDSTATE_*: no setting
 
 
+UNEXPECTED: dict[str, type[Exception]] = {
+    "ValueError": ValueError,
+    "MemoryError": MemoryError,
+    "RuntimeError": RuntimeError,
+}
+
+
 @dataclass
 class Rule:
     op: str
@@ -37,16 +45,17 @@ class Rule:
     first: int
     last: float
     error: int = errno.ENOSPC
+    exception: str = ""  # raise this instead of an OSError
     calls: int = 0
 
     @classmethod
     def parse(cls, text: str) -> Rule:
+        text, _, exception = text.partition("!")
         target, _, calls = text.partition(":")
         op, _, part = target.partition("@")
         first, dash, last = calls.partition("-")
-        return cls(
-            op, part, int(first), float(last) if last else (float("inf") if dash else int(first))
-        )
+        last_call = float(last) if last else (float("inf") if dash else int(first))
+        return cls(op, part, int(first), last_call, exception=exception)
 
 
 class FailingDisk(durable.Disk):
@@ -64,6 +73,8 @@ class FailingDisk(durable.Disk):
                 if rule.first <= rule.calls <= rule.last:
                     # Tests read this line from the server's log to know a fault fired.
                     print(f"injected fault: {op} {path} (call {rule.calls})", file=sys.stderr)
+                    if rule.exception:
+                        raise UNEXPECTED[rule.exception](f"injected {rule.exception}: {op} {path}")
                     raise OSError(rule.error, os.strerror(rule.error), path)
 
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
@@ -95,6 +106,10 @@ class FailingDisk(durable.Disk):
     def unlink(self, path: str) -> None:
         self._check("unlink", path)
         super().unlink(path)
+
+    def link(self, source: str, target: str) -> None:
+        self._check("link", target)
+        super().link(source, target)
 
     def truncate(self, fd: int, size: int) -> None:
         self._check("truncate", self.paths.get(fd, ""))

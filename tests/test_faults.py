@@ -30,17 +30,19 @@ from sharedstate import (
     PersistenceError,
     SharedStateError,
     Timeout,
+    durable,
     get_shared_state,
 )
 from sharedstate.config import load_settings
 from sharedstate.launcher import call_server_function
 from sharedstate.persistence import Persistence
+from sharedstate.reservations import LocalCaller
 from sharedstate.state import connect_state
 from sharedstate.store import Store
 
 from .conftest import ServerProcess, fresh_state
-from .faults import SYNCED_LOG_ENV, lose_unsynced_writes
-from .processes import _fork, kill_and_wait, start_process, wait_until
+from .faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
+from .processes import _fork, kill_and_wait, run_cli, start_process, wait_until
 
 pytestmark = pytest.mark.fault
 
@@ -203,7 +205,9 @@ def _run_io_scenario(server: ServerProcess, snapshot: str) -> tuple[dict[str, in
 
 def _recover_in_process(snapshot: str) -> dict[str, Any]:
     store = Store()
-    Persistence(store, load_settings({"snapshot": snapshot})).recover()
+    persistence = Persistence(store, load_settings({"snapshot": snapshot}))
+    persistence.recover()
+    persistence.abandon()
     return {key: pickle.loads(data) for key, data in store.export().data.items()}
 
 
@@ -241,6 +245,155 @@ def test_a_disk_error_at_any_step_loses_nothing_acknowledged(
         pytest.fail("the scenario never ran out of disk calls to fail")
     print(f"\n{failures} runs with a disk error injected at call 1..{nth - 1}")
     assert failures > 20, "the scenario should make more disk calls than this"
+
+
+# -- snapshots failing in unexpected ways ---------------------------------------------------
+
+
+def _status() -> str:
+    return run_cli("status").stdout
+
+
+@pytest.mark.timeout(90)
+def test_a_snapshot_failing_with_an_unexpected_error_is_reported_and_the_server_stays_up(
+    server_factory: type[ServerProcess], workdir: str
+) -> None:
+    snapshot = os.path.join(workdir, "data", "state.snap")
+    args = ("--snapshot", snapshot, "--snapshot-interval", "0.2")
+    server = server_factory(*args, faults="write@state.snap.tmp:1-!ValueError").start()
+    state = get_shared_state(start=False)
+    state["a"] = 1
+    wait_until(lambda: "UNHEALTHY" in _status())  # the periodic snapshot failed
+    assert snapshot in _status()
+    failed = run_cli("snapshot")
+    assert failed.returncode == 1
+    assert failed.stderr.count("\n") == 1, f"one line, not a traceback: {failed.stderr}"
+    assert failed.stderr.startswith("error: ")
+    assert snapshot in failed.stderr
+    state["b"] = 2  # still serving, still journaling
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 1, "the final snapshot failed: serve says so"
+    assert "the final snapshot failed" in server.log()
+    server_factory(*args).start()
+    assert fresh_state().to_dict() == {"a": 1, "b": 2}
+
+
+@pytest.mark.timeout(90)
+def test_the_snapshot_thread_survives_unexpected_errors_and_retries(
+    server_factory: type[ServerProcess], workdir: str
+) -> None:
+    snapshot = os.path.join(workdir, "data", "state.snap")
+    args = ("--snapshot", snapshot, "--snapshot-interval", "0.2")
+    server_factory(*args, faults="write@state.snap.tmp:1-2!MemoryError").start()
+    get_shared_state(start=False)["a"] = 1
+    wait_until(lambda: "UNHEALTHY" in _status())
+    # Nobody asks for a snapshot: only a living snapshot thread makes it healthy again.
+    wait_until(lambda: "persistence: ok" in _status(), timeout=30)
+    assert os.path.exists(snapshot)
+
+
+@pytest.mark.parametrize(
+    ("policy", "fault"),
+    [("everysec", "sync@journal:2!RuntimeError"), ("always", "write@journal:3!ValueError")],
+)
+def test_a_journal_failing_with_an_unexpected_error_refuses_writes_and_says_so(
+    server_factory: type[ServerProcess], workdir: str, policy: str, fault: str
+) -> None:
+    # Not an OSError, yet the journal can't be trusted with the next write: refuse
+    # writes until a snapshot starts a clean segment, as for a disk error.
+    snapshot = os.path.join(workdir, "data", "state.snap")
+    args = ("--snapshot", snapshot, "--fsync", policy, "--snapshot-interval", "3600")
+    server = server_factory(*args, faults=fault).start()
+    state = get_shared_state(start=False)
+    state["a"] = 1
+    with contextlib.suppress(PersistenceError):
+        state["b"] = 2  # under always the fault hits this write: refused
+    wait_until(lambda: "UNHEALTHY" in _status())
+    assert "journal" in _status()
+    with pytest.raises(PersistenceError, match="refused"):
+        state["c"] = 3
+    assert run_cli("snapshot").returncode == 0  # a clean segment: writes resume
+    wait_until(lambda: "persistence: ok" in _status())
+    state["d"] = 4
+    assert "unexpected error in the journal" in server.log()  # with its traceback, to debug
+    kill_and_wait(server.pid)
+    server_factory(*args).start()
+    recovered = fresh_state().to_dict()
+    assert recovered["a"] == 1
+    assert recovered["d"] == 4
+    assert "c" not in recovered
+
+
+def test_close_returns_why_the_final_snapshot_failed(
+    workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot = os.path.join(workdir, "data", "state.snap")
+    settings = load_settings({"snapshot": snapshot})
+    monkeypatch.setattr(durable, "disk", FailingDisk([Rule.parse("replace@state.snap:1-")]))
+    persistence = Persistence(Store(), settings)
+    persistence.recover()
+    persistence.start()
+    persistence.store.set(LocalCaller(1), "a", b"1")
+    failure = persistence.close()
+    assert failure is not None
+    assert snapshot in failure
+    assert "the journal still holds every write" in failure
+    monkeypatch.setattr(durable, "disk", FailingDisk([]))
+    persistence = Persistence(Store(), settings)
+    persistence.recover()
+    persistence.start()
+    assert persistence.store.lookup(LocalCaller(1), "a") == b"1"
+    assert persistence.close() is None
+
+
+# -- no room for a snapshot at start ------------------------------------------------------
+
+
+def _set_keys_until_cut(acked: Any) -> None:
+    state = get_shared_state(start=False)
+    try:
+        while True:
+            state[f"k{acked.value + 1}"] = acked.value + 1
+            acked.value += 1
+    except SharedStateError:
+        return
+
+
+@pytest.mark.timeout(120)
+def test_a_crashed_server_restarts_and_serves_when_no_snapshot_can_be_written(
+    server_factory: type[ServerProcess], workdir: str
+) -> None:
+    # A crash on a nearly full disk: recovery must not need room for a whole snapshot.
+    snapshot = os.path.join(workdir, "data", "state.snap")
+    args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "0.5")
+    server = server_factory(*args).start()
+    acked = _fork.Value("q", 0)
+    writer = start_process(_set_keys_until_cut, acked)
+    wait_until(lambda: acked.value > 300)
+    kill_and_wait(server.pid)
+    writer.join(30)
+    assert writer.exitcode == 0
+    expected = {f"k{i}": i for i in range(1, acked.value + 1)}
+
+    disk_full = "open@state.snap.tmp:1-,write@state.snap.tmp:1-,replace@state.snap:1-"
+    server = server_factory(*args, faults=disk_full).start()
+    state = fresh_state()
+    recovered = state.to_dict()
+    assert {key: recovered.get(key) for key in expected} == expected
+    wait_until(lambda: "UNHEALTHY" in run_cli("status").stdout)
+    assert snapshot in run_cli("status").stdout
+    state["after"] = 1  # the journal still takes writes
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 1, "the final snapshot failed: serve says so"
+    assert "the final snapshot failed" in server.log()
+
+    server_factory(*args).start()
+    state = fresh_state()
+    recovered = state.to_dict()
+    assert {key: recovered.get(key) for key in expected} == expected
+    assert recovered["after"] == 1
+    wait_until(lambda: "persistence: ok" in run_cli("status").stdout)
+    wait_until(lambda: len(glob.glob(snapshot + ".journal.*")) == 1)  # older ones removed
 
 
 # -- hung lock holders and a hung server -----------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import random
 import signal
@@ -15,29 +14,13 @@ import pytest
 from sharedstate import PersistenceError, SharedStateError, get_shared_state
 
 from .conftest import ServerProcess, fresh_state
+from .persisted import fingerprint, fingerprints, flip_byte, record_offsets, segments, serve_refused
 from .processes import _fork, kill_and_wait, run_cli, server_pids, start_process, wait_until
 
 
 @pytest.fixture
 def snapshot(workdir: str) -> str:
     return os.path.join(workdir, "data", "state.snap")
-
-
-def fingerprint(path: str) -> str:
-    with open(path, "rb") as file:
-        return hashlib.sha256(file.read()).hexdigest()
-
-
-def flip_byte(path: str, offset: int) -> None:
-    with open(path, "r+b") as file:
-        file.seek(offset)
-        byte = file.read(1)
-        file.seek(offset)
-        file.write(bytes([byte[0] ^ 0xFF]))
-
-
-def segments(snapshot: str) -> list[str]:
-    return sorted(glob.glob(snapshot + ".journal.*"))
 
 
 def fill(state: Any) -> None:
@@ -134,6 +117,56 @@ def _killed_after_writes(server_factory: type[ServerProcess], snapshot: str, cou
     kill_and_wait(server.pid)
 
 
+@pytest.mark.parametrize("spelling", ["same path", "symlinked directory", "dot-dot path"])
+def test_a_second_server_on_the_same_snapshot_is_refused_and_changes_no_file(
+    server_factory: type[ServerProcess], snapshot: str, workdir: str, spelling: str
+) -> None:
+    # Two servers on one snapshot: the second would replay the first's live journal and
+    # compact it away, losing what the first acknowledges after that.
+    args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")
+    first = server_factory(*args).start()
+    state = get_shared_state(start=False)
+    for index in range(1, 6):
+        state[f"k{index}"] = index
+    directory = os.path.dirname(snapshot)
+    other_spelling = {
+        "same path": snapshot,
+        "symlinked directory": os.path.join(workdir, "link", "state.snap"),
+        "dot-dot path": os.path.join(directory, "..", "data", "state.snap"),
+    }[spelling]
+    os.symlink(directory, os.path.join(workdir, "link"))
+    before = fingerprints(directory)
+    other_address = os.path.join(workdir, "other", "other.sock")
+    result = serve_refused("--address", other_address, "--snapshot", other_spelling)
+    assert result.returncode == 1
+    assert first.address in result.stderr, "names the server that has the snapshot"
+    assert f"pid {first.pid}" in result.stderr
+    assert "sharedstate stop" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert fingerprints(directory) == before, "the refused server changed a file"
+    state["k6"] = 6  # acknowledged under fsync always: must survive the first one's death
+    kill_and_wait(first.pid)
+    server_factory(*args).start()
+    assert fresh_state().to_dict() == {f"k{i}": i for i in range(1, 7)}
+
+
+def test_a_snapshot_lock_file_that_is_a_symlink_is_refused(
+    snapshot: str, address: str, workdir: str
+) -> None:
+    # Someone could point the lock at a file of the user's: it must not be written.
+    os.makedirs(os.path.dirname(snapshot), mode=0o700)
+    precious = os.path.join(workdir, "precious.txt")
+    with open(precious, "w") as file:
+        file.write("mine")
+    os.symlink(precious, snapshot + ".lock")
+    result = serve_refused("--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert f"{snapshot}.lock is a symbolic link" in result.stderr
+    assert "Traceback" not in result.stderr
+    with open(precious) as file:
+        assert file.read() == "mine"
+
+
 def test_a_torn_last_record_is_dropped_with_a_warning(
     server_factory: type[ServerProcess], snapshot: str
 ) -> None:
@@ -176,6 +209,28 @@ def test_a_flipped_byte_mid_journal_refuses_to_start_and_leaves_the_file_alone(
     assert fingerprint(segment) == before
 
 
+def test_a_flipped_bit_in_the_last_journal_record_refuses_to_start_and_changes_no_file(
+    server_factory: type[ServerProcess], snapshot: str, address: str
+) -> None:
+    # The last record is complete: its write was acknowledged (fsync always), so a bad
+    # checksum there is damage, not a torn write to drop.
+    _killed_after_writes(server_factory, snapshot, 10)
+    [segment] = segments(snapshot)
+    last = record_offsets(segment)[-1]
+    flip_byte(segment, os.path.getsize(segment) - 3, mask=0x01)
+    before = fingerprints(os.path.dirname(snapshot), with_lock=False)
+    result = serve_refused("--address", address, "--snapshot", snapshot)
+    assert result.returncode == 1
+    assert segment in result.stderr
+    assert f"at byte {last}" in result.stderr
+    assert "--salvage" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert fingerprints(os.path.dirname(snapshot), with_lock=False) == before, "a file changed"
+    server = server_factory("--snapshot", snapshot, "--salvage").start()
+    assert sorted(fresh_state().keys()) == sorted(f"k{i}" for i in range(1, 10))
+    assert "salvaging" in server.log()
+
+
 def test_a_flipped_byte_in_the_snapshot_refuses_to_start_and_leaves_it_alone(
     server_factory: type[ServerProcess], snapshot: str, address: str
 ) -> None:
@@ -212,7 +267,7 @@ def test_salvage_starts_from_the_valid_prefix_and_keeps_the_damaged_file(
 ) -> None:
     _killed_after_writes(server_factory, snapshot, 10)
     [segment] = segments(snapshot)
-    records = _record_offsets(segment)
+    records = record_offsets(segment)
     flip_byte(segment, records[5] + 20)  # inside the sixth record
     original = fingerprint(segment)
     server = server_factory("--snapshot", snapshot, "--salvage").start()
@@ -220,6 +275,95 @@ def test_salvage_starts_from_the_valid_prefix_and_keeps_the_damaged_file(
     [aside] = glob.glob(segment + ".damaged-*")
     assert fingerprint(aside) == original, "the damaged file is kept as it was"
     assert "salvaging" in server.log()
+
+
+def _damaged_snapshot(server_factory: type[ServerProcess], snapshot: str) -> str:
+    """A stopped server's snapshot, damaged in its end record; returns its fingerprint."""
+    server = server_factory("--snapshot", snapshot).start()
+    fill(get_shared_state(start=False))
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    flip_byte(snapshot, os.path.getsize(snapshot) - 2)
+    return fingerprint(snapshot)
+
+
+def test_salvage_of_a_damaged_snapshot_keeps_it_and_saves_what_was_readable(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    damaged = _damaged_snapshot(server_factory, snapshot)
+    server = server_factory("--snapshot", snapshot, "--salvage").start()
+    assert fresh_state().to_dict() == FILLED
+    [aside] = glob.glob(snapshot + ".damaged-*")
+    assert fingerprint(aside) == damaged
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    server_factory("--snapshot", snapshot).start()  # the new snapshot is sound
+    assert fresh_state().to_dict() == FILLED
+
+
+def test_salvage_without_room_for_its_snapshot_says_so_and_changes_no_file(
+    server_factory: type[ServerProcess], snapshot: str, address: str
+) -> None:
+    _damaged_snapshot(server_factory, snapshot)
+    before = fingerprints(os.path.dirname(snapshot), with_lock=False)
+    server = server_factory("--snapshot", snapshot, "--salvage", faults="write@state.snap.tmp:1-")
+    with pytest.raises(AssertionError, match="server exited with 1"):
+        server.start()
+    assert "free at least" in server.log()
+    assert f"writing {snapshot} failed" in server.log()
+    assert fingerprints(os.path.dirname(snapshot), with_lock=False) == before
+
+
+def test_salvage_keeps_aside_the_segments_it_could_not_replay(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")
+    server = server_factory(*args, faults="replace@state.snap:1-").start()
+    state = get_shared_state(start=False)
+    for index in range(1, 6):
+        state[f"k{index}"] = index
+    assert run_cli("snapshot").returncode == 1  # it failed, but started a second segment
+    for index in range(6, 11):
+        state[f"k{index}"] = index
+    kill_and_wait(server.pid)
+    first, second = segments(snapshot)
+    flip_byte(first, record_offsets(first)[2] + 20)  # the third write is damaged
+    kept = fingerprint(second)
+    server = server_factory(*args, "--salvage").start()
+    assert fresh_state().to_dict() == {"k1": 1, "k2": 2}
+    assert "salvaging" in server.log()
+    [aside] = glob.glob(second + ".*")
+    assert fingerprint(aside) == kept, "writes after the damage are kept aside, not deleted"
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    server_factory(*args).start()  # nothing left for a later start to replay on top
+    assert fresh_state().to_dict() == {"k1": 1, "k2": 2}
+
+
+def test_segments_of_a_journaled_run_are_never_replayed_twice_after_one_without_journal(
+    server_factory: type[ServerProcess], snapshot: str
+) -> None:
+    journaled = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")
+    unjournaled = ("--snapshot", snapshot, "--no-journal", "--snapshot-interval", "3600")
+    server = server_factory(*journaled).start()
+    state = get_shared_state(start=False)
+    for _ in range(5):
+        state.incr("n")
+    kill_and_wait(server.pid)  # the increments are in the journal only
+    # Without a journal, and the old segments can't be removed after its snapshot.
+    server = server_factory(*unjournaled, faults="unlink@journal:1-").start()
+    state = fresh_state()
+    assert state["n"] == 5
+    state.incr("n", 10)
+    assert run_cli("snapshot").returncode == 0
+    assert segments(snapshot), "the fault kept the old segments"
+    kill_and_wait(server.pid)
+    server = server_factory(*unjournaled).start()
+    assert fresh_state()["n"] == 15, "the old segments were replayed on top of the snapshot"
+    wait_until(lambda: segments(snapshot) == [])  # removed after the first snapshot
+    kill_and_wait(server.pid)
+    server_factory(*journaled).start()
+    assert fresh_state()["n"] == 15
 
 
 def test_a_journal_with_a_missing_segment_is_refused(
@@ -370,9 +514,3 @@ def test_snapshot_command_without_persistence_says_so(server: ServerProcess) -> 
     result = run_cli("snapshot")
     assert result.returncode == 1
     assert "--snapshot PATH" in result.stderr
-
-
-def _record_offsets(segment: str) -> list[int]:
-    from sharedstate.journal import read_segment
-
-    return [record.offset for record in read_segment(segment).records]
