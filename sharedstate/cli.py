@@ -20,7 +20,7 @@ import click
 from . import __version__
 from .config import SETTINGS, load_settings, settings_table_markdown
 from .dumpfile import FORMATS, check_plain_json, read_dump, write_dump
-from .errors import PersistenceError, ServerNotRunning, SharedStateError, WrongType
+from .errors import ServerNotRunning, SharedStateError, WrongType
 from .launcher import call_server_function, stop_server
 from .state import SharedState, connect_state
 from .views import SharedDict, SharedList
@@ -295,11 +295,11 @@ def restore(file: str, replace: bool, merge: bool, fmt: str, **overrides: Any) -
         f"restored {len(contents.data)} keys and {len(contents.namespace)} namespace "
         f"attributes from {file} ({mode}d)"
     )
-    try:
-        info = call_server_function(settings, "snapshot_now", 600.0)
-    except PersistenceError:
+    if call_server_function(settings, "server_info", 10.0)["persistence"] is None:
         click.echo("note: the server has no snapshot file, so this state lives in memory only")
         return
+    # A failure here (disk full...) is an error: the restore is applied, but not saved.
+    info = call_server_function(settings, "snapshot_now", 600.0)
     click.echo(f"saved in {info['path']}")
 
 

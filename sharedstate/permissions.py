@@ -100,7 +100,16 @@ def check_not_writable_by_others(path: str, what: str) -> None:
 
 def open_private_file(path: str, what: str, flags: int = os.O_RDWR | os.O_CREAT) -> int:
     """Open (creating owner-only if needed) one of our companion files; return the fd."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InsecurePermissions(
+                f"{what} {path} is a symbolic link; refusing to follow it (someone could "
+                "point it at another file of yours). Remove it",
+                path=path,
+            ) from None
+        raise
     try:
         check_private_file(path, os.fstat(fd), what)
     except BaseException:

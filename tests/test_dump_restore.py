@@ -158,3 +158,20 @@ def test_a_dump_path_that_cannot_be_written_is_one_line_and_exit_1(
     assert result.returncode == 1
     assert result.stderr.startswith("error: No such file or directory")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_restore_says_so_when_saving_it_fails(
+    server_factory: type[ServerProcess], workdir: str
+) -> None:
+    # It used to print "the server has no snapshot file" for any failure to save.
+    snapshot = os.path.join(workdir, "state.snap")
+    server_factory("--snapshot", snapshot, faults="replace@state.snap:1-").start()
+    path = os.path.join(workdir, "backup.json")
+    with open(path, "w") as file:
+        json.dump({"data": {"restored": 1}}, file)
+    result = run_cli("restore", path, "--merge")
+    assert result.returncode == 1
+    assert "no snapshot file" not in result.stdout
+    assert snapshot in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert get_shared_state(start=False)["restored"] == 1, "applied, though not saved"

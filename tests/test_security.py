@@ -153,3 +153,19 @@ def test_a_non_loopback_address_with_opt_in_and_key_serves(
     server.start()
     assert get_shared_state(f"127.0.0.1:{port}", start=False).incr("n") == 1
     assert "not encrypted" in server.log()
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_in_one_line(
+    workdir: str, address: str
+) -> None:
+    os.makedirs(os.path.dirname(address), mode=0o700)
+    target = os.path.join(workdir, "elsewhere")
+    with open(target, "w") as file:
+        file.write("someone else's file")
+    os.symlink(target, address + ".lock")
+    result = run_cli("serve", "--address", address)
+    assert result.returncode == 1
+    assert "is a symbolic link" in result.stderr
+    assert "Traceback" not in result.stderr
+    with open(target) as file:
+        assert file.read() == "someone else's file"
