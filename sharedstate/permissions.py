@@ -104,11 +104,7 @@ def open_private_file(path: str, what: str, flags: int = os.O_RDWR | os.O_CREAT)
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise InsecurePermissions(
-                f"{what} {path} is a symbolic link; refusing to follow it (someone could "
-                "point it at another file of yours). Remove it",
-                path=path,
-            ) from None
+            raise _symbolic_link(path, what, "Remove it") from None
         raise
     try:
         check_private_file(path, os.fstat(fd), what)
@@ -116,6 +112,14 @@ def open_private_file(path: str, what: str, flags: int = os.O_RDWR | os.O_CREAT)
         os.close(fd)
         raise
     return fd
+
+
+def _symbolic_link(path: str, what: str, advice: str) -> InsecurePermissions:
+    return InsecurePermissions(
+        f"{what} {path} is a symbolic link; refusing to follow it (someone could point it "
+        f"at another file of yours). {advice}",
+        path=path,
+    )
 
 
 def read_key_file(path: str) -> bytes:
@@ -133,11 +137,7 @@ def read_key_file(path: str) -> bytes:
         ) from None
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise InsecurePermissions(
-                f"key file {path} is a symbolic link; refusing to follow it (someone could "
-                "point it at another file of yours). Use the real file's path",
-                path=path,
-            ) from None
+            raise _symbolic_link(path, "key file", "Use the real file's path") from None
         raise ConfigError(f"key file {path} can't be read ({error.strerror})", path=path) from None
     try:
         info = os.fstat(fd)

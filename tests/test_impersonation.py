@@ -158,13 +158,23 @@ def test_an_impostor_in_a_default_directory_another_user_made_is_refused(
 
 
 @pytest.mark.timeout(60)
-def test_an_impostor_on_a_socket_in_a_sticky_directory_is_refused(
-    other_user: OtherUser, shared_tmp: str, victim_key: str, workdir: str, start_impostor
+@pytest.mark.parametrize("route", ["sticky-directory-socket", "tcp-port"])
+def test_an_impostor_another_user_runs_is_refused_before_anything_is_sent(
+    other_user: OtherUser,
+    shared_tmp: str,
+    victim_key: str,
+    workdir: str,
+    start_impostor,  # type: ignore[no-untyped-def]
+    route: str,
 ) -> None:
-    # /tmp-like: anyone may create a file there, and got to the socket path first.
-    address = os.path.join(shared_tmp, "app.sock")
+    # A socket path in a /tmp-like directory, where anyone may create a file and got to
+    # it first; or a TCP port, bound by another user while the server is down.
+    if route == "tcp-port":
+        address, listen = f"127.0.0.1:{free_port()}", "--tcp"
+    else:
+        address, listen = os.path.join(shared_tmp, "app.sock"), "--unix"
     marker = os.path.join(workdir, "owned")
-    impostor = start_impostor("--unix", address, user=other_user, marker=marker)
+    impostor = start_impostor(listen, address, user=other_user, marker=marker)
     env = victim_env(SHAREDSTATE_ADDRESS=address, SHAREDSTATE_AUTHKEY_FILE=victim_key)
     outputs = run_victims(env)
     assert_no_code_ran(marker, outputs)
@@ -172,23 +182,6 @@ def test_an_impostor_on_a_socket_in_a_sticky_directory_is_refused(
         assert output.startswith("InsecurePermissions"), output
         assert f"uid {other_user.uid}" in output
         assert "SHAREDSTATE_SERVER_USER" in output
-    assert impostor.bytes_received(2) == [0, 0]  # connected, checked, sent nothing
-
-
-@pytest.mark.timeout(60)
-def test_an_impostor_on_a_tcp_port_is_refused(
-    other_user: OtherUser, victim_key: str, workdir: str, start_impostor
-) -> None:
-    # The server is down, and another user bound its port.
-    address = f"127.0.0.1:{free_port()}"
-    marker = os.path.join(workdir, "owned")
-    impostor = start_impostor("--tcp", address, user=other_user, marker=marker)
-    env = victim_env(SHAREDSTATE_ADDRESS=address, SHAREDSTATE_AUTHKEY_FILE=victim_key)
-    outputs = run_victims(env)
-    assert_no_code_ran(marker, outputs)
-    for output in outputs:
-        assert output.startswith("InsecurePermissions"), output
-        assert f"uid {other_user.uid}" in output
     assert impostor.bytes_received(2) == [0, 0]  # connected, checked, sent nothing
 
 
