@@ -35,7 +35,7 @@ from .errors import (
 )
 from .permissions import check_files_dir, ensure_files_dir
 from .pidlock import ServerLock, is_held, read_pid
-from .transport import Hello, Link, handshake, server_request
+from .transport import SESSION_ID_BYTES, Hello, Link, handshake, server_request
 
 RETRY_SECONDS = 0.02
 
@@ -45,7 +45,7 @@ def connect_or_start(
 ) -> Link:
     """A connection to the server at ``settings.address``, starting it if allowed."""
     address = settings.address
-    hello = hello or Hello(f"client-{os.getpid()}", os.urandom(16), resume=False)
+    hello = hello or Hello(f"client-{os.getpid()}", os.urandom(SESSION_ID_BYTES), resume=False)
     link = try_connect(settings, timeout, hello)
     if link is not None:
         return link

@@ -256,6 +256,9 @@ class Reservations:
         :class:`WouldWait` and are parked, and a client that hangs up is unparked.
         """
 
+        if not self._queue and ready():  # the usual case: nobody waits, it is free
+            return True
+
         def go() -> bool:
             return ready() and not self._behind_earlier(caller, how, waits_for)
 

@@ -12,10 +12,9 @@ spelling of the path (a symlinked directory, ``..``, a bind mount) reaches the s
 
 from __future__ import annotations
 
-import errno
 import os
 
-from .errors import InsecurePermissions, SnapshotInUse
+from .errors import SnapshotInUse
 from .pidlock import ServerLock
 
 
@@ -35,16 +34,7 @@ class SnapshotLock:
     def acquire(cls, snapshot_path: str, address: str) -> SnapshotLock:
         """Take the lock for the server at ``address``, or raise :class:`SnapshotInUse`."""
         path = snapshot_lock_path(snapshot_path)
-        try:
-            lock = ServerLock.try_acquire(path)
-        except OSError as error:
-            if error.errno != errno.ELOOP:
-                raise
-            raise InsecurePermissions(
-                f"{path} is a symbolic link; sharedstate does not follow one there (it "
-                "could make the server write into another file). Remove it, and start again",
-                path=path,
-            ) from None
+        lock = ServerLock.try_acquire(path)  # refuses a symbolic link (open_private_file)
         if lock is None:
             pid, holder = read_holder(path)
             who = f"the sharedstate server at {holder}" if holder else "another sharedstate server"

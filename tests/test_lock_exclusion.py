@@ -251,6 +251,10 @@ def test_release_pid_frees_a_dead_local_worker(server: ServerProcess) -> None:
     state.lock.release()
 
 
+def _server_info() -> dict[str, Any]:
+    return dict(call_server_function(load_settings({}), "server_info", 5))
+
+
 def _call(conn: Any, method: str, *args: Any) -> Any:
     import pickle
 
@@ -300,7 +304,7 @@ def test_clear_and_restore_are_served_while_edits_keep_overlapping(
             editors.append(start_process(_edit_in_a_loop, f"k{i}", stop, started))
             assert started.acquire(timeout=30)
             time.sleep(0.02)
-        time.sleep(0.3)
+        wait_until(lambda: _server_info()["open_edits"] >= 1)
         if operation == "clear":
             state.clear()
         else:
@@ -332,7 +336,7 @@ def test_a_huge_lock_timeout_waits_instead_of_failing(server: ServerProcess) -> 
         assert ready.wait(30)
         waiter = threading.Thread(target=wait_a_month)
         waiter.start()
-        time.sleep(0.5)
+        wait_until(lambda: _server_info()["waiting"] == 1 or bool(outcome))
         assert outcome == [], f"did not wait: {outcome}"
         holder.kill()
         waiter.join(30)
