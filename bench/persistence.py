@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sharedstate.client.launcher import call_server_function
+from sharedstate.client.state import connect_state
 from sharedstate.config import load_settings
-from sharedstate.launcher import call_server_function
-from sharedstate.state import connect_state
 
 VALUE = "x" * 100
 

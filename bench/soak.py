@@ -35,8 +35,8 @@ from queue import Empty
 from typing import Any
 
 from sharedstate import SharedState
+from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
-from sharedstate.launcher import call_server_function
 
 from . import workload
 from .persistence import client, server

@@ -351,9 +351,9 @@ class SharedStateSystem(System):
             [sys.executable, "-m", "sharedstate", "serve", "--address", self.address,
              "--log-level", "WARNING"],
         )  # fmt: skip
+        from sharedstate.client.launcher import try_connect
+        from sharedstate.client.transport import Hello
         from sharedstate.config import load_settings
-        from sharedstate.launcher import try_connect
-        from sharedstate.transport import Hello
 
         deadline = time.monotonic() + 20
         hello = Hello("bench", os.urandom(16), resume=False)

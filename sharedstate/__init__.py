@@ -11,6 +11,8 @@
 
 __version__ = "0.1.0"
 
+from .client.state import SharedLock, SharedNamespace, SharedState, get_shared_state
+from .client.views import SharedDict, SharedList
 from .errors import (
     AlreadyRunning,
     AttributeNotFound,
@@ -42,8 +44,6 @@ from .errors import (
     ValueTooLarge,
     WrongType,
 )
-from .state import SharedLock, SharedNamespace, SharedState, get_shared_state
-from .views import SharedDict, SharedList
 
 __all__ = [
     "AlreadyRunning",

@@ -18,12 +18,12 @@ from typing import Any
 import click
 
 from . import __version__
+from .client.launcher import call_server_function, stop_server
+from .client.state import SharedState, connect_state
+from .client.views import SharedDict, SharedList
 from .config import SETTINGS, load_settings, settings_table_markdown
-from .dumpfile import FORMATS, check_plain_json, read_dump, write_dump
 from .errors import ServerNotRunning, SharedStateError, WrongType
-from .launcher import call_server_function, stop_server
-from .state import SharedState, connect_state
-from .views import SharedDict, SharedList
+from .persistence.dumpfile import FORMATS, check_plain_json, read_dump, write_dump
 
 EXIT_ERROR = 1
 EXIT_NOT_RUNNING = 3
@@ -86,7 +86,7 @@ def cli() -> None:
 @click.option("--lock-fd", type=int, hidden=True)
 def serve(detach: bool, salvage: bool, lock_fd: int | None, **overrides: Any) -> None:
     """Run the server (in the foreground unless --detach) until SIGTERM or `stop`."""
-    from .runner import run_server  # the server's imports are not needed by other commands
+    from .server.runner import run_server  # the server's imports are not needed by other commands
 
     run_server(load_settings(overrides), background=detach, lock_fd=lock_fd, salvage=salvage)
 

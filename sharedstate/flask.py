@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
-from . import state as _state
+from .client import state as _state
 from .config import SETTINGS, load_settings
 from .errors import ConfigError
 

@@ -39,10 +39,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from .client.launcher import call_server_function, connect_or_start, stop_server
+from .client.state import reset_after_fork
 from .config import load_settings
 from .errors import SharedStateError
-from .launcher import call_server_function, connect_or_start, stop_server
-from .state import reset_after_fork
 
 OWNER_ENV = "SHAREDSTATE_OWNER_PID"
 TIMEOUT = 30.0  # a server with a large snapshot may take a while to start or stop

@@ -19,7 +19,7 @@ so a client knows whether a call cut off by a dropped connection may be retried.
 Messages travel in ``multiprocessing.connection``'s frames (a 4-byte length, then the
 bytes), like everything after them. This module holds the messages and the proofs; the
 client's side of the exchange is :func:`authenticate`, the server's lives in its event
-loop (:mod:`sharedstate.reception`), which must never block.
+loop (:mod:`sharedstate.server.reception`), which must never block.
 """
 
 from __future__ import annotations

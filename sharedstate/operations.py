@@ -3,7 +3,7 @@
 - reads change nothing: a read cut off by a dropped connection is simply sent again;
 - writes are numbered per client session and journaled: a write cut off in flight is
   sent again with its number, and the server applies it at most once
-  (:mod:`sharedstate.sessions`);
+  (:mod:`sharedstate.server.sessions`);
 - the lock and edits belong to a connection: when it drops, the server frees them, and
   the client's thread learns it lost them (:class:`~sharedstate.errors.LockLost`) instead
   of going on as if it still held them. These calls are never sent again.

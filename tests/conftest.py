@@ -20,10 +20,10 @@ from collections.abc import Iterator
 
 import pytest
 
-import sharedstate.state
+import sharedstate.client.state
+from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 from sharedstate.errors import SharedStateError
-from sharedstate.launcher import call_server_function
 
 from .processes import REPO_ROOT, is_dead, processes_mentioning
 from .users import other_user, shared_tmp  # noqa: F401  (fixtures)
@@ -47,11 +47,11 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, workdir: str) -> Iterator[None
     monkeypatch.setenv("SHAREDSTATE_ADDRESS", os.path.join(workdir, "run", "state.sock"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", workdir)
     monkeypatch.chdir(workdir)
-    sharedstate.state._states.clear()
+    sharedstate.client.state._states.clear()
     yield
-    for state in list(sharedstate.state._states.values()):
+    for state in list(sharedstate.client.state._states.values()):
         state.close()
-    sharedstate.state._states.clear()
+    sharedstate.client.state._states.clear()
 
 
 @pytest.fixture
@@ -66,12 +66,12 @@ def write_client_only_module(directory: str) -> None:
         file.write("class Grid:\n    def __init__(self, cells):\n        self.cells = cells\n")
 
 
-def fresh_state(*, start: bool = False) -> sharedstate.state.SharedState:
+def fresh_state(*, start: bool = False) -> sharedstate.client.state.SharedState:
     """A new state object with new connections, as a restarted worker would have."""
-    for state in sharedstate.state._states.values():
+    for state in sharedstate.client.state._states.values():
         state.close()
-    sharedstate.state._states.clear()
-    return sharedstate.state.get_shared_state(start=start)
+    sharedstate.client.state._states.clear()
+    return sharedstate.client.state.get_shared_state(start=start)
 
 
 class ServerProcess:

@@ -8,7 +8,7 @@ no ``OSError`` when one is named after ``!`` (what a bug or a ``MemoryError`` wo
 
 ``python -m tests.fault_server serve ...`` installs the rules from that variable in the
 server process, then runs the normal CLI. Production code has no hook for this: it only
-calls its file operations through ``sharedstate.durable.disk``.
+calls its file operations through ``sharedstate.persistence.durable.disk``.
 
 Power loss is simulated the same way: with ``TEST_SHAREDSTATE_SYNCED_LOG`` set, the
 server notes after each fsync how much of the file it made durable, and
@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from sharedstate import durable
+from sharedstate.persistence import durable
 
 ENV = "SHAREDSTATE_TEST_FAULTS"
 SYNCED_LOG_ENV = "TEST_SHAREDSTATE_SYNCED_LOG"  # not SHAREDSTATE_*: no setting
@@ -166,7 +166,7 @@ def install_reply_cuts_from_env() -> None:
     once after applying the 1st nested write. What a network failure or a crash between
     a write and its reply does, to test that a retried write is applied at most once.
     """
-    from sharedstate.loop import ClientLoop
+    from sharedstate.server.loop import ClientLoop
 
     rules = {}
     for part in filter(None, os.environ.get(CUT_ENV, "").split(",")):

@@ -47,7 +47,7 @@ def segments(snapshot: str) -> list[str]:
 
 def record_offsets(segment: str) -> list[int]:
     """Where each record of a journal segment starts."""
-    from sharedstate.journal import read_segment
+    from sharedstate.persistence.journal import read_segment
 
     return [record.offset for record in read_segment(segment).records]
 

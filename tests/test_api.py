@@ -25,8 +25,8 @@ from sharedstate import (
     WrongType,
     get_shared_state,
 )
+from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
-from sharedstate.launcher import call_server_function
 
 from .conftest import ServerProcess, write_client_only_module
 from .processes import run_in_processes

@@ -34,7 +34,7 @@ from sharedstate import (
     get_shared_state,
 )
 from sharedstate.address import MAX_SOCKET_PATH_BYTES
-from sharedstate.transport import handshake
+from sharedstate.client.transport import handshake
 
 from .conftest import ServerProcess, fresh_state, write_client_only_module
 from .processes import run_cli, run_in_processes, server_pids, wait_until

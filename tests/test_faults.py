@@ -30,15 +30,15 @@ from sharedstate import (
     PersistenceError,
     SharedStateError,
     Timeout,
-    durable,
     get_shared_state,
 )
+from sharedstate.client.launcher import call_server_function
+from sharedstate.client.state import connect_state
 from sharedstate.config import load_settings
-from sharedstate.launcher import call_server_function
-from sharedstate.persistence import Persistence
-from sharedstate.reservations import LocalCaller
-from sharedstate.state import connect_state
-from sharedstate.store import Store
+from sharedstate.persistence import durable
+from sharedstate.persistence.coordinator import Persistence
+from sharedstate.server.reservations import LocalCaller
+from sharedstate.server.store import Store
 
 from .conftest import ServerProcess, fresh_state
 from .faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from sharedstate import durable
-from sharedstate import snapshot as snapshot_format
 from sharedstate.errors import CorruptFile
-from sharedstate.frames import FrameReader, dump_plain, frame, load_plain
-from sharedstate.journal import Journal, list_segments, read_segment
-from sharedstate.recovery import recover
-from sharedstate.snapshot import read_snapshot, write_snapshot
-from sharedstate.store import Contents, Store
+from sharedstate.persistence import durable
+from sharedstate.persistence import snapshot as snapshot_format
+from sharedstate.persistence.frames import FrameReader, dump_plain, frame, load_plain
+from sharedstate.persistence.journal import Journal, list_segments, read_segment
+from sharedstate.persistence.recovery import recover
+from sharedstate.persistence.snapshot import read_snapshot, write_snapshot
+from sharedstate.server.store import Contents, Store
 
 from .faults import FailingDisk, lose_unsynced_writes
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from sharedstate import get_shared_state
+from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
-from sharedstate.launcher import call_server_function
 
 from .conftest import ServerProcess, fresh_state
 from .processes import REPO_ROOT, is_dead, server_pids, wait_until

@@ -12,11 +12,11 @@ import pytest
 
 from sharedstate import ConfigError, TooManyClients, ValueTooLarge, get_shared_state
 from sharedstate.address import parse_address
+from sharedstate.client.launcher import call_server_function
+from sharedstate.client.state import connect_state
+from sharedstate.client.transport import handshake
 from sharedstate.config import load_settings
-from sharedstate.launcher import call_server_function
-from sharedstate.loop import MAX_GREETING
-from sharedstate.state import connect_state
-from sharedstate.transport import handshake
+from sharedstate.server.loop import MAX_GREETING
 
 from .conftest import ServerProcess
 from .processes import run_cli, wait_until

@@ -18,8 +18,8 @@ import pytest
 from bench import workload
 from bench.procfs import Resources, describe_fds, resources, rss_bytes, settled_resources
 from sharedstate import get_shared_state
+from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
-from sharedstate.launcher import call_server_function
 
 from .conftest import ServerProcess
 from .processes import _fork, is_dead, kill_and_wait, run_in_processes, start_process, wait_until

@@ -28,10 +28,10 @@ from sharedstate import (
     Timeout,
     get_shared_state,
 )
+from sharedstate.client.launcher import call_server_function, try_connect
+from sharedstate.client.state import connect_state
+from sharedstate.client.transport import Hello
 from sharedstate.config import load_settings
-from sharedstate.launcher import call_server_function, try_connect
-from sharedstate.state import connect_state
-from sharedstate.transport import Hello
 
 from .conftest import ServerProcess, fresh_state
 from .processes import _fork, is_dead, kill_and_wait, start_process, wait_until

@@ -24,8 +24,8 @@ from sharedstate import (
     get_shared_state,
 )
 from sharedstate.codec import DATA
-from sharedstate.reservations import LocalCaller
-from sharedstate.store import Store
+from sharedstate.server.reservations import LocalCaller
+from sharedstate.server.store import Store
 
 from .conftest import ServerProcess, fresh_state
 from .processes import kill_and_wait, run_in_processes

@@ -15,7 +15,7 @@ import os
 import pytest
 
 from sharedstate import ConnectionLost, LockLost, get_shared_state
-from sharedstate.sessions import Session, Sessions
+from sharedstate.server.sessions import Session, Sessions
 
 from .conftest import ServerProcess, fresh_state
 from .faults import CUT_ENV
@@ -124,7 +124,7 @@ def test_a_session_resumed_after_it_was_forgotten_is_reported_unknown() -> None:
 def test_departed_sessions_are_forgotten_by_age_count_and_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import sharedstate.sessions as module
+    import sharedstate.server.sessions as module
 
     monkeypatch.setattr(module, "MAX_KEPT", 3)
     monkeypatch.setattr(module, "MAX_KEPT_BYTES", 100)

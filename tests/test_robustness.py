@@ -154,8 +154,8 @@ def test_a_stale_socket_from_a_dead_server_is_replaced(workdir: str, address: st
 
 def _clients_waiting(workdir: str) -> bool:
     """True once the waiter (the newest client) has sent its acquire to the server."""
+    from sharedstate.client.launcher import call_server_function
     from sharedstate.config import load_settings
-    from sharedstate.launcher import call_server_function
 
     clients = call_server_function(load_settings(), "server_info", 5)["clients"]
     if len(clients) < 3:  # the holder, our main thread, the waiter

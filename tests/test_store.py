@@ -20,8 +20,8 @@ from sharedstate.errors import (
     ValueNotLoadable,
     WrongType,
 )
-from sharedstate.reservations import LocalCaller
-from sharedstate.store import Store
+from sharedstate.server.reservations import LocalCaller
+from sharedstate.server.store import Store
 
 from .processes import wait_until
 

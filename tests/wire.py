@@ -16,9 +16,9 @@ import struct
 from multiprocessing.connection import Connection
 
 from sharedstate.address import parse_address
+from sharedstate.client.launcher import try_connect
+from sharedstate.client.transport import Hello, handshake
 from sharedstate.config import load_settings
-from sharedstate.launcher import try_connect
-from sharedstate.transport import Hello, handshake
 
 from .conftest import ServerProcess, fresh_state
 from .processes import wait_until

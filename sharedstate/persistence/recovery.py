@@ -29,12 +29,12 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from ..errors import CorruptFile, PersistenceError
+from ..permissions import check_not_writable_by_others
+from ..server.store import REPLAYABLE, Contents, Store
 from . import durable
-from .errors import CorruptFile, PersistenceError
 from .journal import Segment, list_segments, read_segment
-from .permissions import check_not_writable_by_others
 from .snapshot import read_snapshot, write_snapshot
-from .store import REPLAYABLE, Contents, Store
 
 logger = logging.getLogger("sharedstate")
 
@@ -53,7 +53,7 @@ def recover(store: Store, path: str, *, salvage: bool = False) -> Recovery:
     """Load the snapshot at ``path`` and replay its journal into ``store``.
 
     Raises :class:`CorruptFile` for damage (unless ``salvage``), leaving every file as
-    it was. The caller must hold the snapshot's lock (:mod:`sharedstate.snapshotlock`).
+    it was. The caller must hold the snapshot's lock (:mod:`sharedstate.persistence.snapshotlock`).
     """
     started = time.monotonic()
     _remove_leftover_temp_files(path)

@@ -8,10 +8,10 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NoReturn
 
-from .address import Address
-from .codec import DATA, NAMESPACE, check_key, checked_pairs, decode
-from .config import Settings, load_settings
-from .errors import (
+from ..address import Address
+from ..codec import DATA, NAMESPACE, check_key, checked_pairs, decode
+from ..config import Settings, load_settings
+from ..errors import (
     AttributeNotFound,
     ConfigError,
     KeyNotFound,
@@ -19,8 +19,8 @@ from .errors import (
     SharedStateError,
     Timeout,
 )
+from ..server.store import Contents
 from .launcher import connect_or_start
-from .store import Contents
 from .transport import Hello, Link, Transport
 from .views import wrap
 
@@ -137,7 +137,7 @@ class SharedState(MutableMapping[Any, Any]):
 
     Each dict operation is one round trip to the server and atomic there. Nested dicts
     and lists come back as views whose writes go to the server
-    (:mod:`sharedstate.views`). Safe to use from many threads, and after ``fork()``.
+    (:mod:`sharedstate.client.views`). Safe to use from many threads, and after ``fork()``.
     """
 
     def __init__(self, transport: Transport) -> None:
@@ -310,7 +310,7 @@ class SharedState(MutableMapping[Any, Any]):
     def export(self) -> Contents:
         """Everything (dict and namespace) at one moment, values still pickled.
 
-        This is what dump files and snapshots hold; see :mod:`sharedstate.dumpfile`.
+        This is what dump files and snapshots hold; see :mod:`sharedstate.persistence.dumpfile`.
         """
         pairs, attributes = self._call("export_all")
         return Contents(0, dict(pairs), dict(attributes))

@@ -1,6 +1,6 @@
 """The journal: every write, appended before it is acknowledged.
 
-Records are frames (:mod:`sharedstate.frames`) holding ``(seq, method, args)``: the
+Records are frames (:mod:`sharedstate.persistence.frames`) holding ``(seq, method, args)``: the
 store method that made the write, numbered. They live in segment files named
 ``<snapshot>.journal.<N>``, where N grows with each segment (it is the write count when
 the segment was created, plus one). Taking a snapshot switches to a new segment at the
@@ -37,8 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from ..errors import CorruptFile, PersistenceError
 from . import durable
-from .errors import CorruptFile, PersistenceError
 from .frames import FrameReader, Torn, check_preamble, dump_plain, frame, load_plain, preamble
 
 logger = logging.getLogger("sharedstate")

@@ -13,16 +13,16 @@ import stat
 import sys
 from types import FrameType
 
-from . import __version__
-from .address import Address
-from .config import Settings
+from .. import __version__
+from ..address import Address
+from ..config import Settings
+from ..errors import ConfigError, PersistenceError, ServerStartError, SharedStateError
+from ..permissions import ensure_files_dir
+from ..persistence.coordinator import Persistence
+from ..pidlock import ServerLock
 from .daemon import Report, detach
-from .errors import ConfigError, PersistenceError, ServerStartError, SharedStateError
 from .loop import MAX_GREETING
-from .permissions import ensure_files_dir
-from .persistence import Persistence
-from .pidlock import ServerLock
-from .server import StateServer
+from .state_server import StateServer
 from .store import Store
 
 logger = logging.getLogger("sharedstate")
@@ -41,7 +41,7 @@ def run_server(
 ) -> None:
     """Serve ``settings.address`` until SIGTERM, SIGINT, SIGHUP or ``sharedstate stop``.
 
-    With ``background=True`` the process detaches first (see :mod:`sharedstate.daemon`).
+    With ``background=True`` the process detaches first (see :mod:`sharedstate.server.daemon`).
     ``lock_fd`` is the server lock handed down by a client that starts us. ``salvage``
     starts from the readable part of damaged persistence files.
     """

@@ -1,6 +1,6 @@
 """The snapshot file: the whole state at one moment, written atomically.
 
-Layout: a magic line with the format version, then frames (:mod:`sharedstate.frames`):
+Layout: a magic line with the format version, then frames (:mod:`sharedstate.persistence.frames`):
 
 1. ``("meta", {"seq": ..., "created": ..., "keys": ..., "attributes": ...})``;
 2. ``("data", [(key, pickled value), ...])`` and ``("namespace", [...])`` chunks of at
@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from .codec import DATA, NAMESPACE
-from .config import MAX_REQUEST_BYTES
+from ..codec import DATA, NAMESPACE
+from ..config import MAX_REQUEST_BYTES
+from ..errors import CorruptFile
+from ..server.store import Contents
 from .durable import write_atomically
-from .errors import CorruptFile
 from .frames import (
     MAX_PAYLOAD,
     FrameReader,
@@ -45,7 +46,6 @@ from .frames import (
     load_plain,
     preamble,
 )
-from .store import Contents
 
 MAGIC = b"sharedstate snapshot\n"
 VERSION = 2  # the newest; version 1 is version 2 without "large" values

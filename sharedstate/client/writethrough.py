@@ -1,6 +1,6 @@
 """A local copy whose writes go through to one place on the server: what views share.
 
-A view (:mod:`sharedstate.views`) holds a copy of a value read from the server. Each
+A view (:mod:`sharedstate.client.views`) holds a copy of a value read from the server. Each
 write is sent as one nested operation on the value's path, then made in the copy too.
 This module knows where a view's value is now, which list positions a write names
 (and so what the server must check is still there), and how the arguments are sent and
@@ -15,8 +15,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .codec import Where, decode, encode, place
-from .errors import Conflict, ValueNotPicklable, ValueTooLarge, WrongType
+from ..codec import Where, decode, encode, place
+from ..errors import Conflict, ValueNotPicklable, ValueTooLarge, WrongType
 from .transport import Transport
 
 _CHUNK = 1024  # items read from an iterator between two checks of its size

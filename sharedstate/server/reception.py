@@ -1,6 +1,6 @@
 """What a new connection goes through before the server serves it.
 
-Steps, all run by the event loop (:mod:`sharedstate.loop`) as bytes arrive:
+Steps, all run by the event loop (:mod:`sharedstate.server.loop`) as bytes arrive:
 
 1. the server greets it with a fresh nonce (:mod:`sharedstate.handshake`);
 2. the client proves it knows the key, and the server proves it back; a wrong proof
@@ -23,11 +23,11 @@ from collections.abc import Callable
 from traceback import format_exc
 from typing import Any, Protocol
 
-from . import handshake
-from .errors import SharedStateError, TooManyClients
+from .. import handshake
+from ..errors import SharedStateError, TooManyClients
+from ..sockets import peer_credentials
 from .loop import AUTHENTICATED, GREETING, Client, ClientLoop, Reply, load_request
 from .sessions import Sessions
-from .sockets import peer_credentials
 
 logger = logging.getLogger("sharedstate")
 

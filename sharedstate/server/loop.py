@@ -7,7 +7,7 @@ connections, reads whatever requests are ready, answers them, and goes back to
 ``epoll``: no thread switches, no GIL hand-offs.
 
 New connections are served here too, from the first byte: the handshake and the first
-request (:mod:`sharedstate.reception`) are steps of the same loop, never a thread each.
+request (:mod:`sharedstate.server.reception`) are steps of the same loop, never a thread each.
 So no number of silent, slow or half-open connections can hold up anyone else: each
 costs a descriptor and a few hundred bytes until its handshake deadline, and past
 :data:`MAX_GREETING` waiting at once the oldest is dropped.
@@ -18,7 +18,7 @@ and an 8-byte length), then the bytes; requests and replies are pickles.
 Nothing may block this thread. Two things can wait:
 
 - an operation that would wait for the lock or another client's edit
-  (:class:`~sharedstate.reservations.WouldWait`) is *parked*: the loop runs it again,
+  (:class:`~sharedstate.server.reservations.WouldWait`) is *parked*: the loop runs it again,
   in arrival order, each time the lock or an edit is freed, and once its timeout has
   passed. (A helper thread per waiting call, tried first, made a contended lock 38
   times slower with 64 clients than with one: every release woke every waiter.)
@@ -46,9 +46,9 @@ from queue import SimpleQueue
 from traceback import format_exc
 from typing import TYPE_CHECKING, Any
 
-from .codec import PROTOCOL
-from .config import MAX_REQUEST_BYTES
-from .errors import LeaseExpired, SharedStateError
+from ..codec import PROTOCOL
+from ..config import MAX_REQUEST_BYTES
+from ..errors import LeaseExpired, SharedStateError
 from .reservations import ANY_EDIT, WouldWait
 
 if TYPE_CHECKING:

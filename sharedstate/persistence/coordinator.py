@@ -1,9 +1,9 @@
 """Keeping the state across restarts: recovery at start, periodic snapshots, the journal.
 
-At start the snapshot file is locked for this server (:mod:`sharedstate.snapshotlock`),
+At start the snapshot file is locked for this server (:mod:`sharedstate.persistence.snapshotlock`),
 then loaded and the journal segments written since are replayed
-(:mod:`sharedstate.recovery`, which needs no free space). While serving, every write is
-journaled before it is acknowledged (:mod:`sharedstate.journal`), and a snapshot is
+(:mod:`sharedstate.persistence.recovery`, which needs no free space). While serving, every write is
+journaled before it is acknowledged (:mod:`sharedstate.persistence.journal`), and a snapshot is
 taken every ``snapshot_interval`` seconds when the state changed, and soon after start
 when recovery replayed writes; each snapshot empties the journal. On a clean stop,
 writes are refused and a final snapshot is taken.
@@ -23,15 +23,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..config import Settings
+from ..errors import PersistenceError
+from ..permissions import ensure_safe_dir
+from ..server.store import Store
 from . import durable
-from .config import Settings
-from .errors import PersistenceError
 from .journal import Journal, segment_path
-from .permissions import ensure_safe_dir
 from .recovery import describe_size, no_room_advice, recover
 from .snapshot import write_snapshot
 from .snapshotlock import SnapshotLock
-from .store import Store
 
 logger = logging.getLogger("sharedstate")
 

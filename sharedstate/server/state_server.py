@@ -5,9 +5,9 @@ It began as ``multiprocessing.managers.Server`` and keeps its request shape
 ``("#ERROR", exception)``), but not its handshake, which an impostor can reflect (see
 :mod:`sharedstate.handshake`), nor its thread per connection:
 
-- the listener and every connection are served by :class:`~sharedstate.loop.ClientLoop`,
-  handshakes included (:mod:`sharedstate.reception`);
-- each connection is a :class:`~sharedstate.loop.Client` that owns the locks and edits it
+- the listener and every connection are served by :class:`~sharedstate.server.loop.ClientLoop`,
+  handshakes included (:mod:`sharedstate.server.reception`);
+- each connection is a :class:`~sharedstate.server.loop.Client` that owns the locks and edits it
   takes; when the connection drops, for whatever reason, they are released;
 - store methods receive that client as their first argument;
 - the functions a fresh connection may call instead (``server_info``, ``shutdown``...)
@@ -28,12 +28,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__
-from .codec import PROTOCOL, STORE_IDENT
-from .config import DEFAULT_MAX_CLIENTS
-from .errors import PersistenceError
+from .. import __version__
+from ..codec import PROTOCOL, STORE_IDENT
+from ..config import DEFAULT_MAX_CLIENTS
+from ..errors import PersistenceError
+from ..persistence.coordinator import Persistence
 from .loop import SERVING, Client, ClientLoop
-from .persistence import Persistence
 from .reception import Reception
 from .store import Store
 

@@ -12,7 +12,7 @@ its own, and threads never wait on each other's round trips. Connections are re-
   (it reads as end-of-file) and replaced, so the call goes through;
 - after a call was cut off mid-flight: a read is simply sent again; a write is sent
   again with the number it had in this thread's *session*, and the server applies it at
-  most once (:mod:`sharedstate.sessions`). If the new connection reached another run of
+  most once (:mod:`sharedstate.server.sessions`). If the new connection reached another run of
   the server, or one that forgot the session, the call raises :class:`ConnectionLost`
   (it may or may not have taken effect).
 
@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .address import Address
-from .codec import PROTOCOL, STORE_IDENT, Where, encode, where_text
-from .config import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, MAX_REQUEST_BYTES
-from .errors import (
+from ..address import Address
+from ..codec import PROTOCOL, STORE_IDENT, Where, encode, where_text
+from ..config import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, MAX_REQUEST_BYTES
+from ..errors import (
     AuthenticationFailed,
     ConnectionLost,
     InsecurePermissions,
@@ -47,9 +47,9 @@ from .errors import (
     ValueNotPicklable,
     ValueTooLarge,
 )
-from .handshake import HandshakeFailed, authenticate
-from .operations import READS, WRITES
-from .sockets import connect, io_timeout, loopback_tcp_owner, peer_credentials, set_timeouts
+from ..handshake import HandshakeFailed, authenticate
+from ..operations import READS, WRITES
+from ..sockets import connect, io_timeout, loopback_tcp_owner, peer_credentials, set_timeouts
 
 SESSION_ID_BYTES = 16
 LOCK = "state.lock"  # what a thread holds: LOCK, or ("edit", key)

@@ -25,16 +25,16 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .config import Settings
-from .errors import (
+from ..config import Settings
+from ..errors import (
     AuthenticationFailed,
     PersistenceError,
     ServerNotRunning,
     ServerStartError,
     Timeout,
 )
-from .permissions import check_files_dir, ensure_files_dir
-from .pidlock import ServerLock, is_held, read_pid
+from ..permissions import check_files_dir, ensure_files_dir
+from ..pidlock import ServerLock, is_held, read_pid
 from .transport import SESSION_ID_BYTES, Hello, Link, handshake, server_request
 
 RETRY_SECONDS = 0.02

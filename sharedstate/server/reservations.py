@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-from .errors import LeaseExpired, LockError, Timeout
+from ..errors import LeaseExpired, LockError, Timeout
 
 logger = logging.getLogger("sharedstate")
 

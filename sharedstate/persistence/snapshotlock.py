@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 
-from .errors import SnapshotInUse
-from .pidlock import ServerLock
+from ..errors import SnapshotInUse
+from ..pidlock import ServerLock
 
 
 def snapshot_lock_path(snapshot_path: str) -> str:

@@ -17,9 +17,9 @@ import functools
 import pickle
 from typing import Any
 
-from .codec import PROTOCOL, Where, place, where_text
-from .config import MAX_REQUEST_BYTES
-from .errors import (
+from ..codec import PROTOCOL, Where, place, where_text
+from ..config import MAX_REQUEST_BYTES
+from ..errors import (
     Conflict,
     IndexOutOfRange,
     InvalidArgument,

@@ -23,10 +23,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .codec import DATA, NAMESPACE, PROTOCOL, decode, place
-from .errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
+from ..codec import DATA, NAMESPACE, PROTOCOL, decode, place
+from ..errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
+from ..operations import ALL, WRITES
 from .nested import apply_method, check_method, check_nesting, check_number, unpack_call, walk
-from .operations import ALL, WRITES
 from .reservations import Caller, LocalCaller, Reservations
 
 # What to do when the server can't unpickle a value it must work on.
@@ -205,8 +205,8 @@ class Store:
 
         ``call_data`` is the pickled ``(args, kwargs)``, or ``(args, kwargs,
         expectations)`` when the write names list positions: what the client read there,
-        checked on the way down (:func:`sharedstate.nested.walk`) before anything is
-        recorded. ``method`` must be one of the methods :mod:`sharedstate.nested` allows
+        checked on the way down (:func:`sharedstate.server.nested.walk`) before anything is
+        recorded. ``method`` must be one of the methods :mod:`sharedstate.server.nested` allows
         for the container.
         """
         where = functools.partial(place, space, path)  # formatted only if needed

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from .permissions import open_private_file
+from ..permissions import open_private_file
 
 Report = Callable[[str | None], None]
 

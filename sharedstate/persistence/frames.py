@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from .codec import PROTOCOL
-from .errors import CorruptFile
+from ..codec import PROTOCOL
+from ..errors import CorruptFile
 
 HEADER = struct.Struct("<III")
 MAX_PAYLOAD = (1 << 31) - 1

@@ -2,7 +2,7 @@
 
 Two formats:
 
-- ``pickle``: the snapshot format (:mod:`sharedstate.snapshot`), checksummed, holding
+- ``pickle``: the snapshot format (:mod:`sharedstate.persistence.snapshot`), checksummed, holding
   every value exactly as stored, whatever its type. A dump can also serve as a
   ``--snapshot`` file.
 - ``json``: ``{"data": {...}, "namespace": {...}}`` for plain data only: str keys;
@@ -18,12 +18,12 @@ import os
 import sys
 from typing import Any
 
-from .codec import decode, describe, encode
+from ..codec import decode, describe, encode
+from ..errors import ConfigError, CorruptFile, WrongType
+from ..permissions import check_not_writable_by_others
+from ..server.store import Contents
 from .durable import write_atomically
-from .errors import ConfigError, CorruptFile, WrongType
-from .permissions import check_not_writable_by_others
 from .snapshot import MAGIC, read_snapshot, snapshot_bytes
-from .store import Contents
 
 FORMATS = ("pickle", "json")
 

@@ -37,8 +37,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, SupportsIndex, overload
 
-from .codec import check_key, checked_pairs, encode
-from .errors import IndexOutOfRange, InvalidArgument, KeyNotFound, ValueTooLarge, WrongType
+from ..codec import check_key, checked_pairs, encode
+from ..errors import IndexOutOfRange, InvalidArgument, KeyNotFound, ValueTooLarge, WrongType
 from .transport import Transport
 from .writethrough import STALE, WriteThrough
 

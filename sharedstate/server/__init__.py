@@ -1,0 +1,1 @@
+"""The server: the store and its operations, the lock queue, the event loop, the process."""
