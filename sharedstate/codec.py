@@ -15,14 +15,13 @@ from __future__ import annotations
 import pickle
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidKey, ValueNotLoadable, ValueNotPicklable
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
-# The object id store calls are addressed to (requests are (id, method, args, request id)).
-STORE_IDENT = "sharedstate-store"
 # The two top-level dicts of a store: the dict itself, and the Namespace's attributes.
 DATA = "data"
 NAMESPACE = "namespace"
@@ -30,6 +29,15 @@ _PLAIN_KEY_TYPES = (str, int, float, bytes, bool, type(None))
 # Deeper tuple keys are refused: nobody needs them, and the server would have to hash,
 # compare and pickle them recursively.
 MAX_KEY_DEPTH = 100
+
+
+@dataclass
+class Contents:
+    """The whole state at one moment, values pickled: what snapshots and dumps hold."""
+
+    seq: int = 0
+    data: dict[Any, bytes] = field(default_factory=dict)
+    namespace: dict[str, bytes] = field(default_factory=dict)
 
 
 # Where a value is going or coming from, for error messages: a description, the key path

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sharedstate.codec import Contents
 from sharedstate.errors import CorruptFile
 from sharedstate.persistence import durable
 from sharedstate.persistence import snapshot as snapshot_format
@@ -16,7 +17,7 @@ from sharedstate.persistence.frames import FrameReader, dump_plain, frame, load_
 from sharedstate.persistence.journal import Journal, list_segments, read_segment
 from sharedstate.persistence.recovery import recover
 from sharedstate.persistence.snapshot import read_snapshot, write_snapshot
-from sharedstate.server.store import Contents, Store
+from sharedstate.server.store import Store
 
 from .faults import FailingDisk, lose_unsynced_writes
 

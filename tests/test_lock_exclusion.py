@@ -258,9 +258,9 @@ def _server_info() -> dict[str, Any]:
 def _call(conn: Any, method: str, *args: Any) -> Any:
     import pickle
 
-    from sharedstate.codec import STORE_IDENT
+    from sharedstate.protocol import STORE
 
-    conn.send_bytes(pickle.dumps((STORE_IDENT, method, args, 0)))
+    conn.send_bytes(pickle.dumps((STORE, method, args, 0)))
     kind, result = pickle.loads(conn.recv_bytes())
     assert kind == "#RETURN", result
     return result

@@ -179,10 +179,10 @@ def test_large_values_cross_in_pieces_both_ways(server: ServerProcess) -> None:
 
 
 def test_a_request_split_into_single_bytes_is_still_understood(server: ServerProcess) -> None:
-    from sharedstate.codec import STORE_IDENT
+    from sharedstate.protocol import STORE
 
     conn = store_connection()
-    request = pickle.dumps((STORE_IDENT, "incr", ("split", 1), 0))
+    request = pickle.dumps((STORE, "incr", ("split", 1), 0))
     framed = struct.pack("!i", len(request)) + request
     with socket.socket(fileno=os.dup(conn.fileno())) as sock:
         for byte in framed:

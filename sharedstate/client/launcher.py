@@ -35,7 +35,8 @@ from ..errors import (
 )
 from ..permissions import check_files_dir, ensure_files_dir
 from ..pidlock import ServerLock, is_held, read_pid
-from .transport import SESSION_ID_BYTES, Hello, Link, handshake, server_request
+from ..protocol import ACCEPT_CONNECTION, SESSION_ID_BYTES
+from .transport import Hello, Link, handshake, server_request
 
 RETRY_SECONDS = 0.02
 
@@ -96,7 +97,7 @@ def try_connect(settings: Settings, timeout: float, hello: Hello) -> Link | None
     welcome = server_request(
         conn,
         settings.address,
-        "accept_connection",
+        ACCEPT_CONNECTION,
         (hello.name, hello.session, hello.resume),
         timeout,
     )

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NoReturn
 
 from ..address import Address
-from ..codec import DATA, NAMESPACE, check_key, checked_pairs, decode
+from ..codec import DATA, NAMESPACE, Contents, check_key, checked_pairs, decode
 from ..config import Settings, load_settings
 from ..errors import (
     AttributeNotFound,
@@ -19,7 +19,6 @@ from ..errors import (
     SharedStateError,
     Timeout,
 )
-from ..server.store import Contents
 from .launcher import connect_or_start
 from .transport import Hello, Link, Transport
 from .views import wrap

@@ -24,7 +24,6 @@ its calls raise :class:`LockLost` until it leaves the ``with`` block (or release
 from __future__ import annotations
 
 import os
-import pickle
 import select
 import socket
 import threading
@@ -35,7 +34,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..address import Address
-from ..codec import PROTOCOL, STORE_IDENT, Where, encode, where_text
+from ..codec import Where, encode, where_text
 from ..config import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, MAX_REQUEST_BYTES
 from ..errors import (
     AuthenticationFailed,
@@ -48,10 +47,19 @@ from ..errors import (
     ValueTooLarge,
 )
 from ..handshake import HandshakeFailed, authenticate
-from ..operations import READS, WRITES
+from ..protocol import (
+    ERROR,
+    OPERATIONS,
+    READS,
+    RETURN,
+    SESSION_ID_BYTES,
+    STORE,
+    Reply,
+    dump_request,
+    load_reply,
+)
 from ..sockets import connect, io_timeout, loopback_tcp_owner, peer_credentials, set_timeouts
 
-SESSION_ID_BYTES = 16
 LOCK = "state.lock"  # what a thread holds: LOCK, or ("edit", key)
 # poll() takes milliseconds as a C int: wait in slices no longer than a day.
 _LONGEST_POLL_MS = 86_400_000
@@ -149,15 +157,15 @@ def server_request(
     """Call a server function (``accept_connection``, ``shutdown``...) on a new connection."""
     try:
         with io_timeout(conn, timeout):
-            conn.send_bytes(_dumps((None, function, args, 0)))
-            kind, result = pickle.loads(conn.recv_bytes())
+            conn.send_bytes(dump_request(None, function, args))
+            kind, result = load_reply(conn.recv_bytes())
     except BaseException as error:
         conn.close()
         raise _handshake_error(error, address, timeout) from None
-    if kind == "#ERROR":
+    if kind == ERROR:
         conn.close()
         raise result
-    if kind != "#RETURN":
+    if kind != RETURN:
         conn.close()
         raise ServerError(f"the server at {address} refused {function}: {result}")
     return result
@@ -252,11 +260,11 @@ class Transport:
         if local.lost is not None:
             self._refuse_while_lost(local, method, args)
         rid = 0
-        if method in WRITES:
+        if OPERATIONS[method].writes:
             local.last_rid += 1
             rid = local.last_rid
         try:
-            request = _dumps((STORE_IDENT, method, args, rid))
+            request = dump_request(STORE, method, args, rid)
         except Exception as error:
             raise ValueNotPicklable(
                 f"the arguments of {method}() can't be pickled: {error}"
@@ -271,9 +279,9 @@ class Transport:
         except _Cut as cut:
             kind, result = self._again(local, method, request, rid, waits, cut)
         self._note_reservations(local, method, args, kind, result)
-        if kind == "#RETURN":
+        if kind == RETURN:
             return result
-        if kind == "#ERROR":
+        if kind == ERROR:
             raise result
         raise ServerError(f"the server at {self.address} failed during {method}():\n{result}")
 
@@ -281,7 +289,7 @@ class Transport:
 
     def _exchange(
         self, local: _ThreadState, method: str, request: bytes, waits: float | None
-    ) -> tuple[str, Any]:
+    ) -> Reply:
         conn, reused = self._connection(local)
         try:
             conn.send_bytes(request)
@@ -304,7 +312,7 @@ class Transport:
         if waits != 0.0 and self.call_timeout is not None:
             self._await_reply(local, method, waits, self.call_timeout)
         try:
-            kind, result = pickle.loads(conn.recv_bytes())
+            kind, result = load_reply(conn.recv_bytes())
         except BlockingIOError:
             # The reply may still come, out of turn: never read this socket again.
             self._drop(local, f"timed out during {method}()")
@@ -327,7 +335,7 @@ class Transport:
         rid: int,
         waits: float | None,
         cut: _Cut,
-    ) -> tuple[str, Any]:
+    ) -> Reply:
         """After a call was cut off: send a read again, or a numbered write, once."""
         if local.lost is not None:
             raise self._lock_lost(local) from cut
@@ -396,12 +404,12 @@ class Transport:
         local: _ThreadState, method: str, args: tuple[Any, ...], kind: str, result: Any
     ) -> None:
         if method == "lock_acquire":
-            if kind == "#RETURN" and result:
+            if kind == RETURN and result:
                 local.holds.add(LOCK)
         elif method == "lock_release":
             local.holds.discard(LOCK)
         elif method == "edit_begin":
-            if kind == "#RETURN":
+            if kind == RETURN:
                 local.holds.add(("edit", args[0]))
         elif method in ("edit_commit", "edit_abort"):
             local.holds.discard(("edit", args[0]))
@@ -505,7 +513,3 @@ def _close_inherited_connections() -> None:
 
 
 os.register_at_fork(after_in_child=_close_inherited_connections)
-
-
-def _dumps(message: Any) -> bytes:
-    return pickle.dumps(message, protocol=PROTOCOL)

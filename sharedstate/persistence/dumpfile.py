@@ -18,10 +18,9 @@ import os
 import sys
 from typing import Any
 
-from ..codec import decode, describe, encode
+from ..codec import Contents, decode, describe, encode
 from ..errors import ConfigError, CorruptFile, WrongType
 from ..permissions import check_not_writable_by_others
-from ..server.store import Contents
 from .durable import write_atomically
 from .snapshot import MAGIC, read_snapshot, snapshot_bytes
 

@@ -29,9 +29,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from ..codec import Contents
 from ..errors import CorruptFile, PersistenceError
 from ..permissions import check_not_writable_by_others
-from ..server.store import REPLAYABLE, Contents, Store
+from ..server.store import REPLAYABLE, Store
 from . import durable
 from .journal import Segment, list_segments, read_segment
 from .snapshot import read_snapshot, write_snapshot

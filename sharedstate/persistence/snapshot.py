@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from ..codec import DATA, NAMESPACE
+from ..codec import DATA, NAMESPACE, Contents
 from ..config import MAX_REQUEST_BYTES
 from ..errors import CorruptFile
-from ..server.store import Contents
 from .durable import write_atomically
 from .frames import (
     MAX_PAYLOAD,

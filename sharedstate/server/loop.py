@@ -12,8 +12,8 @@ So no number of silent, slow or half-open connections can hold up anyone else: e
 costs a descriptor and a few hundred bytes until its handshake deadline, and past
 :data:`MAX_GREETING` waiting at once the oldest is dropped.
 
-The wire format is ``multiprocessing.connection``'s: a 4-byte big-endian length (or -1
-and an 8-byte length), then the bytes; requests and replies are pickles.
+What is read and sent is defined in :mod:`sharedstate.protocol`: frames holding
+pickled requests and replies.
 
 Nothing may block this thread. Two things can wait:
 
@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pickle
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections import OrderedDict, deque
@@ -46,9 +44,19 @@ from queue import SimpleQueue
 from traceback import format_exc
 from typing import TYPE_CHECKING, Any
 
-from ..codec import PROTOCOL
 from ..config import MAX_REQUEST_BYTES
 from ..errors import LeaseExpired, SharedStateError
+from ..protocol import (
+    ERROR,
+    LENGTH,
+    RETURN,
+    TRACEBACK,
+    Reply,
+    dump_reply,
+    frame_header,
+    load_request,
+    take_message,
+)
 from .reservations import ANY_EDIT, WouldWait
 
 if TYPE_CHECKING:
@@ -57,8 +65,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sharedstate")
 
-_LENGTH = struct.Struct("!i")
-_LONG_LENGTH = struct.Struct("!Q")
 _READ_SIZE = 256 * 1024
 # While calls are parked, they run again at least this often (seconds): for their
 # timeouts, and for a lock lease that runs out while nobody releases anything.
@@ -68,8 +74,6 @@ PARKED_TICK = 0.05
 MAX_GREETING = 1024
 # Connections accepted per pass of the loop, so a flood can't starve the clients.
 _ACCEPT_BATCH = 64
-
-Reply = tuple[str, Any]
 
 # A connection's stages (Client.stage).
 GREETING = "greeting"  # hello sent; waiting for the client's proof
@@ -291,11 +295,11 @@ class ClientLoop:
             self._depart(client)
             return
         serving = client.stage == SERVING
-        if serving and not client.inbox and size >= 4:
+        if serving and not client.inbox and size >= LENGTH.size:
             # The usual case: the request arrived whole, in one read.
-            (length,) = _LENGTH.unpack_from(self._buffer)
-            if length >= 0 and length + 4 == size:
-                self._serve(client, bytes(self._view[4:size]))
+            (length,) = LENGTH.unpack_from(self._buffer)
+            if length >= 0 and length + LENGTH.size == size:
+                self._serve(client, bytes(self._view[LENGTH.size : size]))
                 return
         client.inbox += self._view[:size]
         while not client.busy and not client.gone and client.parked is None:
@@ -340,10 +344,10 @@ class ClientLoop:
                 raise AttributeError(f"{method!r} is not a method clients may call")
             function = getattr(obj, method)
         except Exception:
-            self._send(client, ("#TRACEBACK", format_exc()))
+            self._send(client, (TRACEBACK, format_exc()))
             return
         if client.lapsed and method != "lock_release":
-            self._send(client, ("#ERROR", _lapsed_error()))
+            self._send(client, (ERROR, _lapsed_error()))
             return
         self._call(client, _Parked(function, args, rid if type(rid) is int else 0))
         if self._freed and self._parked:
@@ -367,16 +371,16 @@ class ClientLoop:
                 self._parked[client.id] = client
             return False
         except SharedStateError as error:
-            reply = ("#ERROR", error)
+            reply = (ERROR, error)
         except Exception:
             logger.exception("error serving %s", client)
-            reply = ("#TRACEBACK", format_exc())
+            reply = (TRACEBACK, format_exc())
         else:
-            reply = ("#RETURN", result)
+            reply = (RETURN, result)
         sync = self._take_pending_sync() if self._take_pending_sync is not None else None
         if call.rid and session is not None:
             session.remember(call.rid, reply, sync)
-        if sync is not None and reply[0] == "#RETURN":
+        if sync is not None and reply[0] == RETURN:
             self.hand_off(client, _after(sync, reply))
         else:
             self._send(client, reply)
@@ -389,10 +393,10 @@ class ClientLoop:
                 f"write number {rid} of this client came after write {session.last_rid}; "
                 "the client is out of step with the server. Reconnect (state.close())"
             )
-            self._send(client, ("#ERROR", error))
+            self._send(client, (ERROR, error))
             return
         logger.info("%s retried a write the server had applied; answered it again", client)
-        if session.durable is not None and session.reply[0] == "#RETURN":
+        if session.durable is not None and session.reply[0] == RETURN:
             self.hand_off(client, _after(session.durable, session.reply))
         else:
             self._send(client, session.reply)
@@ -443,21 +447,17 @@ class ClientLoop:
         try:
             reply = work()
         except SharedStateError as error:
-            reply = ("#ERROR", error)
+            reply = (ERROR, error)
         except Exception:
             logger.exception("error serving %s", client)
-            reply = ("#TRACEBACK", format_exc())
+            reply = (TRACEBACK, format_exc())
         self._answers.put((client, reply))
         self._wake()
 
     # -- replies ---------------------------------------------------------------------------
 
     def _send(self, client: Client, reply: Reply) -> None:
-        try:
-            data = pickle.dumps(reply, protocol=PROTOCOL)
-        except Exception:
-            data = pickle.dumps(("#UNSERIALIZABLE", format_exc()), protocol=PROTOCOL)
-        self.send_frame(client, data)
+        self.send_frame(client, dump_reply(reply))
 
     def send_reply(self, client: Client, reply: Reply, *, then_close: bool = False) -> None:
         """Send a pickled reply; with ``then_close``, hang up once it is sent."""
@@ -467,10 +467,7 @@ class ClientLoop:
     def send_frame(self, client: Client, data: bytes, *, then_close: bool = False) -> None:
         """Send ``data`` as one message (a length, then the bytes)."""
         client.closing = client.closing or then_close
-        if len(data) > 0x7FFFFFFF:
-            header = _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(data))
-        else:
-            header = _LENGTH.pack(len(data))
+        header = frame_header(len(data))
         if not client.outbox and len(data) < 65536 and not client.gone:
             # The usual case: a small reply, nothing queued before it: one send.
             frame = header + data
@@ -572,47 +569,3 @@ def _was_freed(waits_for: Hashable, freed: set[Hashable]) -> bool:
     if waits_for == ANY_EDIT:
         return any(type(resource) is tuple for resource in freed)  # an (EDIT, key)
     return waits_for in freed
-
-
-_PROTO_OPCODE = pickle.PROTO[0]
-
-
-def load_request(message: bytes) -> tuple[Any, str, tuple[Any, ...], Any]:
-    """Unpickle a request: ``(object id, method, args, request id)``; ValueError if it isn't.
-
-    Requests are pickles of protocol 2 or later, which start by saying so. Checking
-    that first keeps stray bytes away from the unpickler, which takes some short inputs
-    as orders to allocate gigabytes (a memo index of 2**31). Crafted pickles are another
-    matter: whoever has the key may run code here anyway.
-    """
-    if len(message) < 2 or message[0] != _PROTO_OPCODE or not 2 <= message[1] <= PROTOCOL:
-        raise ValueError("not a pickle")
-    request = pickle.loads(message)
-    if type(request) is not tuple or len(request) != 4 or type(request[2]) is not tuple:
-        raise ValueError("not a request")
-    return request
-
-
-def take_message(inbox: bytearray, limit: int) -> bytes | None:
-    """Remove and return the first whole message in ``inbox``, if there is one.
-
-    Raises ValueError for a length over ``limit``: garbage, or a peer that must not
-    send that much.
-    """
-    if len(inbox) < 4:
-        return None
-    (size,) = _LENGTH.unpack_from(inbox)
-    start = 4
-    if size == -1:
-        if len(inbox) < 12:
-            return None
-        (size,) = _LONG_LENGTH.unpack_from(inbox, 4)
-        start = 12
-    if not 0 <= size <= limit:
-        raise ValueError(f"bad message length {size}")
-    end = start + size
-    if len(inbox) < end:
-        return None
-    message = bytes(inbox[start:end])
-    del inbox[:end]
-    return message

@@ -25,14 +25,22 @@ from typing import Any, Protocol
 
 from .. import handshake
 from ..errors import SharedStateError, TooManyClients
+from ..protocol import (
+    ACCEPT_CONNECTION,
+    ERROR,
+    RETURN,
+    SESSION_ID_BYTES,
+    TRACEBACK,
+    Reply,
+    load_request,
+)
 from ..sockets import peer_credentials
-from .loop import AUTHENTICATED, GREETING, Client, ClientLoop, Reply, load_request
+from .loop import AUTHENTICATED, GREETING, Client, ClientLoop
 from .sessions import Sessions
 
 logger = logging.getLogger("sharedstate")
 
 TIMEOUT = 10.0
-SESSION_ID_BYTES = 16
 # TCP keepalive for store clients: a peer whose network vanished is noticed (and what it
 # held released) after about IDLE + INTERVAL * COUNT seconds.
 KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6}
@@ -116,13 +124,13 @@ class Reception:
             )
             loop.hang_up(client)
             return
-        if name == "accept_connection":
+        if name == ACCEPT_CONNECTION:
             self._admit(loop, client, args)
             return
         found = self._server.function(name) if isinstance(name, str) else None
         if found is None:
             loop.send_reply(
-                client, ("#TRACEBACK", f"{name!r} is not a server function"), then_close=True
+                client, (TRACEBACK, f"{name!r} is not a server function"), then_close=True
             )
             return
         function, how = found
@@ -151,7 +159,7 @@ class Reception:
                 "SHAREDSTATE_MAX_CLIENTS (--max-clients), or use fewer threads or workers",
                 address=server.display_address,
             )
-            loop.send_reply(client, ("#ERROR", error), then_close=True)
+            loop.send_reply(client, (ERROR, error), then_close=True)
             return
         name, session_id, resume = (*args, b"", False)[:3]
         client.announced = name if isinstance(name, str) else ""
@@ -163,7 +171,7 @@ class Reception:
         if client.sock.family == socket.AF_INET:
             _keep_alive(client.sock)
         logger.debug("%s connected", client)
-        loop.send_reply(client, ("#RETURN", {"session_known": known}))
+        loop.send_reply(client, (RETURN, {"session_known": known}))
 
     def departed(self, client: Client) -> None:
         if client.session is not None:
@@ -173,12 +181,12 @@ class Reception:
 
 def _answer(function: Callable[..., Any], client: Client, args: tuple[Any, ...]) -> Reply:
     try:
-        return ("#RETURN", function(client, *args))
+        return (RETURN, function(client, *args))
     except SharedStateError as error:
-        return ("#ERROR", error)
+        return (ERROR, error)
     except Exception:
         logger.exception("error in a server function")
-        return ("#TRACEBACK", format_exc())
+        return (TRACEBACK, format_exc())
 
 
 def _keep_alive(sock: socket.socket) -> None:

@@ -1,8 +1,7 @@
 """The server: one store, served to every connection by one event-loop thread.
 
 It began as ``multiprocessing.managers.Server`` and keeps its request shape
-(``(object id, method, args, ...)`` answered with ``("#RETURN", result)`` or
-``("#ERROR", exception)``), but not its handshake, which an impostor can reflect (see
+(:mod:`sharedstate.protocol`), but not its handshake, which an impostor can reflect (see
 :mod:`sharedstate.handshake`), nor its thread per connection:
 
 - the listener and every connection are served by :class:`~sharedstate.server.loop.ClientLoop`,
@@ -21,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import socket
 import threading
 import time
@@ -29,10 +27,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
-from ..codec import PROTOCOL, STORE_IDENT
 from ..config import DEFAULT_MAX_CLIENTS
 from ..errors import PersistenceError
 from ..persistence.coordinator import Persistence
+from ..protocol import RETURN, STORE, dump_reply, frame_header
 from .loop import SERVING, Client, ClientLoop
 from .reception import Reception
 from .store import Store
@@ -70,7 +68,7 @@ class StateServer:
         self.reception = Reception(authkey, self.instance, self)
         self.loop = ClientLoop(
             listener,
-            {STORE_IDENT: (store, Store.EXPOSED, None)},
+            {STORE: (store, Store.EXPOSED, None)},
             self.reception,
             release=store.release_all,
             take_pending_sync=persistence.take_pending_sync if persistence else None,
@@ -112,11 +110,10 @@ class StateServer:
 
     def _answer_stop(self, client: Client) -> None:
         error = self.final_snapshot_error
-        reply: tuple[str, Any] = ("#RETURN", {"final_snapshot_error": error})
-        data = pickle.dumps(reply, protocol=PROTOCOL)
+        data = dump_reply((RETURN, {"final_snapshot_error": error}))
         with contextlib.suppress(OSError):
             client.sock.settimeout(_STOP_REPLY_TIMEOUT)
-            client.sock.sendall(len(data).to_bytes(4, "big") + data)
+            client.sock.sendall(frame_header(len(data)) + data)
         client.sock.close()
 
     # -- server functions (callable on a fresh connection) -----------------------------

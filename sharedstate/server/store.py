@@ -20,12 +20,11 @@ import functools
 import pickle
 import threading
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..codec import DATA, NAMESPACE, PROTOCOL, decode, place
+from ..codec import DATA, NAMESPACE, PROTOCOL, Contents, decode, place
 from ..errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
-from ..operations import ALL, WRITES
+from ..protocol import OPERATIONS, WRITES
 from .nested import apply_method, check_method, check_nesting, check_number, unpack_call, walk
 from .reservations import Caller, LocalCaller, Reservations
 
@@ -40,15 +39,6 @@ class Recorder(Protocol):
     """Where writes are recorded before they are applied: the journal."""
 
     def append(self, seq: int, method: str, args: tuple[Any, ...]) -> None: ...
-
-
-@dataclass
-class Contents:
-    """The whole state at one moment, values pickled, as snapshots hold it."""
-
-    seq: int = 0
-    data: dict[Any, bytes] = field(default_factory=dict)
-    namespace: dict[str, bytes] = field(default_factory=dict)
 
 
 REPLAY = LocalCaller(0)
@@ -71,7 +61,7 @@ class Store:
     """All shared data of one server. Thread-safe: one condition guards everything."""
 
     #: The methods a client may call over the wire.
-    EXPOSED = ALL
+    EXPOSED = frozenset(OPERATIONS)
 
     def __init__(self) -> None:
         self._spaces: dict[str, dict[Any, bytes | _Live]] = {DATA: {}, NAMESPACE: {}}
