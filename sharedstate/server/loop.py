@@ -103,7 +103,7 @@ class Client:
         self.inbox = bytearray()
         self.outbox: deque[memoryview] = deque()  # unsent reply bytes, never copied again
         self.busy = False  # a helper thread is answering its request
-        self.parked: _Parked | None = None  # its call waiting for the lock or an edit
+        self.parked: StoreCall | None = None  # its call waiting for the lock or an edit
         self.out_of_time = False  # the parked call's timeout has passed
         self.watched = 0  # the selector events it is registered for (0: not registered)
         self.gone = False
@@ -113,8 +113,8 @@ class Client:
 
 
 @dataclass
-class _Parked:
-    """A call that would have waited, to be run again."""
+class StoreCall:
+    """A client's store call; if it would wait, it is parked and run again later."""
 
     function: Callable[..., Any]
     args: tuple[Any, ...]
@@ -349,11 +349,11 @@ class ClientLoop:
         if client.lapsed and method != "lock_release":
             self._send(client, (ERROR, _lapsed_error()))
             return
-        self._call(client, _Parked(function, args, rid if type(rid) is int else 0))
+        self._call(client, StoreCall(function, args, rid if type(rid) is int else 0))
         if self._freed and self._parked:
             self._run_parked()  # before anyone else can take what was just freed
 
-    def _call(self, client: Client, call: _Parked) -> bool:
+    def _call(self, client: Client, call: StoreCall) -> bool:
         """Run ``call`` for ``client`` and answer it; False if it had to be parked."""
         session = client.session
         if call.rid and session is not None and call.rid <= session.last_rid:
