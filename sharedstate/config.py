@@ -401,15 +401,15 @@ class Settings:
 
 
 SETTINGS: tuple[SettingSpec, ...] = tuple(
-    SettingSpec(name=f.name, **f.metadata["setting"])
-    for f in dataclasses.fields(Settings)
-    if "setting" in f.metadata
+    SettingSpec(name=setting.name, **setting.metadata["setting"])
+    for setting in dataclasses.fields(Settings)
+    if "setting" in setting.metadata
 )
 
 
 def _default(name: str) -> Any:
     """The value of setting ``name`` when nothing sets it."""
-    return next(f.default for f in dataclasses.fields(Settings) if f.name == name)
+    return next(setting.default for setting in dataclasses.fields(Settings) if setting.name == name)
 
 
 # Defaults that other modules size things by, as the definitions above set them.

@@ -77,7 +77,9 @@ def test_star_import_gives_the_public_api_and_no_submodules() -> None:
 
 
 @pytest.mark.parametrize(
-    "cls", [c for c in ERROR_CLASSES if c is not SharedStateError], ids=lambda cls: cls.__name__
+    "cls",
+    [cls for cls in ERROR_CLASSES if cls is not SharedStateError],
+    ids=lambda cls: cls.__name__,
 )
 def test_every_error_also_derives_from_a_builtin(cls: type[SharedStateError]) -> None:
     builtin_bases = [
