@@ -1,8 +1,11 @@
 """The ``sharedstate`` command: serve, stop, status, config.
 
 Options that are settings come from their single definition in :mod:`sharedstate.config`,
-so every command spells them, documents them and resolves them the same way. Exit
-codes: 0 ok, 1 error, 2 usage error, 3 no server running.
+so every command spells them, documents them and resolves them the same way. The flags
+that reach the server (``--address``, ``--authkey-file``) belong to the group and every
+command accepts them after its name too: ``sharedstate status --address X`` and
+``sharedstate --address X status`` are the same. Exit codes: 0 ok, 1 error, 2 usage
+error, 3 no server running.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import functools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import click
@@ -21,7 +25,7 @@ from . import __version__
 from .client.launcher import call_server_function, stop_server
 from .client.state import SharedState, connect_state
 from .client.views import SharedDict, SharedList
-from .config import SETTINGS, load_settings, settings_table_markdown
+from .config import SETTINGS, Settings, load_settings, settings_table_markdown
 from .errors import ServerNotRunning, SharedStateError, WrongType
 from .persistence.dumpfile import FORMATS, check_plain_json, read_dump, write_dump
 
@@ -30,9 +34,73 @@ EXIT_NOT_RUNNING = 3
 
 _SPECS = {spec.name: spec for spec in SETTINGS}
 
+# What every command needs to reach the server.
+CONNECTION_SETTINGS = ("address", "authkey_file")
+FLAGGED_SETTINGS = tuple(spec.name for spec in SETTINGS if spec.flag)
+
+
+class SettingFlags:
+    """The context object: the settings flags of one command line, and what they resolve to.
+
+    Each settings option records its value here instead of passing it to the command
+    (the shared-options pattern of pallets/click#108). Flags given before the command's
+    name are recorded first, so those after it win.
+    """
+
+    def __init__(self) -> None:
+        self.given: dict[str, Any] = {}
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        """The flags, then the environment, ``.env`` and the defaults; resolved on first use,
+        so a command that needs no settings (``config --markdown``) never fails on them."""
+        return load_settings(self.given)
+
+
+pass_flags = click.make_pass_decorator(SettingFlags, ensure=True)
+
+
+def _remember_flag(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value is not None and param.name is not None:  # None: the flag was not given
+        ctx.ensure_object(SettingFlags).given[param.name] = value
+
+
+def setting_params(names: Iterable[str]) -> list[click.Parameter]:
+    """The CLI flags of the named settings; their values go to :class:`SettingFlags`."""
+    options: list[click.Parameter] = []
+    for name in names:
+        spec = _SPECS[name]
+        assert spec.flag is not None
+        options.append(
+            click.Option(
+                [spec.flag, name],
+                # A bare switch is a flag; "--x/--no-x" is one by its form; others take values.
+                is_flag=True if spec.is_switch and "/" not in spec.flag else None,
+                default=None,
+                expose_value=False,
+                callback=_remember_flag,
+                help=f"{spec.help} [env: {spec.env}]",
+            )
+        )
+    return options
+
 
 class _Commands(click.Group):
-    """Turns our errors into one line on stderr and the documented exit code."""
+    """The command group: shares its settings flags, and reports our errors in one line.
+
+    Every command also accepts the group's settings flags after its name, as
+    ``sharedstate serve --address X`` always has.
+    """
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        taken = {param.name for param in cmd.params}
+        shared = [
+            param.name
+            for param in self.params
+            if param.callback is _remember_flag and param.name and param.name not in taken
+        ]
+        cmd.params[:0] = setting_params(shared)  # first, where the help has always shown them
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -50,32 +118,13 @@ class _Commands(click.Group):
             ctx.exit(EXIT_ERROR)
 
 
-def setting_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add the CLI flags of the named settings (default: all that have one) to a command."""
-    names = names or tuple(spec.name for spec in SETTINGS if spec.flag)
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        for name in reversed(names):
-            spec = _SPECS[name]
-            assert spec.flag is not None
-            help_text = f"{spec.help} [env: {spec.env}]"
-            # A bare switch is a flag; "--x/--no-x" is one by its form; others take values.
-            is_flag = True if spec.is_switch and "/" not in spec.flag else None
-            option = click.option(spec.flag, name, is_flag=is_flag, default=None, help=help_text)
-            command = option(command)
-        return command
-
-    return decorate
-
-
-@click.group(cls=_Commands)
+@click.group(cls=_Commands, params=setting_params(CONNECTION_SETTINGS))
 @click.version_option(__version__, prog_name="sharedstate")
 def cli() -> None:
     """State shared by all the worker processes of a Python app."""
 
 
-@cli.command()
-@setting_options()
+@cli.command(params=setting_params(FLAGGED_SETTINGS))
 @click.option("--detach", is_flag=True, help="Run in the background; return once it serves.")
 @click.option(
     "--salvage",
@@ -84,30 +133,31 @@ def cli() -> None:
     "damage and move the damaged file aside as <file>.damaged-<time>.",
 )
 @click.option("--lock-fd", type=int, hidden=True)
-def serve(detach: bool, salvage: bool, lock_fd: int | None, **overrides: Any) -> None:
+@pass_flags
+def serve(flags: SettingFlags, detach: bool, salvage: bool, lock_fd: int | None) -> None:
     """Run the server (in the foreground unless --detach) until SIGTERM or `stop`."""
     from .server.runner import run_server  # the server's imports are not needed by other commands
 
-    run_server(load_settings(overrides), background=detach, lock_fd=lock_fd, salvage=salvage)
+    run_server(flags.settings, background=detach, lock_fd=lock_fd, salvage=salvage)
 
 
 @cli.command()
-@setting_options("address", "authkey_file")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait.")
-def stop(timeout: float, **overrides: Any) -> None:
+@pass_flags
+def stop(flags: SettingFlags, timeout: float) -> None:
     """Stop the running server and wait until it has exited."""
-    settings = load_settings(overrides)
+    settings = flags.settings
     pid = stop_server(settings, timeout)
     click.echo(f"stopped the server at {settings.address} (pid {pid})")
 
 
 @cli.command()
-@setting_options("address", "authkey_file")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait.")
-def status(as_json: bool, timeout: float, **overrides: Any) -> None:
+@pass_flags
+def status(flags: SettingFlags, as_json: bool, timeout: float) -> None:
     """Say whether a server is running, where, and as which pid (exit 3 if none)."""
-    settings = load_settings(overrides)
+    settings = flags.settings
     try:
         info = call_server_function(settings, "server_info", timeout)
     except ServerNotRunning:
@@ -147,8 +197,7 @@ OPERATOR_CALL_TIMEOUT = 600.0
 
 
 @contextlib.contextmanager
-def _connected(overrides: dict[str, Any]) -> Iterator[SharedState]:
-    settings = load_settings(overrides)
+def _connected(settings: Settings) -> Iterator[SharedState]:
     if settings.sources.get("call_timeout") == "default":
         settings = dataclasses.replace(settings, call_timeout=OPERATOR_CALL_TIMEOUT)
     state = connect_state(settings, start=False, timeout=10.0)
@@ -170,21 +219,21 @@ def _show(value: Any, raw: bool) -> str:
 
 
 @cli.command("get")
-@setting_options("address", "authkey_file")
 @click.argument("key")
 @click.option("--raw", is_flag=True, help="Print a str value as it is, not as JSON.")
-def get_command(key: str, raw: bool, **overrides: Any) -> None:
+@pass_flags
+def get_command(flags: SettingFlags, key: str, raw: bool) -> None:
     """Print the value of KEY (as JSON when it can be)."""
-    with _connected(overrides) as state:
+    with _connected(flags.settings) as state:
         click.echo(_show(state[key], raw))
 
 
 @cli.command("set")
-@setting_options("address", "authkey_file")
 @click.argument("key")
 @click.argument("value")
 @click.option("--raw", is_flag=True, help="Store VALUE as a plain string.")
-def set_command(key: str, value: str, raw: bool, **overrides: Any) -> None:
+@pass_flags
+def set_command(flags: SettingFlags, key: str, value: str, raw: bool) -> None:
     """Set KEY to VALUE, read as JSON (or a plain string with --raw)."""
     if raw:
         parsed: Any = value
@@ -196,36 +245,36 @@ def set_command(key: str, value: str, raw: bool, **overrides: Any) -> None:
                 f"{value!r} is not JSON; write strings as JSON ('\"text\"') or pass --raw",
                 param_hint="VALUE",
             ) from None
-    with _connected(overrides) as state:
+    with _connected(flags.settings) as state:
         state[key] = parsed
 
 
 @cli.command("del")
-@setting_options("address", "authkey_file")
 @click.argument("key")
-def del_command(key: str, **overrides: Any) -> None:
+@pass_flags
+def del_command(flags: SettingFlags, key: str) -> None:
     """Delete KEY (exit 1 if there is no such key)."""
-    with _connected(overrides) as state:
+    with _connected(flags.settings) as state:
         del state[key]
 
 
 @cli.command("keys")
-@setting_options("address", "authkey_file")
 @click.argument("pattern", default="*")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def keys_command(pattern: str, as_json: bool, **overrides: Any) -> None:
+@pass_flags
+def keys_command(flags: SettingFlags, pattern: str, as_json: bool) -> None:
     """List the keys matching PATTERN (shell-style: * ? [abc]), sorted."""
-    with _connected(overrides) as state:
+    with _connected(flags.settings) as state:
         names = [key if isinstance(key, str) else repr(key) for key in state]
     matching = sorted(name for name in names if fnmatch.fnmatchcase(name, pattern))
     click.echo(json.dumps(matching) if as_json else "\n".join(matching))
 
 
 @cli.command("incr", context_settings={"ignore_unknown_options": True})  # for "incr k -2"
-@setting_options("address", "authkey_file")
 @click.argument("key")
 @click.argument("amount", default="1")
-def incr_command(key: str, amount: str, **overrides: Any) -> None:
+@pass_flags
+def incr_command(flags: SettingFlags, key: str, amount: str) -> None:
     """Add AMOUNT (default 1, may be negative or decimal) to KEY; print the result."""
     try:
         number: int | float = int(amount)
@@ -234,16 +283,16 @@ def incr_command(key: str, amount: str, **overrides: Any) -> None:
             number = float(amount)
         except ValueError:
             raise click.BadParameter(f"{amount!r} is not a number", param_hint="AMOUNT") from None
-    with _connected(overrides) as state:
+    with _connected(flags.settings) as state:
         click.echo(_show(state.incr(key, number), raw=False))
 
 
 @cli.command()
-@setting_options("address", "authkey_file")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
-def snapshot(timeout: float, **overrides: Any) -> None:
+@pass_flags
+def snapshot(flags: SettingFlags, timeout: float) -> None:
     """Write a snapshot now (the server needs --snapshot)."""
-    info = call_server_function(load_settings(overrides), "snapshot_now", timeout)
+    info = call_server_function(flags.settings, "snapshot_now", timeout)
     click.echo(
         f"wrote {info['path']}: {info['keys']} keys, {info['bytes']} bytes in "
         f"{info['seconds']:.2f} s"
@@ -251,16 +300,16 @@ def snapshot(timeout: float, **overrides: Any) -> None:
 
 
 @cli.command()
-@setting_options("address", "authkey_file")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default="pickle", show_default=True,
     help="pickle keeps every value exactly; json is for plain data and refuses the rest.",
 )  # fmt: skip
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
-def dump(file: str, fmt: str, force: bool, **overrides: Any) -> None:
+@pass_flags
+def dump(flags: SettingFlags, file: str, fmt: str, force: bool) -> None:
     """Write the whole state (dict and namespace) to FILE (- for standard output)."""
-    with _connected(overrides) as state:
+    with _connected(flags.settings) as state:
         contents = state.export()
     size = write_dump(file, contents, fmt, force=force)
     if file != "-":
@@ -271,14 +320,14 @@ def dump(file: str, fmt: str, force: bool, **overrides: Any) -> None:
 
 
 @cli.command()
-@setting_options("address", "authkey_file")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--replace", is_flag=True, help="Replace the whole state with FILE.")
 @click.option("--merge", is_flag=True, help="Set the keys of FILE, keep the others.")
 @click.option(
     "--format", "fmt", type=click.Choice(("auto", *FORMATS)), default="auto", show_default=True
 )
-def restore(file: str, replace: bool, merge: bool, fmt: str, **overrides: Any) -> None:
+@pass_flags
+def restore(flags: SettingFlags, file: str, replace: bool, merge: bool, fmt: str) -> None:
     """Load a dump into the running server and save it (--replace or --merge)."""
     if replace == merge:
         # Both would be a guess at which one was meant, and --replace wipes every other key.
@@ -287,9 +336,9 @@ def restore(file: str, replace: bool, merge: bool, fmt: str, **overrides: Any) -
             + (", not both" if replace else "")
         )
     mode = "replace" if replace else "merge"
-    settings = load_settings(overrides)
+    settings = flags.settings
     contents = read_dump(file, fmt)
-    with _connected(overrides) as state:
+    with _connected(settings) as state:
         state.restore(contents, replace=mode == "replace")
     click.echo(
         f"restored {len(contents.data)} keys and {len(contents.namespace)} namespace "
@@ -303,15 +352,15 @@ def restore(file: str, replace: bool, merge: bool, fmt: str, **overrides: Any) -
     click.echo(f"saved in {info['path']}")
 
 
-@cli.command()
-@setting_options()
+@cli.command(params=setting_params(FLAGGED_SETTINGS))
 @click.option("--markdown", is_flag=True, help="Print the table of all settings instead.")
-def config(markdown: bool, **overrides: Any) -> None:
+@pass_flags
+def config(flags: SettingFlags, markdown: bool) -> None:
     """Show the effective settings and where each one came from."""
     if markdown:
         click.echo(settings_table_markdown(), nl=False)
         return
-    settings = load_settings(overrides)
+    settings = flags.settings
     for spec in SETTINGS:
         value = getattr(settings, spec.name)
         if spec.secret and value is not None:

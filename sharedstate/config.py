@@ -1,8 +1,8 @@
 """Settings: each one defined once, read from flags, the environment, ``.env`` or defaults.
 
-A setting is a field of :class:`Settings` whose metadata carries its CLI flag, help text
-and parser. The CLI builds its options from these definitions, ``get_shared_state()``
-loads them, and the README's settings table is generated from them
+A setting is a field of :class:`Settings` whose metadata carries its CLI flag, default,
+validator and help text. The CLI builds its options from these definitions,
+``get_shared_state()`` loads them, and the README's settings table is generated from them
 (``sharedstate config --markdown``).
 
 Precedence, highest first: command-line flags (or arguments of ``get_shared_state()``),
@@ -18,7 +18,7 @@ import logging
 import os
 import pwd
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,23 +29,28 @@ from .errors import ConfigError, InsecurePermissions
 from .permissions import MIN_KEY_BYTES, load_or_create_key, read_key_file
 
 ENV_PREFIX = "SHAREDSTATE_"
-DEFAULT_MAX_CLIENTS = 1000
-DEFAULT_CALL_TIMEOUT = 10.0
-DEFAULT_MAX_VALUE_BYTES = 64 << 20
 MAX_REQUEST_BYTES = 1 << 30  # one call's whole message, on both sides of the wire
 
 logger = logging.getLogger("sharedstate")
 
+Validator = Callable[[Any], Any]
+
 
 @dataclass(frozen=True)
 class SettingSpec:
-    """How one setting is spelled on the command line, documented and parsed."""
+    """How one setting is spelled on the command line, defaulted, documented and checked.
+
+    ``default`` is written as a user would write the setting (``"64M"``, ``60``; ``None``
+    for unset) and goes through ``validate`` like any given value. ``default_doc`` is
+    how the docs show it.
+    """
 
     name: str
     flag: str | None
+    default: Any
+    validate: Validator
     help: str
     default_doc: str
-    parse: Callable[[Any], Any]
     secret: bool = False
 
     @property
@@ -55,24 +60,61 @@ class SettingSpec:
     @property
     def is_switch(self) -> bool:
         """An on/off setting: a bare ``--flag`` (or ``--flag/--no-flag``) on the CLI."""
-        return self.parse in (_parse_bool, _parse_bool_default_on)
+        return self.validate is validate_bool
 
 
 def _setting(
     *,
     flag: str | None,
+    validate: Validator,
     help: str,
-    default_doc: str,
-    parse: Callable[[Any], Any],
+    default: Any = None,
+    default_factory: Callable[[], Any] | None = None,
+    default_doc: str = "{default}",
     secret: bool = False,
 ) -> Any:
-    spec = {"flag": flag, "help": help, "default_doc": default_doc, "parse": parse}
-    return field(default=None, metadata={"setting": dict(spec, secret=secret)})
+    """One field of :class:`Settings`: its default, and its definition as metadata.
+
+    ``default_factory`` is for a default computed when the settings are loaded (the
+    address depends on the environment); its ``default_doc`` says what it is.
+    ``default_doc`` may add to the default: ``"{default} (no persistence)"``.
+    """
+    spec = {
+        "flag": flag,
+        "default": default,
+        "validate": validate,
+        "help": help,
+        "default_doc": default_doc.format(default=_shown(default)),
+        "secret": secret,
+    }
+    metadata = {"setting": spec}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=None if default is None else validate(default), metadata=metadata)
 
 
-def _parse_user(value: Any) -> int | None:
-    if value is None:
-        return None
+def _shown(default: Any) -> str:
+    """A default as the docs show it."""
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, float):
+        return f"`{default:g}`"
+    return f"`{default}`"
+
+
+def _either(choices: Sequence[str]) -> str:
+    """``"a, b or c"``."""
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+# Validators: each turns a given value (text from a flag, the environment or ``.env``, or
+# a Python value from an argument) into the value the code uses, or raises ConfigError
+# saying what is wrong. They never see ``None``: an unset setting takes its default.
+
+
+def validate_user(value: Any) -> int:
     text = str(value).strip()
     if text.isdigit():
         return int(text)
@@ -82,13 +124,7 @@ def _parse_user(value: Any) -> int | None:
         raise ConfigError(f"{value!r} is neither a user name nor a uid on this machine") from None
 
 
-def _parse_address(value: Any) -> Address:
-    return default_address() if value is None else parse_address(value)
-
-
-def _parse_authkey(value: Any) -> bytes | None:
-    if value is None:
-        return None
+def validate_key(value: Any) -> bytes:
     key = value if isinstance(value, bytes) else str(value).encode()
     if len(key) < MIN_KEY_BYTES:
         raise ConfigError(
@@ -98,13 +134,13 @@ def _parse_authkey(value: Any) -> bytes | None:
     return key
 
 
-def _parse_path(value: Any) -> str | None:
-    return None if value is None else os.path.abspath(os.path.expanduser(str(value)))
+def validate_path(value: Any) -> str:
+    return os.path.abspath(os.path.expanduser(str(value)))
 
 
-def _parse_bool(value: Any) -> bool:
-    if value is None or isinstance(value, bool):
-        return bool(value)
+def validate_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
     text = str(value).strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
@@ -113,13 +149,7 @@ def _parse_bool(value: Any) -> bool:
     raise ConfigError(f"{value!r} is not a yes/no value; use 1/0, true/false, yes/no or on/off")
 
 
-def _parse_bool_default_on(value: Any) -> bool:
-    return True if value is None else _parse_bool(value)
-
-
-def _parse_interval(value: Any) -> float:
-    if value is None:
-        return 60.0
+def validate_interval(value: Any) -> float:
     try:
         seconds = float(value)
     except ValueError:
@@ -129,9 +159,7 @@ def _parse_interval(value: Any) -> float:
     return seconds
 
 
-def _parse_pid(value: Any) -> int | None:
-    if value is None:
-        return None
+def validate_pid(value: Any) -> int:
     try:
         pid = int(value)
     except ValueError:
@@ -141,16 +169,17 @@ def _parse_pid(value: Any) -> int | None:
     return pid
 
 
-def _parse_when_owner_dies(value: Any) -> str:
-    choice = "stay" if value is None else str(value).strip().lower()
-    if choice not in ("stay", "stop"):
+WHEN_OWNER_DIES = ("stay", "stop")
+
+
+def validate_when_owner_dies(value: Any) -> str:
+    choice = str(value).strip().lower()
+    if choice not in WHEN_OWNER_DIES:
         raise ConfigError(f"{value!r} is neither stay nor stop")
     return choice
 
 
-def _parse_max_clients(value: Any) -> int:
-    if value is None:
-        return DEFAULT_MAX_CLIENTS
+def validate_max_clients(value: Any) -> int:
     try:
         count = int(value)
     except ValueError:
@@ -160,9 +189,8 @@ def _parse_max_clients(value: Any) -> int:
     return count
 
 
-def _parse_call_timeout(value: Any) -> float | None:
-    if value is None:
-        return DEFAULT_CALL_TIMEOUT
+def validate_call_timeout(value: Any) -> float | None:
+    """Seconds, or ``None`` for 0: wait forever."""
     try:
         seconds = float(value)
     except ValueError:
@@ -175,9 +203,9 @@ def _parse_call_timeout(value: Any) -> float | None:
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-def _parse_size(value: Any) -> int:
-    if value is None:
-        return DEFAULT_MAX_VALUE_BYTES
+def validate_size(value: Any) -> int:
+    """A number of bytes from 1 to :data:`MAX_REQUEST_BYTES`, written ``65536``, ``64K``,
+    ``64M``, ``1G`` (``64MB``, ``64MiB`` too)."""
     text = str(value).strip().lower().removesuffix("b").removesuffix("i")
     number, unit = (text[:-1], text[-1]) if text[-1:] in _SIZE_UNITS else (text, "")
     try:
@@ -194,142 +222,148 @@ def _parse_size(value: Any) -> int:
 FSYNC_POLICIES = ("always", "everysec", "no")
 
 
-def _parse_fsync(value: Any) -> str:
-    policy = "everysec" if value is None else str(value).strip().lower()
+def validate_fsync(value: Any) -> str:
+    policy = str(value).strip().lower()
     if policy not in FSYNC_POLICIES:
-        raise ConfigError(f"{value!r} is not an fsync policy; use always, everysec or no")
+        raise ConfigError(f"{value!r} is not an fsync policy; use {_either(FSYNC_POLICIES)}")
     return policy
 
 
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _parse_log_level(value: Any) -> str:
-    level = "INFO" if value is None else str(value).strip().upper()
-    if level not in _LOG_LEVELS:
-        raise ConfigError(f"{value!r} is not a log level; use one of {', '.join(_LOG_LEVELS)}")
+def validate_log_level(value: Any) -> str:
+    level = str(value).strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
     return level
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The effective configuration of a server or a client."""
+    """The effective configuration of a server or a client.
+
+    Each field's default is its setting's default, validated: ``Settings()`` is what
+    nothing configured means.
+    """
 
     address: Address = _setting(
         flag="--address",
+        default_factory=default_address,
+        validate=parse_address,
         help="Unix socket path, or HOST:PORT for TCP (loopback unless --allow-remote).",
         default_doc="`$XDG_RUNTIME_DIR/sharedstate/state.sock`, else "
         "`$TMPDIR/sharedstate-$UID/state.sock`",
-        parse=_parse_address,
     )
     authkey: bytes | None = _setting(
         flag=None,
+        validate=validate_key,
         help="The shared key (at least 16 bytes). Prefer a key file: environment "
         "variables leak into process listings of the same user and into crash reports.",
-        default_doc="unset",
-        parse=_parse_authkey,
         secret=True,
     )
     authkey_file: str | None = _setting(
         flag="--authkey-file",
+        validate=validate_path,
         help="File holding the shared key; must be readable by its owner only.",
+        # Unset, Settings.key_path picks the file beside the socket.
         default_doc="`<address>.key`, created with a random key by the server",
-        parse=_parse_path,
     )
     server_user: int | None = _setting(
         flag=None,
+        validate=validate_user,
         help="The user the server runs as, if not you or root (a name or uid). Clients "
         "refuse to talk to a server run by anyone else, since it could send them code.",
-        default_doc="unset: you, or root",
-        parse=_parse_user,
+        default_doc="{default}: you, or root",
     )
     allow_remote: bool = _setting(
         flag="--allow-remote",
+        default=False,
+        validate=validate_bool,
         help="Let the server listen on a non-loopback TCP address (needs an explicit key).",
-        default_doc="off",
-        parse=_parse_bool,
     )
     log_level: str = _setting(
         flag="--log-level",
-        help="Server log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
-        default_doc="`INFO`",
-        parse=_parse_log_level,
+        default="INFO",
+        validate=validate_log_level,
+        help=f"Server log level: {_either(LOG_LEVELS)}.",
     )
     snapshot: str | None = _setting(
         flag="--snapshot",
+        validate=validate_path,
         help="Snapshot file; state is loaded from it at start and saved to it, so it "
         "survives restarts. Unset: state lives in memory only.",
-        default_doc="unset (no persistence)",
-        parse=_parse_path,
+        default_doc="{default} (no persistence)",
     )
     snapshot_interval: float = _setting(
         flag="--snapshot-interval",
+        default=60.0,
+        validate=validate_interval,
         help="Seconds between snapshots, taken only when the state changed. Each "
         "snapshot also empties the journal.",
-        default_doc="`60`",
-        parse=_parse_interval,
     )
     fsync: str = _setting(
         flag="--fsync",
+        default="everysec",
+        validate=validate_fsync,
         help="When journal writes reach the disk: `always` (before each write is "
         "acknowledged), `everysec` (once a second), or `no` (when the OS decides).",
-        default_doc="`everysec`",
-        parse=_parse_fsync,
     )
     journal: bool = _setting(
         flag="--journal/--no-journal",
+        default=True,
+        validate=validate_bool,
         help="Record every write in journal files (`<snapshot>.journal.*`) between "
         "snapshots. Without it, writes since the last snapshot are lost when the server dies.",
-        default_doc="on (when a snapshot is set)",
-        parse=_parse_bool_default_on,
+        default_doc="{default} (when a snapshot is set)",
     )
     owner_pid: int | None = _setting(
         flag=None,
+        validate=validate_pid,
         help="The process that owns the server: the gunicorn master, set by "
         "`sharedstate.gunicorn`. The server watches it (see the next setting).",
-        default_doc="unset",
-        parse=_parse_pid,
     )
     when_owner_dies: str = _setting(
         flag=None,
+        default="stay",
+        validate=validate_when_owner_dies,
         help="If the owner dies without stopping the server (a crashed gunicorn "
         "master): `stay` up for the next gunicorn, or `stop` after a final snapshot.",
-        default_doc="`stay`",
-        parse=_parse_when_owner_dies,
     )
     stop_with_gunicorn: bool = _setting(
         flag=None,
+        default=True,
+        validate=validate_bool,
         help="When gunicorn exits cleanly, stop the server it owns (after a final "
         "snapshot). Off: the server keeps running until `sharedstate stop`.",
-        default_doc="on",
-        parse=_parse_bool_default_on,
     )
     max_clients: int = _setting(
         flag="--max-clients",
+        default=1000,
+        validate=validate_max_clients,
         help="Connections the server serves at once (each thread of each worker has "
         "one). Past it, new clients are refused with TooManyClients.",
-        default_doc=f"`{DEFAULT_MAX_CLIENTS}`",
-        parse=_parse_max_clients,
     )
     call_timeout: float | None = _setting(
         flag=None,
+        default=10.0,
+        validate=validate_call_timeout,
         help="Seconds a worker waits for the server to answer a call (not counting "
         "waits it asked for, like a lock timeout) before raising Timeout. 0: forever.",
-        default_doc=f"`{DEFAULT_CALL_TIMEOUT:g}`",
-        parse=_parse_call_timeout,
     )
     max_value_bytes: int = _setting(
         flag=None,
+        default="64M",
+        validate=validate_size,
         help="Largest value a worker sends, pickled (e.g. `64M`); larger ones raise "
         "ValueTooLarge before anything is sent. At most `1G`.",
-        default_doc="`64M`",
-        parse=_parse_size,
     )
     log_file: str | None = _setting(
         flag="--log-file",
+        validate=validate_path,
         help="Server log file.",
+        # Unset, the server runner picks the log by how the server runs.
         default_doc="stderr; `<address>.log` for a server started in the background",
-        parse=_parse_path,
     )
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -367,10 +401,21 @@ class Settings:
 
 
 SETTINGS: tuple[SettingSpec, ...] = tuple(
-    SettingSpec(name=f.name, **f.metadata["setting"])
-    for f in dataclasses.fields(Settings)
-    if "setting" in f.metadata
+    SettingSpec(name=setting.name, **setting.metadata["setting"])
+    for setting in dataclasses.fields(Settings)
+    if "setting" in setting.metadata
 )
+
+
+def _default(name: str) -> Any:
+    """The value of setting ``name`` when nothing sets it."""
+    return next(setting.default for setting in dataclasses.fields(Settings) if setting.name == name)
+
+
+# Defaults that other modules size things by, as the definitions above set them.
+DEFAULT_MAX_CLIENTS: int = _default("max_clients")
+DEFAULT_CALL_TIMEOUT: float = _default("call_timeout")
+DEFAULT_MAX_VALUE_BYTES: int = _default("max_value_bytes")
 
 
 def load_settings(
@@ -400,11 +445,13 @@ def load_settings(
         raw, origin = _pick(
             spec, overrides or {}, overrides_from, environ, from_dotenv, dotenv_path
         )
+        sources[spec.name] = origin
+        if raw is None:
+            continue  # the field's default
         try:
-            values[spec.name] = spec.parse(raw)
+            values[spec.name] = spec.validate(raw)
         except ConfigError as error:
             raise ConfigError(f"{origin}: {error}", setting=spec.env) from None
-        sources[spec.name] = origin
     return Settings(**values, sources=sources)
 
 

@@ -13,6 +13,7 @@ carries along.
 from __future__ import annotations
 
 import reprlib
+import typing
 from typing import Any
 
 
@@ -192,34 +193,12 @@ class Conflict(SharedStateError, RuntimeError):
     """
 
 
-__all__ = [
-    "AlreadyRunning",
-    "AttributeNotFound",
-    "AuthenticationFailed",
-    "ConfigError",
-    "Conflict",
-    "ConnectionLost",
-    "CorruptFile",
-    "IndexOutOfRange",
-    "InsecurePermissions",
-    "InvalidArgument",
-    "InvalidKey",
-    "KeyNotFound",
-    "LeaseExpired",
-    "LockError",
-    "LockLost",
-    "PersistenceError",
-    "ServerError",
-    "ServerNotRunning",
-    "ServerStartError",
-    "ServerStopping",
-    "SharedStateError",
-    "SnapshotInUse",
-    "Timeout",
-    "TooManyClients",
-    "ValueNotFound",
-    "ValueNotLoadable",
-    "ValueNotPicklable",
-    "ValueTooLarge",
-    "WrongType",
-]
+# ``from sharedstate.errors import *`` gives every error class above, and nothing it
+# imported; derived, so a new error needs no list kept in step. (mypy reads only a
+# literal ``__all__``; without one it exports the classes, the same.)
+if not typing.TYPE_CHECKING:
+    __all__ = [
+        name
+        for name, value in globals().items()
+        if isinstance(value, type) and issubclass(value, SharedStateError)
+    ]

@@ -3,10 +3,10 @@
 ::
 
     from flask import Flask
-    from sharedstate.flask import SharedState, shared_state
+    from sharedstate.flask import SharedStateExtension, shared_state
 
     app = Flask(__name__)
-    SharedState(app)                      # or: ext = SharedState(); ext.init_app(app)
+    SharedStateExtension(app)     # or: ext = SharedStateExtension(); ext.init_app(app)
 
     @app.route("/")
     def hits():
@@ -17,14 +17,19 @@ Settings come from ``app.config`` keys named like the environment variables
 and ``.env``. The state connects on first use, in the worker that uses it, so creating
 the app in a gunicorn master (``--preload``) or an app factory is safe.
 
-(The extension is named ``SharedState`` by Flask convention; the object it provides is a
-:class:`sharedstate.SharedState`.)
+The extension was called ``SharedState``, the name of the :class:`sharedstate.SharedState`
+it provides; that name still works here, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import TYPE_CHECKING
+
 from flask import Flask, current_app
 
+# The module, not the class: a global named SharedState here would hide the deprecated
+# alias that __getattr__ provides.
 from .client import state as _state
 from .config import SETTINGS, load_settings
 from .errors import ConfigError
@@ -32,7 +37,7 @@ from .errors import ConfigError
 EXTENSION = "sharedstate"
 
 
-class SharedState:
+class SharedStateExtension:
     """Registers the shared state on a Flask app."""
 
     def __init__(self, app: Flask | None = None, *, start: bool = True, timeout: float = 10.0):
@@ -60,5 +65,22 @@ def shared_state() -> _state.SharedState:
         return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
     except KeyError:
         raise ConfigError(
-            "sharedstate is not set up on this app: call SharedState(app) or init_app(app)"
+            "sharedstate is not set up on this app: call SharedStateExtension(app) or "
+            "init_app(app)"
         ) from None
+
+
+if TYPE_CHECKING:
+    SharedState = SharedStateExtension  # the old name; type checkers see the class itself
+else:
+
+    def __getattr__(name: str) -> type[SharedStateExtension]:
+        if name == "SharedState":
+            warnings.warn(
+                "sharedstate.flask.SharedState is now SharedStateExtension (it is the Flask "
+                "extension, not the state); the old name will be removed in a future version",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return SharedStateExtension
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from sharedstate import __version__
@@ -46,3 +47,36 @@ def test_a_bad_setting_is_one_line_on_stderr_with_exit_1() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("error: --address: ")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--address", "/tmp/given.sock", "config"],
+        ["config", "--address", "/tmp/given.sock"],
+        ["--address", "/tmp/ignored.sock", "config", "--address", "/tmp/given.sock"],
+    ],
+    ids=["before-the-command", "after-the-command", "after-wins"],
+)
+def test_connection_flags_go_before_or_after_the_command_name(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "SHAREDSTATE_ADDRESS=/tmp/given.sock    # --address" in result.output
+
+
+def test_server_flags_belong_to_the_commands_that_use_them() -> None:
+    result = CliRunner().invoke(cli, ["--fsync", "always", "config"])
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+
+
+def test_config_markdown_needs_no_valid_settings() -> None:
+    result = CliRunner(env={"SHAREDSTATE_FSYNC": "sometimes"}).invoke(cli, ["config", "--markdown"])
+    assert result.exit_code == 0
+    assert result.output == settings_table_markdown()
+
+
+def test_a_usage_error_is_reported_before_a_bad_setting() -> None:
+    result = CliRunner().invoke(cli, ["set", "k", "not json", "--address", "host:notaport"])
+    assert result.exit_code == 2
+    assert "--raw" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -87,6 +88,16 @@ def test_status_json_has_the_operator_facts(server: ServerProcess) -> None:
     assert info["persistence"] is None
     assert isinstance(info["clients"], list)
     assert info["uptime"] >= 0
+
+
+def test_the_address_flag_works_before_and_after_the_command(
+    server_factory: type[ServerProcess], workdir: str
+) -> None:
+    elsewhere = os.path.join(workdir, "other", "state.sock")  # not SHAREDSTATE_ADDRESS
+    server_factory(address=elsewhere).start()
+    assert run_cli("--address", elsewhere, "set", "k", "1").returncode == 0
+    assert run_cli("get", "k", "--address", elsewhere).stdout == "1\n"
+    assert run_cli("get", "k").returncode == 3  # the environment's address: no server there
 
 
 @pytest.mark.parametrize(

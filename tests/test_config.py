@@ -8,7 +8,15 @@ import re
 import pytest
 
 from sharedstate.address import MAX_SOCKET_PATH_BYTES, Address, parse_address
-from sharedstate.config import SETTINGS, load_settings, settings_table_markdown
+from sharedstate.config import (
+    DEFAULT_CALL_TIMEOUT,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_VALUE_BYTES,
+    SETTINGS,
+    Settings,
+    load_settings,
+    settings_table_markdown,
+)
 from sharedstate.errors import ConfigError
 
 README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
@@ -112,6 +120,39 @@ def test_every_setting_has_an_environment_variable_and_help() -> None:
         assert spec.env == "SHAREDSTATE_" + spec.name.upper()
         assert spec.help
         assert spec.default_doc
+
+
+def test_nothing_configured_gives_the_defaults_of_the_definitions(workdir: str) -> None:
+    settings = load_settings(environ={})
+    assert settings == Settings()
+    assert set(settings.sources.values()) == {"default"}
+    assert (settings.fsync, settings.journal, settings.max_value_bytes) == (
+        "everysec",
+        True,
+        64 << 20,
+    )
+
+
+def test_an_empty_value_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHAREDSTATE_LOG_LEVEL", "")
+    assert load_settings({"max_clients": None}) == load_settings()
+    assert load_settings().sources["log_level"] == "default"
+
+
+def test_the_defaults_other_modules_import_are_those_of_the_settings() -> None:
+    defaults = Settings()
+    assert DEFAULT_MAX_CLIENTS == defaults.max_clients == 1000
+    assert DEFAULT_CALL_TIMEOUT == defaults.call_timeout == 10.0
+    assert DEFAULT_MAX_VALUE_BYTES == defaults.max_value_bytes == 64 << 20
+
+
+def test_the_docs_show_each_plain_default_from_its_definition() -> None:
+    shown = {"max_value_bytes": "`64M`", "snapshot_interval": "`60`", "call_timeout": "`10`"}
+    for spec in SETTINGS:
+        if isinstance(spec.default, bool):
+            assert spec.default_doc.startswith("on" if spec.default else "off")
+        elif spec.default is not None:
+            assert spec.default_doc == shown.get(spec.name, f"`{spec.default}`")
 
 
 def test_readme_settings_table_is_generated_from_the_definitions() -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import pickletools
+from types import ModuleType
 
 import pytest
 
+import sharedstate
 import sharedstate.errors as errors
 from sharedstate.errors import KeyNotFound, ServerNotRunning, SharedStateError
 
@@ -33,8 +36,50 @@ def test_every_error_survives_pickling_with_its_context(cls: type[SharedStateErr
     assert copy.args == error.args
 
 
+def pickled_class_path(error: Exception) -> str:
+    """Where a pickle of ``error`` tells the loader to import its class from."""
+    names: list[str] = []
+    for opcode, argument, _ in pickletools.genops(pickle.dumps(error)):
+        if opcode.name == "STACK_GLOBAL":  # module and class name, the two strings before
+            return ".".join(names[-2:])
+        if isinstance(argument, str):
+            names.append(argument)
+    raise AssertionError("no class in the pickle")
+
+
+@pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda cls: cls.__name__)
+def test_every_error_pickles_by_its_path_in_sharedstate_errors(cls: type[SharedStateError]) -> None:
+    # The client loads what the server pickled: the path must be the defining module's,
+    # whatever name the package re-exports the class under.
+    assert pickled_class_path(make(cls)) == f"sharedstate.errors.{cls.__name__}"
+
+
+def test_the_package_exports_every_error_itself() -> None:
+    exported = {
+        name: value
+        for name, value in vars(sharedstate).items()
+        if isinstance(value, type) and issubclass(value, SharedStateError)
+    }
+    assert exported == {cls.__name__: cls for cls in ERROR_CLASSES}
+
+
+def test_star_import_gives_the_public_api_and_no_submodules() -> None:
+    namespace: dict[str, object] = {}
+    exec("from sharedstate import *", namespace)  # noqa: S102 - the behaviour under test
+    namespace.pop("__builtins__")
+    assert not [name for name, value in namespace.items() if isinstance(value, ModuleType)]
+    client_api = {
+        "SharedState", "SharedLock", "SharedNamespace", "SharedDict", "SharedList",
+        "get_shared_state",
+    }  # fmt: skip
+    assert set(namespace) == client_api | {cls.__name__ for cls in ERROR_CLASSES}
+    assert all(namespace[name] is getattr(sharedstate, name) for name in namespace)
+
+
 @pytest.mark.parametrize(
-    "cls", [c for c in ERROR_CLASSES if c is not SharedStateError], ids=lambda cls: cls.__name__
+    "cls",
+    [cls for cls in ERROR_CLASSES if cls is not SharedStateError],
+    ids=lambda cls: cls.__name__,
 )
 def test_every_error_also_derives_from_a_builtin(cls: type[SharedStateError]) -> None:
     builtin_bases = [

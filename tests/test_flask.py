@@ -9,7 +9,7 @@ from flask import Flask
 
 import sharedstate
 from sharedstate import ConfigError
-from sharedstate.flask import SharedState, shared_state
+from sharedstate.flask import SharedStateExtension, shared_state
 
 from .conftest import ServerProcess
 from .processes import server_pids
@@ -28,7 +28,7 @@ def make_app(**config: object) -> Flask:
 
 def test_the_state_is_an_app_extension_and_a_request_helper(server: ServerProcess) -> None:
     app = make_app()
-    SharedState(app)
+    SharedStateExtension(app)
     assert isinstance(app.extensions["sharedstate"], sharedstate.SharedState)
     client = app.test_client()
     assert client.get("/hits").text == "1"
@@ -43,7 +43,7 @@ def test_app_config_comes_before_the_environment(
     elsewhere = os.path.join(workdir, "other", "state.sock")
     server_factory(address=elsewhere).start()
     app = make_app(SHAREDSTATE_ADDRESS=elsewhere)
-    extension = SharedState()
+    extension = SharedStateExtension()
     extension.init_app(app)  # the app-factory way
     assert app.test_client().get("/hits").text == "1"
     with app.app_context():
@@ -52,7 +52,7 @@ def test_app_config_comes_before_the_environment(
 
 def test_creating_the_app_connects_nothing_until_first_use(workdir: str) -> None:
     app = make_app()
-    SharedState(app)  # as in a gunicorn master with --preload: no server needed yet
+    SharedStateExtension(app)  # as in a gunicorn master with --preload: no server needed yet
     assert server_pids(workdir) == []
     assert app.test_client().get("/hits").text == "1"  # started on first use
     assert len(server_pids(workdir)) == 1
@@ -61,10 +61,21 @@ def test_creating_the_app_connects_nothing_until_first_use(workdir: str) -> None
 def test_a_bad_setting_in_app_config_is_reported_at_setup() -> None:
     app = make_app(SHAREDSTATE_FSYNC="sometimes")
     with pytest.raises(ConfigError, match=r"app.config\['SHAREDSTATE_FSYNC'\]: 'sometimes'"):
-        SharedState(app)
+        SharedStateExtension(app)
 
 
 def test_the_helper_says_when_the_extension_is_missing() -> None:
     app = make_app()
-    with app.app_context(), pytest.raises(ConfigError, match="SharedState"):
+    with app.app_context(), pytest.raises(ConfigError, match="SharedStateExtension"):
         shared_state()
+
+
+def test_the_old_name_of_the_extension_still_works_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="SharedStateExtension"):
+        from sharedstate.flask import SharedState
+    assert SharedState is SharedStateExtension
+
+
+def test_any_other_missing_name_is_still_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'SharedStat'"):
+        sharedstate.flask.SharedStat  # noqa: B018 - a typo is an error, not the old name

@@ -31,8 +31,7 @@ from sharedstate import (
     WrongType,
     get_shared_state,
 )
-from sharedstate.flask import SharedState as SharedStateExtension
-from sharedstate.flask import shared_state
+from sharedstate.flask import SharedStateExtension, shared_state
 
 from .conftest import ServerProcess
 from .processes import run_cli, run_in_processes

@@ -8,10 +8,10 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from sharedstate.flask import SharedState, shared_state
+from sharedstate.flask import SharedStateExtension, shared_state
 
 app = Flask(__name__)
-SharedState(app)  # settings from app.config, then SHAREDSTATE_* variables, then .env
+SharedStateExtension(app)  # settings from app.config, then SHAREDSTATE_* variables, then .env
 
 
 @app.get("/count")
