@@ -25,8 +25,8 @@ from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 from sharedstate.errors import SharedStateError
 
-from .processes import REPO_ROOT, is_dead, processes_mentioning
-from .users import other_user, shared_tmp  # noqa: F401  (fixtures)
+from .support.processes import REPO_ROOT, is_dead, processes_mentioning
+from .support.users import other_user, shared_tmp  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -81,11 +81,11 @@ class ServerProcess:
         self.address = address
         self.log_path = os.path.join(workdir, f"serve-{time.monotonic_ns()}.log")
         self.args = args
-        self.faults = faults  # see tests/faults.py
+        self.faults = faults  # see tests/support/faults.py
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
-        module = "sharedstate" if self.faults is None else "tests.fault_server"
+        module = "sharedstate" if self.faults is None else "tests.support.fault_server"
         argv = [sys.executable, "-m", module, "serve", "--address", self.address, *self.args]
         env = dict(os.environ, PYTHONPATH=REPO_ROOT)
         if self.faults is not None:

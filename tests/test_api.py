@@ -29,7 +29,7 @@ from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 
 from .conftest import ServerProcess, write_client_only_module
-from .processes import run_in_processes
+from .support.processes import run_in_processes
 
 
 @pytest.fixture

@@ -37,8 +37,8 @@ from sharedstate.address import MAX_SOCKET_PATH_BYTES
 from sharedstate.client.transport import handshake
 
 from .conftest import ServerProcess, fresh_state, write_client_only_module
-from .processes import run_cli, run_in_processes, server_pids, wait_until
-from .wire import (
+from .support.processes import run_cli, run_in_processes, server_pids, wait_until
+from .support.wire import (
     assert_still_serving,
     authenticated,
     frame,

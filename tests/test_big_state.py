@@ -19,7 +19,7 @@ from sharedstate import get_shared_state
 from sharedstate.codec import DATA, decode
 
 from .conftest import ServerProcess, fresh_state
-from .processes import run_cli
+from .support.processes import run_cli
 
 pytestmark = pytest.mark.load
 

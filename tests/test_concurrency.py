@@ -13,7 +13,7 @@ import pytest
 from sharedstate import get_shared_state
 
 from .conftest import ServerProcess
-from .processes import _fork, run_in_processes, server_pids, start_process
+from .support.processes import _fork, run_in_processes, server_pids, start_process
 
 RACERS = 16
 

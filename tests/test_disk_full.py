@@ -20,8 +20,8 @@ import pytest
 from sharedstate import get_shared_state
 
 from .conftest import ServerProcess, fresh_state
-from .persisted import fingerprints, segments, serve_refused
-from .processes import kill_and_wait, run_cli, wait_until
+from .support.persisted import fingerprints, segments, serve_refused
+from .support.processes import kill_and_wait, run_cli, wait_until
 
 pytestmark = pytest.mark.fault
 

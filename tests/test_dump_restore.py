@@ -13,7 +13,7 @@ import pytest
 from sharedstate import get_shared_state
 
 from .conftest import ServerProcess, fresh_state
-from .processes import run_cli
+from .support.processes import run_cli
 
 RICH = {
     "text": "héllo",

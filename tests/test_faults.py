@@ -3,7 +3,7 @@
 Several writer processes run a mixed load (set, incr, nested write) while the server is
 SIGKILLed at a random moment, cycle after cycle. A killed process loses nothing the OS
 already has, so each crash is also treated as a power loss: every journal is cut back
-to what fsync had made durable (``tests/faults.py``). Then a new server recovers, and we
+to what fsync had made durable (``tests/support/faults.py``). Then a new server recovers, and we
 compare what the writers saw acknowledged with what came back.
 """
 
@@ -41,8 +41,8 @@ from sharedstate.server.reservations import LocalCaller
 from sharedstate.server.store import Store
 
 from .conftest import ServerProcess, fresh_state
-from .faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
-from .processes import _fork, kill_and_wait, run_cli, start_process, wait_until
+from .support.faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
+from .support.processes import _fork, kill_and_wait, run_cli, start_process, wait_until
 
 pytestmark = pytest.mark.fault
 

@@ -18,7 +18,7 @@ from sharedstate.persistence.recovery import recover
 from sharedstate.persistence.snapshot import read_snapshot, write_snapshot
 from sharedstate.server.store import Contents, Store
 
-from .faults import FailingDisk, lose_unsynced_writes
+from .support.faults import FailingDisk, lose_unsynced_writes
 
 
 def frames_file(tmp: str, payloads: list[bytes], tail: bytes = b"") -> str:

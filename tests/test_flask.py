@@ -12,7 +12,7 @@ from sharedstate import ConfigError
 from sharedstate.flask import SharedState, shared_state
 
 from .conftest import ServerProcess
-from .processes import server_pids
+from .support.processes import server_pids
 
 
 def make_app(**config: object) -> Flask:

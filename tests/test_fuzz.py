@@ -27,7 +27,7 @@ from sharedstate.handshake import HandshakeFailed, authenticate
 from sharedstate.sockets import io_timeout
 
 from .conftest import ServerProcess
-from .wire import (
+from .support.wire import (
     HANG_UP_WITHIN,
     assert_still_serving,
     authenticated,

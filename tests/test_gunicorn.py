@@ -23,7 +23,7 @@ from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 
 from .conftest import ServerProcess, fresh_state
-from .processes import REPO_ROOT, is_dead, server_pids, wait_until
+from .support.processes import REPO_ROOT, is_dead, server_pids, wait_until
 
 CONFIG = os.path.join(REPO_ROOT, "examples", "gunicorn", "gunicorn.conf.py")
 
@@ -36,7 +36,7 @@ def _control_socket_args(workdir: str) -> list[str]:
 
 
 class Gunicorn:
-    """A real gunicorn master serving tests/gunicorn_app.py with the example config."""
+    """A real gunicorn master serving tests/support/gunicorn_app.py with the example config."""
 
     def __init__(self, workdir: str, *args: str) -> None:
         with socket.socket() as probe:
@@ -46,7 +46,7 @@ class Gunicorn:
         self.argv = [
             sys.executable, "-m", "gunicorn", "-c", CONFIG, "--chdir", REPO_ROOT,
             "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5",
-            *_control_socket_args(workdir), *args, "tests.gunicorn_app:app",
+            *_control_socket_args(workdir), *args, "tests.support.gunicorn_app:app",
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -3,7 +3,7 @@
 An impostor that a client talks to can send it a pickle, which runs the impostor's code
 in the client's process, as the client's user. So a client must know, before it loads
 anything, that it talks to a process of its own user (or root, or the user the operator
-named), or to one that proved it knows the key. The impostor here (tests/impostor.py)
+named), or to one that proved it knows the key. The impostor here (tests/support/impostor.py)
 runs as a second Unix user where the route needs one, and tries to reflect one victim's
 handshake onto another, so it never needs the key.
 """
@@ -22,10 +22,10 @@ import pytest
 from sharedstate.config import load_settings
 from sharedstate.errors import InsecurePermissions
 
-from .processes import REPO_ROOT, run_cli
-from .users import SYSTEM_PYTHON, OtherUser
+from .support.processes import REPO_ROOT, run_cli
+from .support.users import SYSTEM_PYTHON, OtherUser
 
-IMPOSTOR = os.path.join(os.path.dirname(__file__), "impostor.py")
+IMPOSTOR = os.path.join(os.path.dirname(__file__), "support", "impostor.py")
 # The handshake the victims speak, so the impostor tries the attack that fits it.
 PROTOCOL = "ss1" if importlib.util.find_spec("sharedstate.handshake") else "mp"
 

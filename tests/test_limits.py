@@ -19,8 +19,8 @@ from sharedstate.config import load_settings
 from sharedstate.server.loop import MAX_GREETING
 
 from .conftest import ServerProcess
-from .processes import run_cli, wait_until
-from .wire import store_connection
+from .support.processes import run_cli, wait_until
+from .support.wire import store_connection
 
 
 def _threads(pid: int) -> int:

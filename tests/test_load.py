@@ -22,7 +22,14 @@ from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 
 from .conftest import ServerProcess
-from .processes import _fork, is_dead, kill_and_wait, run_in_processes, start_process, wait_until
+from .support.processes import (
+    _fork,
+    is_dead,
+    kill_and_wait,
+    run_in_processes,
+    start_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.load
 

@@ -34,7 +34,7 @@ from sharedstate.client.transport import Hello
 from sharedstate.config import load_settings
 
 from .conftest import ServerProcess, fresh_state
-from .processes import _fork, is_dead, kill_and_wait, start_process, wait_until
+from .support.processes import _fork, is_dead, kill_and_wait, start_process, wait_until
 
 
 def _is_stopped(pid: int) -> bool:

@@ -28,7 +28,7 @@ from sharedstate.server.reservations import LocalCaller
 from sharedstate.server.store import Store
 
 from .conftest import ServerProcess, fresh_state
-from .processes import kill_and_wait, run_in_processes
+from .support.processes import kill_and_wait, run_in_processes
 
 CLIENT = LocalCaller(1)
 

@@ -14,8 +14,15 @@ import pytest
 from sharedstate import PersistenceError, SharedStateError, get_shared_state
 
 from .conftest import ServerProcess, fresh_state
-from .persisted import fingerprint, fingerprints, flip_byte, record_offsets, segments, serve_refused
-from .processes import _fork, kill_and_wait, run_cli, server_pids, start_process, wait_until
+from .support.persisted import (
+    fingerprint,
+    fingerprints,
+    flip_byte,
+    record_offsets,
+    segments,
+    serve_refused,
+)
+from .support.processes import _fork, kill_and_wait, run_cli, server_pids, start_process, wait_until
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ number it had in the thread's session, and the server, which remembers the last 
 of each session, answers it again instead of applying it twice. Reads are simply sent
 again. Across a server crash nothing is retried: the new server can't know.
 The server under test hangs up on, or dies instead of answering, chosen calls
-(``SHAREDSTATE_TEST_CUT_REPLIES``, see tests/faults.py).
+(``SHAREDSTATE_TEST_CUT_REPLIES``, see tests/support/faults.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sharedstate import ConnectionLost, LockLost, get_shared_state
 from sharedstate.server.sessions import Session, Sessions
 
 from .conftest import ServerProcess, fresh_state
-from .faults import CUT_ENV
+from .support.faults import CUT_ENV
 
 
 @pytest.fixture

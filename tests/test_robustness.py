@@ -17,8 +17,8 @@ from sharedstate import ConnectionLost, ServerNotRunning, get_shared_state
 from sharedstate.pidlock import read_pid
 
 from .conftest import ServerProcess
-from .processes import _fork, kill_and_wait, server_pids, start_process, wait_until
-from .wire import store_connection
+from .support.processes import _fork, kill_and_wait, server_pids, start_process, wait_until
+from .support.wire import store_connection
 
 
 def test_state_created_before_fork_works_in_the_child(server: ServerProcess) -> None:

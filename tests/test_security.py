@@ -11,7 +11,7 @@ import pytest
 from sharedstate import AuthenticationFailed, InsecurePermissions, get_shared_state
 
 from .conftest import ServerProcess
-from .processes import run_cli
+from .support.processes import run_cli
 
 STRONG_KEY = "k" * 40
 

@@ -11,7 +11,7 @@ import pytest
 from sharedstate import get_shared_state
 
 from .conftest import ServerProcess, fresh_state
-from .processes import is_dead, run_cli, server_pids
+from .support.processes import is_dead, run_cli, server_pids
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])

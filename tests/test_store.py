@@ -23,7 +23,7 @@ from sharedstate.errors import (
 from sharedstate.server.reservations import LocalCaller
 from sharedstate.server.store import Store
 
-from .processes import wait_until
+from .support.processes import wait_until
 
 ALICE = LocalCaller(1)
 BOB = LocalCaller(2)

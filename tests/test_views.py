@@ -35,7 +35,7 @@ from sharedstate.flask import SharedState as SharedStateExtension
 from sharedstate.flask import shared_state
 
 from .conftest import ServerProcess
-from .processes import run_cli, run_in_processes
+from .support.processes import run_cli, run_in_processes
 
 
 @pytest.fixture

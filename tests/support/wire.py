@@ -20,7 +20,7 @@ from sharedstate.client.launcher import try_connect
 from sharedstate.client.transport import Hello, handshake
 from sharedstate.config import load_settings
 
-from .conftest import ServerProcess, fresh_state
+from ..conftest import ServerProcess, fresh_state
 from .processes import wait_until
 
 # Longer than the server's 10 s handshake timeout: a connection still open after this

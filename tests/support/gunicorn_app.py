@@ -8,7 +8,9 @@ import time
 
 from flask.typing import ResponseReturnValue
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "gunicorn"))
+from .processes import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "examples", "gunicorn"))
 
 from app import app
 

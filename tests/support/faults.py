@@ -6,7 +6,7 @@ no ``OSError`` when one is named after ``!`` (what a bug or a ``MemoryError`` wo
 
     SHAREDSTATE_TEST_FAULTS="replace@state.snap:2-,write@journal:5-6,*@:7,write@tmp:1!ValueError"
 
-``python -m tests.fault_server serve ...`` installs the rules from that variable in the
+``python -m tests.support.fault_server serve ...`` installs the rules from that variable in the
 server process, then runs the normal CLI. Production code has no hook for this: it only
 calls its file operations through ``sharedstate.persistence.durable.disk``.
 
