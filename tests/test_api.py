@@ -28,8 +28,9 @@ from sharedstate import (
 from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 
-from .conftest import ServerProcess, write_client_only_module
+from .support.clients import write_client_only_module
 from .support.processes import run_in_processes
+from .support.servers import ServerProcess
 
 
 @pytest.fixture

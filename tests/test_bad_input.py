@@ -36,8 +36,9 @@ from sharedstate import (
 from sharedstate.address import MAX_SOCKET_PATH_BYTES
 from sharedstate.client.transport import handshake
 
-from .conftest import ServerProcess, fresh_state, write_client_only_module
+from .support.clients import fresh_state, write_client_only_module
 from .support.processes import run_cli, run_in_processes, server_pids, wait_until
+from .support.servers import ServerProcess
 from .support.wire import (
     assert_still_serving,
     authenticated,

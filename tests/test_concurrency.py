@@ -12,8 +12,8 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .conftest import ServerProcess
 from .support.processes import _fork, run_in_processes, server_pids, start_process
+from .support.servers import ServerProcess
 
 RACERS = 16
 

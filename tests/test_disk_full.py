@@ -19,9 +19,10 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .conftest import ServerProcess, fresh_state
+from .support.clients import fresh_state
 from .support.persisted import fingerprints, segments, serve_refused
 from .support.processes import kill_and_wait, run_cli, wait_until
+from .support.servers import ServerProcess
 
 pytestmark = pytest.mark.fault
 

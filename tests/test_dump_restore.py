@@ -12,8 +12,9 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .conftest import ServerProcess, fresh_state
+from .support.clients import fresh_state
 from .support.processes import run_cli
+from .support.servers import ServerProcess
 
 RICH = {
     "text": "héllo",

@@ -40,9 +40,10 @@ from sharedstate.persistence.coordinator import Persistence
 from sharedstate.server.reservations import LocalCaller
 from sharedstate.server.store import Store
 
-from .conftest import ServerProcess, fresh_state
+from .support.clients import fresh_state
 from .support.faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
 from .support.processes import _fork, kill_and_wait, run_cli, start_process, wait_until
+from .support.servers import ServerProcess
 
 pytestmark = pytest.mark.fault
 

@@ -11,8 +11,8 @@ import sharedstate
 from sharedstate import ConfigError
 from sharedstate.flask import SharedState, shared_state
 
-from .conftest import ServerProcess
 from .support.processes import server_pids
+from .support.servers import ServerProcess
 
 
 def make_app(**config: object) -> Flask:

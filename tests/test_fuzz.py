@@ -26,7 +26,7 @@ from sharedstate import get_shared_state
 from sharedstate.handshake import HandshakeFailed, authenticate
 from sharedstate.sockets import io_timeout
 
-from .conftest import ServerProcess
+from .support.servers import ServerProcess
 from .support.wire import (
     HANG_UP_WITHIN,
     assert_still_serving,

@@ -22,8 +22,9 @@ from sharedstate import get_shared_state
 from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 
-from .conftest import ServerProcess, fresh_state
+from .support.clients import fresh_state
 from .support.processes import REPO_ROOT, is_dead, server_pids, wait_until
+from .support.servers import ServerProcess
 
 CONFIG = os.path.join(REPO_ROOT, "examples", "gunicorn", "gunicorn.conf.py")
 

@@ -18,8 +18,8 @@ from sharedstate.client.transport import handshake
 from sharedstate.config import load_settings
 from sharedstate.server.loop import MAX_GREETING
 
-from .conftest import ServerProcess
 from .support.processes import run_cli, wait_until
+from .support.servers import ServerProcess
 from .support.wire import store_connection
 
 

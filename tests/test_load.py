@@ -21,7 +21,6 @@ from sharedstate import get_shared_state
 from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 
-from .conftest import ServerProcess
 from .support.processes import (
     _fork,
     is_dead,
@@ -30,6 +29,7 @@ from .support.processes import (
     start_process,
     wait_until,
 )
+from .support.servers import ServerProcess
 
 pytestmark = pytest.mark.load
 

@@ -33,8 +33,9 @@ from sharedstate.client.state import connect_state
 from sharedstate.client.transport import Hello
 from sharedstate.config import load_settings
 
-from .conftest import ServerProcess, fresh_state
+from .support.clients import fresh_state
 from .support.processes import _fork, is_dead, kill_and_wait, start_process, wait_until
+from .support.servers import ServerProcess
 
 
 def _is_stopped(pid: int) -> bool:

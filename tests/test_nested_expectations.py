@@ -27,8 +27,9 @@ from sharedstate.codec import DATA
 from sharedstate.server.reservations import LocalCaller
 from sharedstate.server.store import Store
 
-from .conftest import ServerProcess, fresh_state
+from .support.clients import fresh_state
 from .support.processes import kill_and_wait, run_in_processes
+from .support.servers import ServerProcess
 
 CLIENT = LocalCaller(1)
 

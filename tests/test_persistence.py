@@ -13,7 +13,7 @@ import pytest
 
 from sharedstate import PersistenceError, SharedStateError, get_shared_state
 
-from .conftest import ServerProcess, fresh_state
+from .support.clients import fresh_state
 from .support.persisted import (
     fingerprint,
     fingerprints,
@@ -23,6 +23,7 @@ from .support.persisted import (
     serve_refused,
 )
 from .support.processes import _fork, kill_and_wait, run_cli, server_pids, start_process, wait_until
+from .support.servers import ServerProcess
 
 
 @pytest.fixture

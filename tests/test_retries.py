@@ -17,8 +17,9 @@ import pytest
 from sharedstate import ConnectionLost, LockLost, get_shared_state
 from sharedstate.server.sessions import Session, Sessions
 
-from .conftest import ServerProcess, fresh_state
+from .support.clients import fresh_state
 from .support.faults import CUT_ENV
+from .support.servers import ServerProcess
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import pytest
 from sharedstate import ConnectionLost, ServerNotRunning, get_shared_state
 from sharedstate.pidlock import read_pid
 
-from .conftest import ServerProcess
 from .support.processes import _fork, kill_and_wait, server_pids, start_process, wait_until
+from .support.servers import ServerProcess
 from .support.wire import store_connection
 
 

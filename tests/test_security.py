@@ -10,8 +10,8 @@ import pytest
 
 from sharedstate import AuthenticationFailed, InsecurePermissions, get_shared_state
 
-from .conftest import ServerProcess
 from .support.processes import run_cli
+from .support.servers import ServerProcess
 
 STRONG_KEY = "k" * 40
 

@@ -10,8 +10,9 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .conftest import ServerProcess, fresh_state
+from .support.clients import fresh_state
 from .support.processes import is_dead, run_cli, server_pids
+from .support.servers import ServerProcess
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])

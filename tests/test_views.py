@@ -34,8 +34,8 @@ from sharedstate import (
 from sharedstate.flask import SharedState as SharedStateExtension
 from sharedstate.flask import shared_state
 
-from .conftest import ServerProcess
 from .support.processes import run_cli, run_in_processes
+from .support.servers import ServerProcess
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import pytest
 
 from sharedstate import Conflict, SharedStateError, get_shared_state
 
-from .conftest import ServerProcess
+from .support.servers import ServerProcess
 from .test_views import views_inside
 
 OPERATIONS = int(os.environ.get("SHAREDSTATE_DIFF_OPERATIONS", "5000"))

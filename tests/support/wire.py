@@ -20,8 +20,9 @@ from sharedstate.client.launcher import try_connect
 from sharedstate.client.transport import Hello, handshake
 from sharedstate.config import load_settings
 
-from ..conftest import ServerProcess, fresh_state
+from .clients import fresh_state
 from .processes import wait_until
+from .servers import ServerProcess
 
 # Longer than the server's 10 s handshake timeout: a connection still open after this
 # long, once we have hung up, is one the server forgot.
