@@ -22,7 +22,7 @@ import pytest
 
 import sharedstate.client.state
 
-from .support.processes import is_dead, processes_mentioning
+from .support.procfs import is_dead, processes_mentioning
 from .support.servers import ServerProcess
 from .support.users import OtherUser, why_no_other_user
 

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from bench.procfs import resources
 from sharedstate import (
     AuthenticationFailed,
     ConfigError,
@@ -37,7 +38,8 @@ from sharedstate.address import MAX_SOCKET_PATH_BYTES
 from sharedstate.client.transport import handshake
 
 from .support.clients import fresh_state, write_client_only_module
-from .support.processes import run_cli, run_in_processes, server_pids, wait_until
+from .support.processes import run_cli, run_in_processes, wait_until
+from .support.procfs import peak_memory, server_pids
 from .support.servers import ServerProcess
 from .support.wire import (
     assert_still_serving,
@@ -45,7 +47,6 @@ from .support.wire import (
     frame,
     key_of,
     read_reply,
-    threads_and_fds,
     wait_for_no_growth,
 )
 
@@ -53,15 +54,6 @@ WRONG_KEY = b"not-the-server-key-but-long-enough"
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def peak_memory(pid: int) -> int:
-    """The most memory the process has ever had resident, in bytes."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as file:
-        for line in file:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc/PID/status")
 
 
 def no_server_left(workdir: str) -> None:
@@ -121,7 +113,7 @@ def test_200_wrong_keys_are_refused_and_leave_nothing_behind(server: ServerProce
     right = key_of(server)
     good = get_shared_state(start=False)
     good["n"] = 0
-    before = threads_and_fds(server.pid)
+    before = resources(server.pid)
     wrong_keys = [
         right[:-1] + bytes([right[-1] ^ 1]),  # one bit off
         right + b"0",

@@ -12,7 +12,8 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .support.processes import _fork, run_in_processes, server_pids, start_process
+from .support.processes import _fork, run_in_processes, start_process
+from .support.procfs import server_pids
 from .support.servers import ServerProcess
 
 RACERS = 16

@@ -43,6 +43,7 @@ from sharedstate.server.store import Store
 from .support.clients import fresh_state
 from .support.faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
 from .support.processes import _fork, kill_and_wait, run_cli, start_process, wait_until
+from .support.procfs import is_stopped
 from .support.servers import ServerProcess
 
 pytestmark = pytest.mark.fault
@@ -400,11 +401,6 @@ def test_a_crashed_server_restarts_and_serves_when_no_snapshot_can_be_written(
 # -- hung lock holders and a hung server -----------------------------------------------
 
 
-def _is_stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat", "rb") as file:
-        return file.read().rsplit(b")", 1)[1].split()[0] == b"T"
-
-
 def _hold_then_hang(lease: float | None, outcome: Any) -> None:
     """Take the lock, stop ourselves (a hung worker), and try to release once continued."""
     state = get_shared_state(start=False)
@@ -423,7 +419,7 @@ def _hung_holder(lease: float | None) -> Iterator[tuple[BaseProcess, Any]]:
     outcome = _fork.Array("c", 256)
     holder = start_process(_hold_then_hang, lease, outcome)
     try:
-        wait_until(lambda: _is_stopped(holder.pid or 0))
+        wait_until(lambda: is_stopped(holder.pid or 0))
         yield holder, outcome
     finally:
         holder.kill()
@@ -445,7 +441,7 @@ def test_a_lease_frees_a_hung_holders_lock_and_its_late_release_fails(
     with _hung_holder(0.5) as (holder, outcome):
         state = get_shared_state(start=False)
         assert state.lock.acquire(timeout=30), "the lease never freed the lock"
-        assert _is_stopped(holder.pid or 0), "freed by the lease, not by the holder"
+        assert is_stopped(holder.pid or 0), "freed by the lease, not by the holder"
         server.wait_for_log("past its 0.5 s lease; the lock is freed")
         os.kill(holder.pid or 0, signal.SIGCONT)
         holder.join(30)
@@ -482,7 +478,7 @@ def test_a_stopped_server_gives_timeout_not_a_hang(
     reader["x"] = 1
     server.signal(signal.SIGSTOP)
     try:
-        wait_until(lambda: _is_stopped(server.pid))
+        wait_until(lambda: is_stopped(server.pid))
         with pytest.raises(Timeout, match="did not answer lookup"):
             reader["x"]
         with pytest.raises(Timeout, match="did not answer set"):

@@ -11,7 +11,7 @@ import sharedstate
 from sharedstate import ConfigError
 from sharedstate.flask import SharedState, shared_state
 
-from .support.processes import server_pids
+from .support.procfs import server_pids
 from .support.servers import ServerProcess
 
 

@@ -23,7 +23,8 @@ from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 
 from .support.clients import fresh_state
-from .support.processes import REPO_ROOT, is_dead, server_pids, wait_until
+from .support.processes import REPO_ROOT, wait_until
+from .support.procfs import children_of, is_dead, server_pids
 from .support.servers import ServerProcess
 
 CONFIG = os.path.join(REPO_ROOT, "examples", "gunicorn", "gunicorn.conf.py")
@@ -80,17 +81,7 @@ class Gunicorn:
         return self.process.pid
 
     def worker_pids(self) -> set[int]:
-        children = set()
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat", "rb") as file:
-                        fields = file.read().rsplit(b")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == self.pid and fields[0] != b"Z":
-                    children.add(int(entry))
-        return children
+        return children_of(self.pid)
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         assert self.process is not None

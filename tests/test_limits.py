@@ -10,6 +10,7 @@ from multiprocessing.connection import Connection
 
 import pytest
 
+from bench.procfs import resources
 from sharedstate import ConfigError, TooManyClients, ValueTooLarge, get_shared_state
 from sharedstate.address import parse_address
 from sharedstate.client.launcher import call_server_function
@@ -23,14 +24,6 @@ from .support.servers import ServerProcess
 from .support.wire import store_connection
 
 
-def _threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def _descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def _client_count() -> int:
     return len(call_server_function(load_settings({}), "server_info", 5)["clients"])
 
@@ -41,13 +34,13 @@ def test_past_max_clients_new_clients_are_refused_clearly(
     server = server_factory("--max-clients", "4").start()
     settings = load_settings({})
     states = [connect_state(settings, start=False, timeout=5) for _ in range(4)]
-    threads, descriptors = _threads(server.pid), _descriptors(server.pid)
+    threads, descriptors = resources(server.pid)
     for _ in range(50):
         with pytest.raises(TooManyClients, match="already serves 4 connections.*MAX_CLIENTS"):
             connect_state(settings, start=False, timeout=5)
     assert run_cli("status").returncode == 0, "operators can still reach a full server"
-    wait_until(lambda: _threads(server.pid) == threads)
-    wait_until(lambda: _descriptors(server.pid) == descriptors)
+    wait_until(lambda: resources(server.pid).threads == threads)
+    wait_until(lambda: resources(server.pid).fds == descriptors)
     server.wait_for_log("refused a client")
 
     states.pop().close()
@@ -70,7 +63,7 @@ def test_silent_slow_and_idle_connections_never_keep_out_a_new_client_or_status(
     assert key is not None
     state = connect_state(settings, start=False, timeout=5)
     state["x"] = 1
-    threads = _threads(server.pid)
+    threads = resources(server.pid).threads
     held: list[socket.socket | Connection] = []
     try:
         for number in range(400):  # never authenticate: silent, or a trickle of bytes
@@ -93,7 +86,7 @@ def test_silent_slow_and_idle_connections_never_keep_out_a_new_client_or_status(
         assert info["keys"] == 1
         assert newcomer["x"] == 1
         assert state["y"] == 2, "connected clients are served meanwhile"
-        assert _threads(server.pid) <= threads + 1, "no thread per connection"
+        assert resources(server.pid).threads <= threads + 1, "no thread per connection"
     finally:
         for sock in held:
             sock.close()

@@ -21,14 +21,8 @@ from sharedstate import get_shared_state
 from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 
-from .support.processes import (
-    _fork,
-    is_dead,
-    kill_and_wait,
-    run_in_processes,
-    start_process,
-    wait_until,
-)
+from .support.processes import _fork, kill_and_wait, run_in_processes, start_process, wait_until
+from .support.procfs import is_dead
 from .support.servers import ServerProcess
 
 pytestmark = pytest.mark.load

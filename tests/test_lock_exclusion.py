@@ -34,13 +34,9 @@ from sharedstate.client.transport import Hello
 from sharedstate.config import load_settings
 
 from .support.clients import fresh_state
-from .support.processes import _fork, is_dead, kill_and_wait, start_process, wait_until
+from .support.processes import _fork, kill_and_wait, start_process, wait_until
+from .support.procfs import is_dead, is_stopped
 from .support.servers import ServerProcess
-
-
-def _is_stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat", "rb") as file:
-        return file.read().rsplit(b")", 1)[1].split()[0] == b"T"
 
 
 def _restart(server: ServerProcess, factory: type[ServerProcess]) -> ServerProcess:
@@ -91,7 +87,7 @@ def test_a_holder_whose_call_timed_out_gets_lock_lost(
     holder.lock.acquire()
     server.signal(signal.SIGSTOP)
     try:
-        wait_until(lambda: _is_stopped(server.pid))
+        wait_until(lambda: is_stopped(server.pid))
         with pytest.raises(LockLost, match="timed out during set"):
             holder["x"] = 1
     finally:

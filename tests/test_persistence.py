@@ -22,7 +22,8 @@ from .support.persisted import (
     segments,
     serve_refused,
 )
-from .support.processes import _fork, kill_and_wait, run_cli, server_pids, start_process, wait_until
+from .support.processes import _fork, kill_and_wait, run_cli, start_process, wait_until
+from .support.procfs import server_pids
 from .support.servers import ServerProcess
 
 

@@ -16,7 +16,8 @@ import pytest
 from sharedstate import ConnectionLost, ServerNotRunning, get_shared_state
 from sharedstate.pidlock import read_pid
 
-from .support.processes import _fork, kill_and_wait, server_pids, start_process, wait_until
+from .support.processes import _fork, kill_and_wait, start_process, wait_until
+from .support.procfs import parent_of, server_pids
 from .support.servers import ServerProcess
 from .support.wire import store_connection
 
@@ -132,7 +133,7 @@ def test_server_outlives_the_worker_that_started_it(workdir: str, address: str) 
     starter = start_process(_start_server_then_wait, ready)
     assert ready.wait(30)
     [server_pid] = server_pids(workdir)
-    assert _parent_of(server_pid) != starter.pid
+    assert parent_of(server_pid) != starter.pid
     os.kill(starter.pid or 0, signal.SIGKILL)
     starter.join(10)
     state = get_shared_state(start=False)
@@ -162,11 +163,6 @@ def _clients_waiting(workdir: str) -> bool:
         return False
     newest = max(clients, key=lambda client: client["id"])
     return bool(newest["requests"] >= 1)
-
-
-def _parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as file:
-        return int(file.read().rsplit(")", 1)[1].split()[1])
 
 
 def test_large_values_cross_in_pieces_both_ways(server: ServerProcess) -> None:

@@ -11,7 +11,8 @@ import pytest
 from sharedstate import get_shared_state
 
 from .support.clients import fresh_state
-from .support.processes import is_dead, run_cli, server_pids
+from .support.processes import run_cli
+from .support.procfs import is_dead, server_pids
 from .support.servers import ServerProcess
 
 
