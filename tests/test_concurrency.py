@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 import pytest
 
 from sharedstate import get_shared_state
 
+from .support.holders import hold_lock_until_killed
 from .support.processes import _fork, run_in_processes, start_process
 from .support.procfs import server_pids
 from .support.servers import ServerProcess
@@ -112,19 +112,11 @@ def test_threads_share_one_state_object(server: ServerProcess) -> None:
     assert state["locked"] == 1600
 
 
-def _hold_lock_forever(ready: Any) -> None:
-    state = get_shared_state(start=False)
-    state.lock.acquire()
-    ready.set()
-    while True:
-        time.sleep(1)
-
-
 @pytest.mark.timeout(60)
 def test_lock_is_released_when_holder_is_killed(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
     ready = _fork.Event()
-    holder = start_process(_hold_lock_forever, ready)
+    holder = start_process(hold_lock_until_killed, ready)
     try:
         assert ready.wait(30)
         assert state.lock.acquire(timeout=0.1) is False

@@ -11,7 +11,6 @@ import os
 import random
 import time
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 import pytest
 
@@ -21,6 +20,7 @@ from sharedstate import get_shared_state
 from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
 
+from .support.holders import hold_edit_until_killed, hold_lock_until_killed
 from .support.processes import _fork, kill_and_wait, run_in_processes, start_process, wait_until
 from .support.procfs import is_dead
 from .support.servers import ServerProcess
@@ -115,20 +115,6 @@ LOCK_WAITERS = 4
 EDIT_WAITERS = 4
 
 
-def _hold_lock(ready: Any) -> None:
-    state = get_shared_state(start=False)
-    state.lock.acquire()
-    ready.set()
-    time.sleep(600)
-
-
-def _hold_edit(ready: Any) -> None:
-    state = get_shared_state(start=False)
-    with state.edit(HOT, default={"n": 0}):
-        ready.set()
-        time.sleep(600)
-
-
 def _take_lock_again_and_again() -> None:
     state = get_shared_state(start=False)
     while True:
@@ -162,7 +148,10 @@ def _fast_calls(index: int) -> None:
 def _kill_round(rng: random.Random, pid: int, baseline: Resources) -> None:
     """Start clients in every kind of call, then SIGKILL them all at random moments."""
     lock_held, edit_held = _fork.Event(), _fork.Event()
-    processes = [start_process(_hold_lock, lock_held), start_process(_hold_edit, edit_held)]
+    processes = [
+        start_process(hold_lock_until_killed, lock_held),
+        start_process(hold_edit_until_killed, edit_held, HOT, {"n": 0}),
+    ]
     try:
         assert lock_held.wait(30)
         assert edit_held.wait(30)

@@ -34,6 +34,7 @@ from sharedstate.client.transport import Hello
 from sharedstate.config import load_settings
 
 from .support.clients import fresh_state
+from .support.holders import hold_edit_until_killed, hold_lock_until_killed
 from .support.processes import _fork, kill_and_wait, start_process, wait_until
 from .support.procfs import is_dead, is_stopped
 from .support.servers import ServerProcess
@@ -105,17 +106,10 @@ def test_a_holder_whose_call_timed_out_gets_lock_lost(
     assert other["y"] == 2
 
 
-def _hold_an_edit(ready: Any, key: str) -> None:
-    state = get_shared_state(start=False)
-    with state.edit(key, 0):
-        ready.set()
-        time.sleep(60)
-
-
 def test_a_holder_interrupted_mid_call_gets_lock_lost(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
     ready = _fork.Event()
-    editor = start_process(_hold_an_edit, ready, "busy")
+    editor = start_process(hold_edit_until_killed, ready, "busy", 0)
     previous = signal.signal(signal.SIGALRM, _interrupt)
     try:
         assert ready.wait(30)
@@ -229,15 +223,9 @@ def test_release_pid_never_frees_a_live_process(server: ServerProcess) -> None:
     state.lock.release()
 
 
-def _hold_lock_forever(ready: Any) -> None:
-    get_shared_state(start=False).lock.acquire()
-    ready.set()
-    time.sleep(60)
-
-
 def test_release_pid_frees_a_dead_local_worker(server: ServerProcess) -> None:
     ready = _fork.Event()
-    holder = start_process(_hold_lock_forever, ready)
+    holder = start_process(hold_lock_until_killed, ready)
     assert ready.wait(30)
     pid = holder.pid or 0
     holder.kill()  # SIGKILL; its connection drops too, and either release frees it
@@ -319,7 +307,7 @@ def test_clear_and_restore_are_served_while_edits_keep_overlapping(
 def test_a_huge_lock_timeout_waits_instead_of_failing(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
     ready = _fork.Event()
-    holder = start_process(_hold_lock_forever, ready)
+    holder = start_process(hold_lock_until_killed, ready)
     outcome: list[Any] = []
 
     def wait_a_month() -> None:

@@ -16,6 +16,7 @@ import pytest
 from sharedstate import ConnectionLost, ServerNotRunning, get_shared_state
 from sharedstate.pidlock import read_pid
 
+from .support.holders import hold_lock_until_killed
 from .support.processes import _fork, kill_and_wait, start_process, wait_until
 from .support.procfs import parent_of, server_pids
 from .support.servers import ServerProcess
@@ -84,17 +85,10 @@ def test_next_call_restarts_a_killed_server_when_allowed(workdir: str) -> None:
     assert state["x"] == 2
 
 
-def _block_on_lock(ready: Any) -> None:
-    state = get_shared_state(start=False)
-    state.lock.acquire()
-    ready.set()
-    time.sleep(60)
-
-
 def test_a_call_cut_off_mid_flight_raises_and_later_calls_work(workdir: str) -> None:
     state = get_shared_state()
     ready = _fork.Event()
-    holder = start_process(_block_on_lock, ready)
+    holder = start_process(hold_lock_until_killed, ready)
     outcome: list[BaseException | bool] = []
     try:
         assert ready.wait(30)
