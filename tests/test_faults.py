@@ -44,7 +44,7 @@ from .support.clients import fresh_state
 from .support.faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
 from .support.processes import _fork, kill_and_wait, run_cli, start_process, wait_until
 from .support.procfs import is_stopped
-from .support.servers import ServerProcess
+from .support.servers import ServerProcess, server_info
 
 pytestmark = pytest.mark.fault
 
@@ -517,17 +517,13 @@ def _take_lock_and_sign(name: str) -> None:
 def test_waiters_get_the_lock_in_the_order_they_asked(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
     state["order"] = []
-    settings = load_settings({})
-
-    def waiting() -> int:
-        return int(call_server_function(settings, "server_info", 5)["waiting"])
-
     assert state.lock.acquire()
     waiters = []
     try:
         for count, name in enumerate("abcde", start=1):
             waiters.append(start_process(_take_lock_and_sign, name))
-            wait_until(lambda count=count: waiting() == count)  # parked before the next one
+            # Parked before the next one starts.
+            wait_until(lambda count=count: server_info()["waiting"] == count)
         assert state["order"] == []
     finally:
         state.lock.release()

@@ -7,7 +7,6 @@ import http.client
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,13 +18,11 @@ from typing import Any
 import pytest
 
 from sharedstate import get_shared_state
-from sharedstate.client.launcher import call_server_function
-from sharedstate.config import load_settings
 
 from .support.clients import fresh_state
 from .support.processes import REPO_ROOT, wait_until
 from .support.procfs import children_of, is_dead, server_pids
-from .support.servers import ServerProcess
+from .support.servers import ServerProcess, free_tcp_port, server_info
 
 CONFIG = os.path.join(REPO_ROOT, "examples", "gunicorn", "gunicorn.conf.py")
 
@@ -41,9 +38,7 @@ class Gunicorn:
     """A real gunicorn master serving tests/support/gunicorn_app.py with the example config."""
 
     def __init__(self, workdir: str, *args: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_tcp_port()
         self.log_path = os.path.join(workdir, f"gunicorn-{self.port}.log")
         self.argv = [
             sys.executable, "-m", "gunicorn", "-c", CONFIG, "--chdir", REPO_ROOT,
@@ -113,10 +108,6 @@ def gunicorn(workdir: str) -> Iterator[Any]:
 def concurrent_gets(server: Gunicorn, path: str, count: int) -> list[tuple[int, str]]:
     with ThreadPoolExecutor(max_workers=20) as pool:
         return list(pool.map(lambda _: server.get(path), range(count)))
-
-
-def server_info() -> dict[str, Any]:
-    return call_server_function(load_settings(), "server_info", 10)  # type: ignore[no-any-return]
 
 
 @pytest.mark.timeout(120)

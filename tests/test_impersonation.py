@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from sharedstate.config import load_settings
 from sharedstate.errors import InsecurePermissions
 
 from .support.processes import REPO_ROOT, run_cli
+from .support.servers import free_tcp_port
 from .support.users import SYSTEM_PYTHON, OtherUser
 
 IMPOSTOR = os.path.join(os.path.dirname(__file__), "support", "impostor.py")
@@ -39,12 +39,6 @@ except BaseException as error:
     sys.exit(1)
 print("connected")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -170,7 +164,7 @@ def test_an_impostor_another_user_runs_is_refused_before_anything_is_sent(
     # A socket path in a /tmp-like directory, where anyone may create a file and got to
     # it first; or a TCP port, bound by another user while the server is down.
     if route == "tcp-port":
-        address, listen = f"127.0.0.1:{free_port()}", "--tcp"
+        address, listen = f"127.0.0.1:{free_tcp_port()}", "--tcp"
     else:
         address, listen = os.path.join(shared_tmp, "app.sock"), "--unix"
     marker = os.path.join(workdir, "owned")
@@ -190,7 +184,7 @@ def test_a_reflecting_impostor_without_the_key_fails_the_handshake(
     victim_key: str, workdir: str, start_impostor
 ) -> None:
     # Run as the victims' own user, so only the handshake stands in its way.
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_tcp_port()}"
     marker = os.path.join(workdir, "owned")
     start_impostor("--tcp", address, user=None, marker=marker)
     env = victim_env(SHAREDSTATE_ADDRESS=address, SHAREDSTATE_AUTHKEY_FILE=victim_key)

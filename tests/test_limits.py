@@ -20,12 +20,8 @@ from sharedstate.config import load_settings
 from sharedstate.server.loop import MAX_GREETING
 
 from .support.processes import run_cli, wait_until
-from .support.servers import ServerProcess
+from .support.servers import ServerProcess, free_tcp_port, requests_served, server_info
 from .support.wire import store_connection
-
-
-def _client_count() -> int:
-    return len(call_server_function(load_settings({}), "server_info", 5)["clients"])
 
 
 def test_past_max_clients_new_clients_are_refused_clearly(
@@ -44,7 +40,7 @@ def test_past_max_clients_new_clients_are_refused_clearly(
     server.wait_for_log("refused a client")
 
     states.pop().close()
-    wait_until(lambda: _client_count() == 3)
+    wait_until(lambda: len(server_info()["clients"]) == 3)
     late = connect_state(settings, start=False, timeout=5)
     late["ok"] = 1
     assert all(state["ok"] == 1 for state in states)
@@ -55,7 +51,7 @@ def test_silent_slow_and_idle_connections_never_keep_out_a_new_client_or_status(
     server_factory: type[ServerProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # TCP on loopback: any local user can open these, no key needed for the first kind.
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_tcp_port()}"
     monkeypatch.setenv("SHAREDSTATE_ADDRESS", address)
     server = server_factory(address=address).start()
     settings = load_settings({})
@@ -112,12 +108,6 @@ def test_the_oldest_unfinished_handshakes_give_way_to_new_connections(
             sock.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_a_value_over_max_value_bytes_is_refused_before_it_is_sent(
     server: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -125,22 +115,17 @@ def test_a_value_over_max_value_bytes_is_refused_before_it_is_sent(
     state = get_shared_state(start=False)
     state["cfg"] = {"small": 1}
     cfg = state["cfg"]
-    requests = _requests_served()
+    requests = requests_served()
     with pytest.raises(ValueTooLarge, match=r"state\['big'\] is .* over the limit of 65,536"):
         state["big"] = b"x" * 70_000
     with pytest.raises(ValueTooLarge, match="SHAREDSTATE_MAX_VALUE_BYTES"):
         cfg["large"] = "y" * 70_000
     with pytest.raises(ValueTooLarge):
         state.set_many({"fine": 1, "big": b"x" * 70_000})
-    assert _requests_served() == requests, "nothing reached the server"
+    assert requests_served() == requests, "nothing reached the server"
     state["big"] = b"x" * 60_000  # under the limit
     assert state.get("fine") is None
     assert state["cfg"] == {"small": 1}
-
-
-def _requests_served() -> int:
-    clients = call_server_function(load_settings({}), "server_info", 5)["clients"]
-    return sum(client["requests"] for client in clients)
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "lots", "2G", "64X"])

@@ -17,13 +17,11 @@ import pytest
 from bench import workload
 from bench.procfs import Resources, describe_fds, resources, rss_bytes, settled_resources
 from sharedstate import get_shared_state
-from sharedstate.client.launcher import call_server_function
-from sharedstate.config import load_settings
 
 from .support.holders import hold_edit_until_killed, hold_lock_until_killed
 from .support.processes import _fork, kill_and_wait, run_in_processes, start_process, wait_until
 from .support.procfs import is_dead
-from .support.servers import ServerProcess
+from .support.servers import ServerProcess, server_info
 
 pytestmark = pytest.mark.load
 
@@ -161,7 +159,7 @@ def _kill_round(rng: random.Random, pid: int, baseline: Resources) -> None:
         processes += [start_process(_fast_calls, index) for index in range(4)]
         # Each waiter's blocked call is parked in the server: kill them there.
         waiters = LOCK_WAITERS + EDIT_WAITERS
-        wait_until(lambda: _waiting() >= waiters)
+        wait_until(lambda: server_info()["waiting"] >= waiters)
         # Newcomers, killed as they connect: a forked client connects and shakes hands
         # with the server within a few milliseconds of starting.
         newcomers = [start_process(_fast_calls, index) for index in range(4, 8)]
@@ -180,10 +178,6 @@ def _kill_round(rng: random.Random, pid: int, baseline: Resources) -> None:
             if not is_dead(_pid(process)):
                 kill_and_wait(_pid(process))
             process.join(10)
-
-
-def _waiting() -> int:
-    return int(call_server_function(load_settings({}), "server_info", 5)["waiting"])
 
 
 def _pid(process: BaseProcess) -> int:

@@ -37,7 +37,7 @@ from .support.clients import fresh_state
 from .support.holders import hold_edit_until_killed, hold_lock_until_killed
 from .support.processes import _fork, kill_and_wait, start_process, wait_until
 from .support.procfs import is_dead, is_stopped
-from .support.servers import ServerProcess
+from .support.servers import ServerProcess, free_tcp_port, server_info
 
 
 def _restart(server: ServerProcess, factory: type[ServerProcess]) -> ServerProcess:
@@ -199,7 +199,7 @@ def test_release_pid_never_frees_a_client_by_the_pid_it_announced(
 ) -> None:
     # A worker on another machine, over TCP, whose pid happens to be that of a worker
     # that just died here: gunicorn's child_exit for the dead one must not free it.
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_tcp_port()}"
     monkeypatch.setenv("SHAREDSTATE_ADDRESS", address)
     server_factory(address=address).start()
     settings = load_settings({})
@@ -236,10 +236,6 @@ def test_release_pid_frees_a_dead_local_worker(server: ServerProcess) -> None:
     state.lock.release()
 
 
-def _server_info() -> dict[str, Any]:
-    return dict(call_server_function(load_settings({}), "server_info", 5))
-
-
 def _call(conn: Any, method: str, *args: Any) -> Any:
     import pickle
 
@@ -249,14 +245,6 @@ def _call(conn: Any, method: str, *args: Any) -> Any:
     kind, result = pickle.loads(conn.recv_bytes())
     assert kind == "#RETURN", result
     return result
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- 4. waiters are served in order: clear() is not starved by overlapping edits ----------
@@ -289,7 +277,7 @@ def test_clear_and_restore_are_served_while_edits_keep_overlapping(
             editors.append(start_process(_edit_in_a_loop, f"k{i}", stop, started))
             assert started.acquire(timeout=30)
             time.sleep(0.02)
-        wait_until(lambda: _server_info()["open_edits"] >= 1)
+        wait_until(lambda: server_info()["open_edits"] >= 1)
         if operation == "clear":
             state.clear()
         else:
@@ -321,7 +309,7 @@ def test_a_huge_lock_timeout_waits_instead_of_failing(server: ServerProcess) -> 
         assert ready.wait(30)
         waiter = threading.Thread(target=wait_a_month)
         waiter.start()
-        wait_until(lambda: _server_info()["waiting"] == 1 or bool(outcome))
+        wait_until(lambda: server_info()["waiting"] == 1 or bool(outcome))
         assert outcome == [], f"did not wait: {outcome}"
         holder.kill()
         waiter.join(30)

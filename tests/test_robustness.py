@@ -19,7 +19,7 @@ from sharedstate.pidlock import read_pid
 from .support.holders import hold_lock_until_killed
 from .support.processes import _fork, kill_and_wait, start_process, wait_until
 from .support.procfs import parent_of, server_pids
-from .support.servers import ServerProcess
+from .support.servers import ServerProcess, server_info
 from .support.wire import store_connection
 
 
@@ -149,10 +149,7 @@ def test_a_stale_socket_from_a_dead_server_is_replaced(workdir: str, address: st
 
 def _clients_waiting(workdir: str) -> bool:
     """True once the waiter (the newest client) has sent its acquire to the server."""
-    from sharedstate.client.launcher import call_server_function
-    from sharedstate.config import load_settings
-
-    clients = call_server_function(load_settings(), "server_info", 5)["clients"]
+    clients = server_info()["clients"]
     if len(clients) < 3:  # the holder, our main thread, the waiter
         return False
     newest = max(clients, key=lambda client: client["id"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 
 import pytest
@@ -11,19 +10,13 @@ import pytest
 from sharedstate import AuthenticationFailed, InsecurePermissions, get_shared_state
 
 from .support.processes import run_cli
-from .support.servers import ServerProcess
+from .support.servers import ServerProcess, free_tcp_port
 
 STRONG_KEY = "k" * 40
 
 
 def mode(path: str) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.parametrize("default_address", [True, False], ids=["default", "configured"])
@@ -127,7 +120,7 @@ def test_a_runtime_directory_owned_by_another_user_is_refused(
 
 
 def test_tcp_on_loopback_works(server_factory: type[ServerProcess]) -> None:
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_tcp_port()}"
     server_factory(address=address).start()
     state = get_shared_state(address, start=False)
     state["over"] = "tcp"
@@ -135,7 +128,7 @@ def test_tcp_on_loopback_works(server_factory: type[ServerProcess]) -> None:
 
 
 def test_a_non_loopback_address_needs_both_opt_in_and_a_key(workdir: str) -> None:
-    address = f"0.0.0.0:{free_port()}"
+    address = f"0.0.0.0:{free_tcp_port()}"
     refused = run_cli("serve", "--address", address)
     assert refused.returncode == 1
     assert "--allow-remote" in refused.stderr
@@ -148,7 +141,7 @@ def test_a_non_loopback_address_with_opt_in_and_key_serves(
     server_factory: type[ServerProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_AUTHKEY", STRONG_KEY)
-    port = free_port()
+    port = free_tcp_port()
     server = server_factory("--allow-remote", address=f"0.0.0.0:{port}")
     server.start()
     assert get_shared_state(f"127.0.0.1:{port}", start=False).incr("n") == 1

@@ -1,12 +1,14 @@
-"""Real ``sharedstate serve`` processes for tests, started as an operator would."""
+"""Real ``sharedstate serve`` processes for tests, and what a test asks a running one."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
@@ -83,3 +85,20 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+def server_info(timeout: float = 10.0) -> dict[str, Any]:
+    """What the test's server says of itself: its clients, calls waiting, lock holder..."""
+    return dict(call_server_function(load_settings(), "server_info", timeout))
+
+
+def requests_served() -> int:
+    """Requests the test's server has answered so far, all its clients together."""
+    return sum(client["requests"] for client in server_info()["clients"])
+
+
+def free_tcp_port() -> int:
+    """A loopback TCP port that nothing listens on at the moment."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
