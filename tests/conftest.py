@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 import sharedstate.client.state
+from sharedstate import SharedState, get_shared_state
 
 from .support.procfs import is_dead, processes_mentioning
 from .support.servers import ServerProcess
@@ -76,6 +77,12 @@ def server_factory(address: str, workdir: str) -> Iterator[type[ServerProcess]]:
 @pytest.fixture
 def server(server_factory: type[ServerProcess]) -> ServerProcess:
     return server_factory().start()
+
+
+@pytest.fixture
+def state(server: ServerProcess) -> SharedState:
+    """The test's state, on a server started for it."""
+    return get_shared_state(start=False)
 
 
 @pytest.fixture(scope="session")

@@ -28,12 +28,7 @@ from sharedstate import (
 
 from .support.clients import write_client_only_module
 from .support.processes import run_in_processes
-from .support.servers import ServerProcess, requests_served
-
-
-@pytest.fixture
-def state(server: ServerProcess) -> SharedState:
-    return get_shared_state(start=False)
+from .support.servers import requests_served
 
 
 def test_dict_operations(state: SharedState) -> None:

@@ -30,6 +30,7 @@ from sharedstate.server.store import Store
 from .support.clients import fresh_state
 from .support.processes import kill_and_wait, run_in_processes
 from .support.servers import ServerProcess
+from .support.stores import RecordingJournal, value_of
 
 CLIENT = LocalCaller(1)
 
@@ -44,20 +45,6 @@ def call(
     """A nested write as views send it: ``(args, kwargs[, expectations])``."""
     data = (args, {}, tuple(expected)) if expected else (args, {})
     return pickle.loads(store.nested(CLIENT, DATA, path, method, p(data)))
-
-
-def value_of(store: Store, key: Any) -> Any:
-    data = store.lookup(CLIENT, key)
-    assert data is not None
-    return pickle.loads(data)
-
-
-class Journal:
-    def __init__(self) -> None:
-        self.records: list[tuple[int, str, tuple[Any, ...]]] = []
-
-    def append(self, seq: int, method: str, args: tuple[Any, ...]) -> None:
-        self.records.append((seq, method, args))
 
 
 @pytest.fixture
@@ -92,7 +79,7 @@ def test_an_expectation_that_holds_lets_the_write_through(store: Store) -> None:
 def test_an_expectation_that_fails_is_a_conflict_and_changes_nothing(
     store: Store, path: Any, method: str, args: Any, expected: Any, place: str
 ) -> None:
-    journal = Journal()
+    journal = RecordingJournal()
     store.journal = journal
     before = value_of(store, "users")
     with pytest.raises(Conflict, match="changed since you read it") as raised:
@@ -126,7 +113,7 @@ def test_expectations_compare_nan_and_objects_whose_eq_is_not_a_bool(store: Stor
 
 
 def test_a_failed_sort_leaves_the_list_as_it_was_live_and_on_replay(store: Store) -> None:
-    journal = Journal()
+    journal = RecordingJournal()
     store.journal = journal
     store.set(CLIENT, "mixed", p([3, 1, 2, "a"]))
     with pytest.raises(WrongType, match=r"state\['mixed'\]\.sort\(\)"):
@@ -139,7 +126,7 @@ def test_a_failed_sort_leaves_the_list_as_it_was_live_and_on_replay(store: Store
 
 
 def test_old_call_data_without_expectations_still_applies_and_replays(store: Store) -> None:
-    journal = Journal()
+    journal = RecordingJournal()
     store.journal = journal
     store.set(CLIENT, "names", p(["b", "a", "c"]))
     old = p(((), {"key": None, "reverse": True}))  # what clients before expectations sent

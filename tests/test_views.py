@@ -38,11 +38,6 @@ from .support.processes import run_cli, run_in_processes
 from .support.servers import ServerProcess
 
 
-@pytest.fixture
-def state(server: ServerProcess) -> SharedState:
-    return get_shared_state(start=False)
-
-
 def views_inside(value: Any) -> list[str]:
     """Where ``value`` holds a view (it should hold none: plain data only)."""
     found = []
