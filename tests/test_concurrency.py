@@ -12,7 +12,7 @@ import pytest
 from sharedstate import get_shared_state
 
 from .support.holders import hold_lock_until_killed
-from .support.processes import _fork, run_in_processes, start_process
+from .support.processes import fork_context, run_in_processes, start_process
 from .support.procfs import server_pids
 from .support.servers import ServerProcess
 
@@ -27,7 +27,7 @@ def _start_at_the_same_instant(barrier: Any) -> int:
 
 @pytest.mark.timeout(120)
 def test_simultaneous_first_calls_start_exactly_one_server(workdir: str) -> None:
-    barrier = _fork.Barrier(RACERS)
+    barrier = fork_context.Barrier(RACERS)
     tickets = run_in_processes(_start_at_the_same_instant, [(barrier,)] * RACERS)
     assert sorted(tickets) == list(range(1, RACERS + 1))
     assert len(server_pids(workdir)) == 1
@@ -115,7 +115,7 @@ def test_threads_share_one_state_object(server: ServerProcess) -> None:
 @pytest.mark.timeout(60)
 def test_lock_is_released_when_holder_is_killed(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
-    ready = _fork.Event()
+    ready = fork_context.Event()
     holder = start_process(hold_lock_until_killed, ready)
     try:
         assert ready.wait(30)

@@ -42,7 +42,7 @@ from sharedstate.server.store import Store
 
 from .support.clients import fresh_state
 from .support.faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
-from .support.processes import _fork, kill_and_wait, run_cli, start_process, wait_until
+from .support.processes import fork_context, kill_and_wait, run_cli, start_process, wait_until
 from .support.procfs import is_stopped
 from .support.servers import ServerProcess, server_info
 
@@ -141,8 +141,8 @@ def test_a_crash_loses_only_what_the_fsync_policy_allows(
     server = server_factory(*args, faults="").start()
     get_shared_state(start=False)["last"] = {}
     call_server_function(load_settings({}), "snapshot_now", 30)  # durable before any crash
-    acked = _fork.Array("q", WRITERS)
-    incremented = _fork.Array("q", WRITERS)
+    acked = fork_context.Array("q", WRITERS)
+    incremented = fork_context.Array("q", WRITERS)
     results = []
     count = 0
     for _cycle in range(CYCLES[policy]):
@@ -369,7 +369,7 @@ def test_a_crashed_server_restarts_and_serves_when_no_snapshot_can_be_written(
     snapshot = os.path.join(workdir, "data", "state.snap")
     args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "0.5")
     server = server_factory(*args).start()
-    acked = _fork.Value("q", 0)
+    acked = fork_context.Value("q", 0)
     writer = start_process(_set_keys_until_cut, acked)
     wait_until(lambda: acked.value > 300)
     kill_and_wait(server.pid)
@@ -416,7 +416,7 @@ def _hold_then_hang(lease: float | None, outcome: Any) -> None:
 @contextlib.contextmanager
 def _hung_holder(lease: float | None) -> Iterator[tuple[BaseProcess, Any]]:
     """A process holding the lock (with ``lease``), stopped; yields it and its outcome."""
-    outcome = _fork.Array("c", 256)
+    outcome = fork_context.Array("c", 256)
     holder = start_process(_hold_then_hang, lease, outcome)
     try:
         wait_until(lambda: is_stopped(holder.pid or 0))

@@ -19,7 +19,13 @@ from bench.procfs import Resources, describe_fds, resources, rss_bytes, settled_
 from sharedstate import get_shared_state
 
 from .support.holders import hold_edit_until_killed, hold_lock_until_killed
-from .support.processes import _fork, kill_and_wait, run_in_processes, start_process, wait_until
+from .support.processes import (
+    fork_context,
+    kill_and_wait,
+    run_in_processes,
+    start_process,
+    wait_until,
+)
 from .support.procfs import is_dead
 from .support.servers import ServerProcess, server_info
 
@@ -145,7 +151,7 @@ def _fast_calls(index: int) -> None:
 
 def _kill_round(rng: random.Random, pid: int, baseline: Resources) -> None:
     """Start clients in every kind of call, then SIGKILL them all at random moments."""
-    lock_held, edit_held = _fork.Event(), _fork.Event()
+    lock_held, edit_held = fork_context.Event(), fork_context.Event()
     processes = [
         start_process(hold_lock_until_killed, lock_held),
         start_process(hold_edit_until_killed, edit_held, HOT, {"n": 0}),

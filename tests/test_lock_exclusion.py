@@ -35,7 +35,7 @@ from sharedstate.config import load_settings
 
 from .support.clients import fresh_state
 from .support.holders import hold_edit_until_killed, hold_lock_until_killed
-from .support.processes import _fork, kill_and_wait, start_process, wait_until
+from .support.processes import fork_context, kill_and_wait, start_process, wait_until
 from .support.procfs import is_dead, is_stopped
 from .support.servers import ServerProcess, free_tcp_port, server_info
 
@@ -108,7 +108,7 @@ def test_a_holder_whose_call_timed_out_gets_lock_lost(
 
 def test_a_holder_interrupted_mid_call_gets_lock_lost(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
-    ready = _fork.Event()
+    ready = fork_context.Event()
     editor = start_process(hold_edit_until_killed, ready, "busy", 0)
     previous = signal.signal(signal.SIGALRM, _interrupt)
     try:
@@ -167,8 +167,8 @@ def test_a_killed_holder_frees_the_lock_though_a_child_it_forked_lives_on(
     server: ServerProcess,
 ) -> None:
     state = get_shared_state(start=False)
-    ready = _fork.Event()
-    child_pid = _fork.Value("i", 0)
+    ready = fork_context.Event()
+    child_pid = fork_context.Value("i", 0)
     holder = start_process(_hold_lock_and_fork, ready, child_pid)
     try:
         assert ready.wait(30)
@@ -224,7 +224,7 @@ def test_release_pid_never_frees_a_live_process(server: ServerProcess) -> None:
 
 
 def test_release_pid_frees_a_dead_local_worker(server: ServerProcess) -> None:
-    ready = _fork.Event()
+    ready = fork_context.Event()
     holder = start_process(hold_lock_until_killed, ready)
     assert ready.wait(30)
     pid = holder.pid or 0
@@ -270,7 +270,7 @@ def test_clear_and_restore_are_served_while_edits_keep_overlapping(
     monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "5")
     state = get_shared_state(start=False)
     state.update({f"k{i}": 0 for i in range(3)})
-    stop, started = _fork.Event(), _fork.Semaphore(0)
+    stop, started = fork_context.Event(), fork_context.Semaphore(0)
     editors: list[BaseProcess] = []
     try:
         for i in range(3):  # staggered, so that some edit is always open
@@ -294,7 +294,7 @@ def test_clear_and_restore_are_served_while_edits_keep_overlapping(
 
 def test_a_huge_lock_timeout_waits_instead_of_failing(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
-    ready = _fork.Event()
+    ready = fork_context.Event()
     holder = start_process(hold_lock_until_killed, ready)
     outcome: list[Any] = []
 

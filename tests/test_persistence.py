@@ -22,7 +22,7 @@ from .support.persisted import (
     segments,
     serve_refused,
 )
-from .support.processes import _fork, kill_and_wait, run_cli, start_process, wait_until
+from .support.processes import fork_context, kill_and_wait, run_cli, start_process, wait_until
 from .support.procfs import server_pids
 from .support.servers import ServerProcess
 
@@ -98,8 +98,8 @@ def test_no_acknowledged_write_is_lost_when_the_server_is_killed(
     server_factory: type[ServerProcess], snapshot: str, policy: str
 ) -> None:
     args = ("--snapshot", snapshot, "--fsync", policy, "--snapshot-interval", "0.3")
-    acked = _fork.Value("q", 0)
-    incremented = _fork.Value("q", 0)
+    acked = fork_context.Value("q", 0)
+    incremented = fork_context.Value("q", 0)
     server = server_factory(*args).start()
     for _cycle in range(6 if policy == "always" else 3):
         before = acked.value

@@ -17,7 +17,7 @@ from sharedstate import ConnectionLost, ServerNotRunning, get_shared_state
 from sharedstate.pidlock import read_pid
 
 from .support.holders import hold_lock_until_killed
-from .support.processes import _fork, kill_and_wait, start_process, wait_until
+from .support.processes import fork_context, kill_and_wait, start_process, wait_until
 from .support.procfs import parent_of, server_pids
 from .support.servers import ServerProcess, server_info
 from .support.wire import store_connection
@@ -87,7 +87,7 @@ def test_next_call_restarts_a_killed_server_when_allowed(workdir: str) -> None:
 
 def test_a_call_cut_off_mid_flight_raises_and_later_calls_work(workdir: str) -> None:
     state = get_shared_state()
-    ready = _fork.Event()
+    ready = fork_context.Event()
     holder = start_process(hold_lock_until_killed, ready)
     outcome: list[BaseException | bool] = []
     try:
@@ -123,7 +123,7 @@ def _start_server_then_wait(ready: Any) -> None:
 
 
 def test_server_outlives_the_worker_that_started_it(workdir: str, address: str) -> None:
-    ready = _fork.Event()
+    ready = fork_context.Event()
     starter = start_process(_start_server_then_wait, ready)
     assert ready.wait(30)
     [server_pid] = server_pids(workdir)

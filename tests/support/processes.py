@@ -18,7 +18,7 @@ from .procfs import is_dead
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Workers are forked, like gunicorn's: they inherit the test's environment and modules.
-_fork = multiprocessing.get_context("fork")
+fork_context = multiprocessing.get_context("fork")
 
 
 def _report(results: Any, index: int, target: Callable[..., Any], args: Sequence[Any]) -> None:
@@ -36,9 +36,9 @@ def run_in_processes(
     A failure in any process fails the caller with that process's traceback. Every
     process is joined, or killed, before this returns.
     """
-    results = _fork.Queue()
+    results = fork_context.Queue()
     processes = [
-        _fork.Process(target=_report, args=(results, index, target, args))
+        fork_context.Process(target=_report, args=(results, index, target, args))
         for index, args in enumerate(args_list)
     ]
     try:
@@ -64,7 +64,7 @@ def run_in_processes(
 
 def start_process(target: Callable[..., Any], *args: Any) -> multiprocessing.process.BaseProcess:
     """Start one forked process; the caller joins or kills it."""
-    process = _fork.Process(target=target, args=args)
+    process = fork_context.Process(target=target, args=args)
     process.start()
     return process
 
