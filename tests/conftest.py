@@ -24,7 +24,7 @@ import sharedstate.client.state
 from sharedstate import SharedState, get_shared_state
 
 from .support.procfs import is_dead, processes_mentioning
-from .support.servers import ServerProcess
+from .support.servers import ServerFactory, ServerProcess
 from .support.users import OtherUser, why_no_other_user
 
 
@@ -59,7 +59,7 @@ def address(workdir: str) -> str:
 
 
 @pytest.fixture
-def server_factory(address: str, workdir: str) -> Iterator[type[ServerProcess]]:
+def server_factory(address: str, workdir: str) -> Iterator[ServerFactory]:
     started: list[ServerProcess] = []
 
     class Factory(ServerProcess):
@@ -75,7 +75,7 @@ def server_factory(address: str, workdir: str) -> Iterator[type[ServerProcess]]:
 
 
 @pytest.fixture
-def server(server_factory: type[ServerProcess]) -> ServerProcess:
+def server(server_factory: ServerFactory) -> ServerProcess:
     return server_factory().start()
 
 

@@ -151,9 +151,9 @@ def test_nested_errors_are_clear(state: SharedState) -> None:
     with pytest.raises(IndexOutOfRange):
         state["cfg"]["list"][5]
     with pytest.raises(InvalidKey):
-        state["cfg"][["unhashable"]] = 1  # type: ignore[index]
+        state["cfg"][["unhashable"]] = 1
     with pytest.raises(InvalidKey):
-        state[{"a": 1}] = 1  # type: ignore[index]
+        state[{"a": 1}] = 1
 
 
 def test_namespace(state: SharedState) -> None:

@@ -44,7 +44,7 @@ from .support.clients import fresh_state
 from .support.faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
 from .support.processes import fork_context, kill_and_wait, run_cli, start_process, wait_until
 from .support.procfs import is_stopped
-from .support.servers import ServerProcess, server_info
+from .support.servers import ServerFactory, ServerProcess, server_info
 
 pytestmark = pytest.mark.fault
 
@@ -129,7 +129,7 @@ def _check_recovered(
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("policy", ["always", "everysec", "no"])
 def test_a_crash_loses_only_what_the_fsync_policy_allows(
-    server_factory: type[ServerProcess],
+    server_factory: ServerFactory,
     workdir: str,
     monkeypatch: pytest.MonkeyPatch,
     policy: str,
@@ -153,7 +153,7 @@ def test_a_crash_loses_only_what_the_fsync_policy_allows(
         results.append(_check_recovered(contents, killed_at, times, before, acked))
         # Increments are writes too: never more than were sent (one in flight per
         # writer), and no fewer than were acknowledged unless the policy allows it.
-        acknowledged_increments = sum(incremented)
+        acknowledged_increments = sum(incremented[:])
         recovered_count = contents.get("count", 0)  # all its writes may be lost, unsynced
         assert count <= recovered_count <= count + acknowledged_increments + WRITERS
         if policy == "always":
@@ -216,7 +216,7 @@ def _recover_in_process(snapshot: str) -> dict[str, Any]:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("lasting", [False, True], ids=["one-call", "from-then-on"])
 def test_a_disk_error_at_any_step_loses_nothing_acknowledged(
-    server_factory: type[ServerProcess], workdir: str, lasting: bool
+    server_factory: ServerFactory, workdir: str, lasting: bool
 ) -> None:
     """SQLite style: fail the Nth disk call (or every call from the Nth), for every N."""
     snapshot = os.path.join(workdir, "data", "state.snap")
@@ -258,7 +258,7 @@ def _status() -> str:
 
 @pytest.mark.timeout(90)
 def test_a_snapshot_failing_with_an_unexpected_error_is_reported_and_the_server_stays_up(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     snapshot = os.path.join(workdir, "data", "state.snap")
     args = ("--snapshot", snapshot, "--snapshot-interval", "0.2")
@@ -282,7 +282,7 @@ def test_a_snapshot_failing_with_an_unexpected_error_is_reported_and_the_server_
 
 @pytest.mark.timeout(90)
 def test_the_snapshot_thread_survives_unexpected_errors_and_retries(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     snapshot = os.path.join(workdir, "data", "state.snap")
     args = ("--snapshot", snapshot, "--snapshot-interval", "0.2")
@@ -299,7 +299,7 @@ def test_the_snapshot_thread_survives_unexpected_errors_and_retries(
     [("everysec", "sync@journal:2!RuntimeError"), ("always", "write@journal:3!ValueError")],
 )
 def test_a_journal_failing_with_an_unexpected_error_refuses_writes_and_says_so(
-    server_factory: type[ServerProcess], workdir: str, policy: str, fault: str
+    server_factory: ServerFactory, workdir: str, policy: str, fault: str
 ) -> None:
     # Not an OSError, yet the journal can't be trusted with the next write: refuse
     # writes until a snapshot starts a clean segment, as for a disk error.
@@ -363,7 +363,7 @@ def _set_keys_until_cut(acked: Any) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_crashed_server_restarts_and_serves_when_no_snapshot_can_be_written(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     # A crash on a nearly full disk: recovery must not need room for a whole snapshot.
     snapshot = os.path.join(workdir, "data", "state.snap")
@@ -522,8 +522,11 @@ def test_waiters_get_the_lock_in_the_order_they_asked(server: ServerProcess) -> 
     try:
         for count, name in enumerate("abcde", start=1):
             waiters.append(start_process(_take_lock_and_sign, name))
-            # Parked before the next one starts.
-            wait_until(lambda count=count: server_info()["waiting"] == count)
+
+            def all_parked(count: int = count) -> bool:
+                return bool(server_info()["waiting"] == count)
+
+            wait_until(all_parked)  # before the next one starts
         assert state["order"] == []
     finally:
         state.lock.release()

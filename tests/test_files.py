@@ -119,7 +119,7 @@ def test_plain_loading_refuses_classes() -> None:
 
 def test_snapshot_round_trip(workdir: str) -> None:
     path = os.path.join(workdir, "state.snap")
-    data = {f"k{i}": pickle.dumps(i) for i in range(25_000)}  # several chunks
+    data: dict[Any, bytes] = {f"k{i}": pickle.dumps(i) for i in range(25_000)}  # several chunks
     data[("tuple", 1)] = pickle.dumps({"nested": [1, 2]})
     size = write_snapshot(path, Contents(41, data, {"mode": pickle.dumps("x")}))
     assert size == os.path.getsize(path)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -89,8 +89,12 @@ class Gunicorn:
             return file.read()
 
 
+# gunicorn(*args): a started gunicorn master with these extra arguments, killed after the test.
+StartGunicorn = Callable[..., Gunicorn]
+
+
 @pytest.fixture
-def gunicorn(workdir: str) -> Iterator[Any]:
+def gunicorn(workdir: str) -> Iterator[StartGunicorn]:
     started: list[Gunicorn] = []
 
     def start(*args: str) -> Gunicorn:
@@ -116,7 +120,7 @@ def concurrent_gets(server: Gunicorn, path: str, count: int) -> list[tuple[int, 
     [("sync", False), ("sync", True), ("gthread", False), ("gthread", True)],
 )
 def test_100_concurrent_requests_get_1_to_100_each_once(
-    gunicorn: Any, worker_class: str, preload: bool
+    gunicorn: StartGunicorn, worker_class: str, preload: bool
 ) -> None:
     args = ["-w", "4", "-k", worker_class]
     args += ["--threads", "4"] if worker_class == "gthread" else []
@@ -128,7 +132,7 @@ def test_100_concurrent_requests_get_1_to_100_each_once(
     wait_until(lambda: len(server.worker_pids()) == 4)
 
 
-def test_nested_data_and_locked_updates_from_all_workers(gunicorn: Any) -> None:
+def test_nested_data_and_locked_updates_from_all_workers(gunicorn: StartGunicorn) -> None:
     server = gunicorn()
     for page in ["home", "about", "home"] * 10:
         assert server.get(f"/visits/{page}", "POST")[0] == 200
@@ -140,7 +144,7 @@ def test_nested_data_and_locked_updates_from_all_workers(gunicorn: Any) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_worker_is_replaced_and_its_lock_released(gunicorn: Any) -> None:
+def test_a_killed_worker_is_replaced_and_its_lock_released(gunicorn: StartGunicorn) -> None:
     server = gunicorn("-w", "4")
     holder_request = threading.Thread(target=lambda: _ignore_errors(server.get, "/hold-lock"))
     holder_request.start()
@@ -165,7 +169,7 @@ def test_a_killed_worker_is_replaced_and_its_lock_released(gunicorn: Any) -> Non
 
 
 @pytest.mark.timeout(120)
-def test_hup_reload_keeps_state_and_serves_without_errors(gunicorn: Any) -> None:
+def test_hup_reload_keeps_state_and_serves_without_errors(gunicorn: StartGunicorn) -> None:
     server = gunicorn("-w", "4")
     get_shared_state(start=False)["before"] = "reload"
     old_workers = server.worker_pids()
@@ -194,7 +198,7 @@ def test_hup_reload_keeps_state_and_serves_without_errors(gunicorn: Any) -> None
 
 @pytest.mark.timeout(120)
 def test_the_counter_continues_after_gunicorn_restarts_with_a_snapshot(
-    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
+    gunicorn: StartGunicorn, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_SNAPSHOT", os.path.join(workdir, "var", "state.snap"))
     first = gunicorn("-w", "4")
@@ -207,7 +211,7 @@ def test_the_counter_continues_after_gunicorn_restarts_with_a_snapshot(
 
 
 def test_a_server_running_before_gunicorn_keeps_running_after_it(
-    gunicorn: Any, server: ServerProcess
+    gunicorn: StartGunicorn, server: ServerProcess
 ) -> None:
     first = gunicorn("-w", "2")
     assert first.get("/count") == (200, "1")
@@ -218,7 +222,7 @@ def test_a_server_running_before_gunicorn_keeps_running_after_it(
 
 
 def test_stop_with_gunicorn_off_keeps_the_server(
-    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
+    gunicorn: StartGunicorn, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_STOP_WITH_GUNICORN", "0")
     first = gunicorn("-w", "2")
@@ -231,7 +235,7 @@ def test_stop_with_gunicorn_off_keeps_the_server(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("when_owner_dies", ["stay", "stop"])
 def test_the_server_notices_a_crashed_master(
-    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch, when_owner_dies: str
+    gunicorn: StartGunicorn, workdir: str, monkeypatch: pytest.MonkeyPatch, when_owner_dies: str
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_WHEN_OWNER_DIES", when_owner_dies)
     first = gunicorn("-w", "2")
@@ -251,7 +255,7 @@ def test_the_server_notices_a_crashed_master(
 
 
 def test_a_preload_app_that_starts_the_server_makes_it_gunicorns(
-    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
+    gunicorn: StartGunicorn, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEST_TOUCH_STATE_AT_IMPORT", "1")
     first = gunicorn("-w", "2", "--preload")

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -69,8 +69,12 @@ class Impostor:
         return counts
 
 
+# start_impostor(*args, user=..., marker=...): the impostor running, killed after the test.
+StartImpostor = Callable[..., Impostor]
+
+
 @pytest.fixture
-def start_impostor() -> Iterator[object]:
+def start_impostor() -> Iterator[StartImpostor]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str, user: OtherUser | None, marker: str) -> Impostor:
@@ -130,7 +134,11 @@ def assert_no_code_ran(marker: str, outputs: list[str]) -> None:
 
 @pytest.mark.timeout(60)
 def test_an_impostor_in_a_default_directory_another_user_made_is_refused(
-    other_user: OtherUser, shared_tmp: str, victim_key: str, workdir: str, start_impostor
+    other_user: OtherUser,
+    shared_tmp: str,
+    victim_key: str,
+    workdir: str,
+    start_impostor: StartImpostor,
 ) -> None:
     # No XDG_RUNTIME_DIR: the default socket is $TMPDIR/sharedstate-$UID/state.sock,
     # and another user got to create that directory first.
@@ -158,7 +166,7 @@ def test_an_impostor_another_user_runs_is_refused_before_anything_is_sent(
     shared_tmp: str,
     victim_key: str,
     workdir: str,
-    start_impostor,  # type: ignore[no-untyped-def]
+    start_impostor: StartImpostor,
     route: str,
 ) -> None:
     # A socket path in a /tmp-like directory, where anyone may create a file and got to
@@ -181,7 +189,7 @@ def test_an_impostor_another_user_runs_is_refused_before_anything_is_sent(
 
 @pytest.mark.timeout(60)
 def test_a_reflecting_impostor_without_the_key_fails_the_handshake(
-    victim_key: str, workdir: str, start_impostor
+    victim_key: str, workdir: str, start_impostor: StartImpostor
 ) -> None:
     # Run as the victims' own user, so only the handshake stands in its way.
     address = f"127.0.0.1:{free_tcp_port()}"

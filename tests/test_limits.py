@@ -20,12 +20,18 @@ from sharedstate.config import load_settings
 from sharedstate.server.loop import MAX_GREETING
 
 from .support.processes import run_cli, wait_until
-from .support.servers import ServerProcess, free_tcp_port, requests_served, server_info
+from .support.servers import (
+    ServerFactory,
+    ServerProcess,
+    free_tcp_port,
+    requests_served,
+    server_info,
+)
 from .support.wire import store_connection
 
 
 def test_past_max_clients_new_clients_are_refused_clearly(
-    server_factory: type[ServerProcess],
+    server_factory: ServerFactory,
 ) -> None:
     server = server_factory("--max-clients", "4").start()
     settings = load_settings({})
@@ -48,7 +54,7 @@ def test_past_max_clients_new_clients_are_refused_clearly(
 
 @pytest.mark.timeout(120)
 def test_silent_slow_and_idle_connections_never_keep_out_a_new_client_or_status(
-    server_factory: type[ServerProcess], monkeypatch: pytest.MonkeyPatch
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # TCP on loopback: any local user can open these, no key needed for the first kind.
     address = f"127.0.0.1:{free_tcp_port()}"
@@ -84,8 +90,8 @@ def test_silent_slow_and_idle_connections_never_keep_out_a_new_client_or_status(
         assert state["y"] == 2, "connected clients are served meanwhile"
         assert resources(server.pid).threads <= threads + 1, "no thread per connection"
     finally:
-        for sock in held:
-            sock.close()
+        for connection in held:
+            connection.close()
 
 
 def test_the_oldest_unfinished_handshakes_give_way_to_new_connections(

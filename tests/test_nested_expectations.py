@@ -29,7 +29,7 @@ from sharedstate.server.store import Store
 
 from .support.clients import fresh_state
 from .support.processes import kill_and_wait, run_in_processes
-from .support.servers import ServerProcess
+from .support.servers import ServerFactory, ServerProcess
 from .support.stores import RecordingJournal, value_of
 
 CLIENT = LocalCaller(1)
@@ -43,7 +43,7 @@ def call(
     store: Store, path: tuple[Any, ...], method: str, args: tuple[Any, ...], *expected: Any
 ) -> Any:
     """A nested write as views send it: ``(args, kwargs[, expectations])``."""
-    data = (args, {}, tuple(expected)) if expected else (args, {})
+    data: tuple[Any, ...] = (args, {}, tuple(expected)) if expected else (args, {})
     return pickle.loads(store.nested(CLIENT, DATA, path, method, p(data)))
 
 
@@ -95,7 +95,7 @@ class Elementwise(list[Any]):
     def __eq__(self, other: object) -> Any:
         raise ValueError("the truth value of an array is ambiguous")
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
 
 def test_expectations_compare_nan_and_objects_whose_eq_is_not_a_bool(store: Store) -> None:
@@ -170,7 +170,7 @@ def test_list_errors_keep_their_kind(store: Store) -> None:
 
 
 def test_checked_writes_and_old_style_ones_survive_a_kill_and_replay(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     snapshot = f"{workdir}/data/state.snap"
     args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")

@@ -19,7 +19,7 @@ from sharedstate.pidlock import read_pid
 from .support.holders import hold_lock_until_killed
 from .support.processes import fork_context, kill_and_wait, start_process, wait_until
 from .support.procfs import parent_of, server_pids
-from .support.servers import ServerProcess, server_info
+from .support.servers import ServerFactory, ServerProcess, server_info
 from .support.wire import store_connection
 
 
@@ -60,7 +60,7 @@ def test_start_false_with_no_server_raises_a_clear_error(address: str) -> None:
 
 
 def test_next_call_reconnects_after_the_server_restarts(
-    server_factory: type[ServerProcess],
+    server_factory: ServerFactory,
 ) -> None:
     first = server_factory().start()
     state = get_shared_state(start=False)

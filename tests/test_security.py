@@ -10,7 +10,7 @@ import pytest
 from sharedstate import AuthenticationFailed, InsecurePermissions, get_shared_state
 
 from .support.processes import run_cli
-from .support.servers import ServerProcess, free_tcp_port
+from .support.servers import ServerFactory, ServerProcess, free_tcp_port
 
 STRONG_KEY = "k" * 40
 
@@ -80,7 +80,7 @@ def test_a_server_refuses_a_key_file_readable_by_others(workdir: str) -> None:
 
 
 def test_explicit_key_file_is_used_by_server_and_clients(
-    server_factory: type[ServerProcess], workdir: str, monkeypatch: pytest.MonkeyPatch
+    server_factory: ServerFactory, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key_file = os.path.join(workdir, "app.key")
     with open(key_file, "w") as file:
@@ -119,7 +119,7 @@ def test_a_runtime_directory_owned_by_another_user_is_refused(
         get_shared_state()
 
 
-def test_tcp_on_loopback_works(server_factory: type[ServerProcess]) -> None:
+def test_tcp_on_loopback_works(server_factory: ServerFactory) -> None:
     address = f"127.0.0.1:{free_tcp_port()}"
     server_factory(address=address).start()
     state = get_shared_state(address, start=False)
@@ -138,7 +138,7 @@ def test_a_non_loopback_address_needs_both_opt_in_and_a_key(workdir: str) -> Non
 
 
 def test_a_non_loopback_address_with_opt_in_and_key_serves(
-    server_factory: type[ServerProcess], monkeypatch: pytest.MonkeyPatch
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_AUTHKEY", STRONG_KEY)
     port = free_tcp_port()

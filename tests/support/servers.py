@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from sharedstate.client.launcher import call_server_function
 from sharedstate.config import load_settings
@@ -85,6 +85,18 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+class ServerFactory(Protocol):
+    """What the ``server_factory`` fixture gives: a ServerProcess, not started yet.
+
+    ``server_factory(*serve_args)`` serves the test's address (or ``address``) and is
+    stopped after the test; ``faults`` runs it with injected faults (see faults.py).
+    """
+
+    def __call__(
+        self, *args: str, address: str = ..., faults: str | None = None
+    ) -> ServerProcess: ...
 
 
 def server_info(timeout: float = 10.0) -> dict[str, Any]:
