@@ -11,7 +11,9 @@ from sharedstate.address import MAX_SOCKET_PATH_BYTES, Address, parse_address
 from sharedstate.config import SETTINGS, load_settings, settings_table_markdown
 from sharedstate.errors import ConfigError
 
-README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+CONFIGURATION_DOC = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "docs", "configuration.md"
+)
 
 
 def test_flag_beats_environment_beats_dotenv_beats_default(
@@ -114,13 +116,14 @@ def test_every_setting_has_an_environment_variable_and_help() -> None:
         assert spec.default_doc
 
 
-def test_readme_settings_table_is_generated_from_the_definitions() -> None:
-    with open(README, encoding="utf-8") as file:
-        readme = file.read()
+def test_the_settings_table_in_the_docs_is_generated_from_the_definitions() -> None:
+    with open(CONFIGURATION_DOC, encoding="utf-8") as file:
+        doc = file.read()
     match = re.search(
-        r"<!-- settings-table:start -->\n(.*?)<!-- settings-table:end -->", readme, re.DOTALL
+        r"<!-- settings-table:start -->\n(.*?)<!-- settings-table:end -->", doc, re.DOTALL
     )
-    assert match, "README.md lacks the settings-table markers"
-    assert (
-        match.group(1) == settings_table_markdown()
-    ), "README settings table is stale; regenerate it with: sharedstate config --markdown"
+    assert match, "docs/configuration.md lacks the settings-table markers"
+    assert match.group(1) == settings_table_markdown(), (
+        "the settings table in docs/configuration.md is stale; "
+        "regenerate it with: sharedstate config --markdown"
+    )
