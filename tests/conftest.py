@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,12 +21,11 @@ from collections.abc import Iterator
 import pytest
 
 import sharedstate.client.state
-from sharedstate.client.launcher import call_server_function
-from sharedstate.config import load_settings
-from sharedstate.errors import SharedStateError
+from sharedstate import SharedState, get_shared_state
 
-from .processes import REPO_ROOT, is_dead, processes_mentioning
-from .users import other_user, shared_tmp  # noqa: F401  (fixtures)
+from .support.procfs import is_dead, processes_mentioning
+from .support.servers import ServerFactory, ServerProcess
+from .support.users import OtherUser, why_no_other_user
 
 
 @pytest.fixture
@@ -59,93 +58,8 @@ def address(workdir: str) -> str:
     return os.path.join(workdir, "run", "state.sock")
 
 
-def write_client_only_module(directory: str) -> None:
-    """Write ``client_models.py`` (a class ``Grid``) where only the test process imports it."""
-    os.makedirs(directory)
-    with open(os.path.join(directory, "client_models.py"), "w") as file:
-        file.write("class Grid:\n    def __init__(self, cells):\n        self.cells = cells\n")
-
-
-def fresh_state(*, start: bool = False) -> sharedstate.client.state.SharedState:
-    """A new state object with new connections, as a restarted worker would have."""
-    for state in sharedstate.client.state._states.values():
-        state.close()
-    sharedstate.client.state._states.clear()
-    return sharedstate.client.state.get_shared_state(start=start)
-
-
-class ServerProcess:
-    """A real ``sharedstate serve`` in the foreground, as an operator would run it."""
-
-    def __init__(self, address: str, workdir: str, *args: str, faults: str | None = None) -> None:
-        self.address = address
-        self.log_path = os.path.join(workdir, f"serve-{time.monotonic_ns()}.log")
-        self.args = args
-        self.faults = faults  # see tests/faults.py
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 15.0) -> ServerProcess:
-        module = "sharedstate" if self.faults is None else "tests.fault_server"
-        argv = [sys.executable, "-m", module, "serve", "--address", self.address, *self.args]
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-        if self.faults is not None:
-            env["SHAREDSTATE_TEST_FAULTS"] = self.faults
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
-        self.wait_ready(timeout)
-        return self
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        settings = load_settings({"address": self.address})
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}: {self.log()}")
-            try:
-                call_server_function(settings, "server_info", 2.0)
-                return
-            except SharedStateError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"server not ready: {self.log()}") from None
-                time.sleep(0.02)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float = 10.0) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def log(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as file:
-            return file.read()
-
-    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
-        """Wait until the server has logged ``text`` (it may log just after replying)."""
-        deadline = time.monotonic() + timeout
-        while text not in self.log():
-            assert time.monotonic() < deadline, f"{text!r} never logged:\n{self.log()}"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
 @pytest.fixture
-def server_factory(address: str, workdir: str) -> Iterator[type[ServerProcess]]:
+def server_factory(address: str, workdir: str) -> Iterator[ServerFactory]:
     started: list[ServerProcess] = []
 
     class Factory(ServerProcess):
@@ -161,8 +75,48 @@ def server_factory(address: str, workdir: str) -> Iterator[type[ServerProcess]]:
 
 
 @pytest.fixture
-def server(server_factory: type[ServerProcess]) -> ServerProcess:
+def server(server_factory: ServerFactory) -> ServerProcess:
     return server_factory().start()
+
+
+@pytest.fixture
+def state(server: ServerProcess) -> SharedState:
+    """The test's state, on a server started for it."""
+    return get_shared_state(start=False)
+
+
+@pytest.fixture(scope="session")
+def other_user() -> Iterator[OtherUser]:
+    """A second Unix user, created for the session and removed after it."""
+    reason = why_no_other_user()
+    if reason is not None:
+        pytest.skip(reason)
+    name = f"sstest{os.getpid()}"
+    useradd, userdel = shutil.which("useradd"), shutil.which("userdel")
+    assert useradd is not None
+    assert userdel is not None
+    subprocess.run(
+        [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    try:
+        entry = pwd.getpwnam(name)
+        yield OtherUser(name, entry.pw_uid, entry.pw_gid)
+    finally:
+        subprocess.run([userdel, name], check=False, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[str]:
+    """A world-writable sticky directory, like ``/tmp``, private to one test."""
+    path = tempfile.mkdtemp(prefix="ss-shared-", dir="/tmp")
+    os.chmod(path, 0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _kill_all(pids: list[int]) -> None:

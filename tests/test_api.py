@@ -25,16 +25,10 @@ from sharedstate import (
     WrongType,
     get_shared_state,
 )
-from sharedstate.client.launcher import call_server_function
-from sharedstate.config import load_settings
 
-from .conftest import ServerProcess, write_client_only_module
-from .processes import run_in_processes
-
-
-@pytest.fixture
-def state(server: ServerProcess) -> SharedState:
-    return get_shared_state(start=False)
+from .support.clients import write_client_only_module
+from .support.processes import run_in_processes
+from .support.servers import requests_served
 
 
 def test_dict_operations(state: SharedState) -> None:
@@ -157,9 +151,9 @@ def test_nested_errors_are_clear(state: SharedState) -> None:
     with pytest.raises(IndexOutOfRange):
         state["cfg"]["list"][5]
     with pytest.raises(InvalidKey):
-        state["cfg"][["unhashable"]] = 1  # type: ignore[index]
+        state["cfg"][["unhashable"]] = 1
     with pytest.raises(InvalidKey):
-        state[{"a": 1}] = 1  # type: ignore[index]
+        state[{"a": 1}] = 1
 
 
 def test_namespace(state: SharedState) -> None:
@@ -262,11 +256,6 @@ def test_get_shared_state_returns_the_same_object(state: SharedState) -> None:
         pickle.dumps(state)
 
 
-def _requests_served() -> int:
-    info = call_server_function(load_settings(), "server_info", 5)
-    return sum(client["requests"] for client in info["clients"])
-
-
 @pytest.mark.parametrize(
     ("operation", "round_trips"),
     [
@@ -290,18 +279,18 @@ def test_each_dict_operation_is_one_round_trip(
     state: SharedState, operation: Any, round_trips: int
 ) -> None:
     state.update(k=0, cfg={"db": {"port": 1}})
-    before = _requests_served()
+    before = requests_served()
     operation(state)
-    assert _requests_served() - before == round_trips
+    assert requests_served() - before == round_trips
 
 
 def test_batches_are_one_round_trip_each(state: SharedState) -> None:
-    before = _requests_served()
+    before = requests_served()
     state.set_many({f"k{i}": i for i in range(100)})
-    assert _requests_served() - before == 1
-    before = _requests_served()
+    assert requests_served() - before == 1
+    before = requests_served()
     values = state.get_many([f"k{i}" for i in range(100)] + ["missing"])
-    assert _requests_served() - before == 1
+    assert requests_served() - before == 1
     assert values == {f"k{i}": i for i in range(100)}
     assert state.delete_many(["k1", "k2", "missing"]) == 2
     assert "k1" not in state

@@ -14,11 +14,12 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import pytest
 
+from bench.procfs import resources
 from sharedstate import (
     AuthenticationFailed,
     ConfigError,
@@ -36,15 +37,16 @@ from sharedstate import (
 from sharedstate.address import MAX_SOCKET_PATH_BYTES
 from sharedstate.client.transport import handshake
 
-from .conftest import ServerProcess, fresh_state, write_client_only_module
-from .processes import run_cli, run_in_processes, server_pids, wait_until
-from .wire import (
+from .support.clients import fresh_state, write_client_only_module
+from .support.processes import run_cli, run_in_processes, wait_until
+from .support.procfs import peak_memory, server_pids
+from .support.servers import ServerFactory, ServerProcess
+from .support.wire import (
     assert_still_serving,
     authenticated,
     frame,
     key_of,
     read_reply,
-    threads_and_fds,
     wait_for_no_growth,
 )
 
@@ -52,15 +54,6 @@ WRONG_KEY = b"not-the-server-key-but-long-enough"
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def peak_memory(pid: int) -> int:
-    """The most memory the process has ever had resident, in bytes."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as file:
-        for line in file:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc/PID/status")
 
 
 def no_server_left(workdir: str) -> None:
@@ -80,7 +73,7 @@ def outcome(operation: Callable[[], Any]) -> BaseException | None:
 
 
 def refusal_problems(
-    operations: dict[str, Callable[[], Any]], expected: type[SharedStateError], *words: str
+    operations: Mapping[str, Callable[[], Any]], expected: type[SharedStateError], *words: str
 ) -> list[str]:
     """Run each operation; describe every one that did not raise ``expected`` with ``words``."""
     problems = []
@@ -120,7 +113,7 @@ def test_200_wrong_keys_are_refused_and_leave_nothing_behind(server: ServerProce
     right = key_of(server)
     good = get_shared_state(start=False)
     good["n"] = 0
-    before = threads_and_fds(server.pid)
+    before = resources(server.pid)
     wrong_keys = [
         right[:-1] + bytes([right[-1] ^ 1]),  # one bit off
         right + b"0",
@@ -517,11 +510,11 @@ def test_paths_into_missing_keys_or_non_containers_are_clear(server: ServerProce
         state["cfg"]["list"].incr(1)
     for amount in ("1", True, None, [1]):
         with pytest.raises(WrongType, match="the amount to add is a"):
-            state["cfg"].incr("n", amount)  # type: ignore[arg-type]
+            state["cfg"].incr("n", amount)
         with pytest.raises(WrongType, match="the amount to add is a"):
             state.incr("n", amount)  # type: ignore[arg-type]
     with pytest.raises(WrongType, match=r"state\['cfg'\]\['list'\]"):
-        state["cfg"]["list"]["x"] = 1  # type: ignore[index]
+        state["cfg"]["list"]["x"] = 1
     state.namespace.n = {"inner": {}}
     stale_attribute = state.namespace.n
     state.namespace.n = 5
@@ -541,7 +534,7 @@ def test_reading_a_list_with_a_str_index_is_a_clear_error(server: ServerProcess)
     state = get_shared_state(start=False)
     state["list"] = [1]
     with pytest.raises(WrongType, match=r"state\['list'\]"):
-        state["list"]["x"]  # type: ignore[call-overload]
+        state["list"]["x"]
     assert_still_serving(server, 1)
 
 
@@ -556,7 +549,7 @@ def _path_of_length(workdir: str, size: int) -> str:
 
 
 def test_a_socket_path_too_long_is_refused_by_serve_and_by_clients(
-    workdir: str, server_factory: type[ServerProcess], monkeypatch: pytest.MonkeyPatch
+    workdir: str, server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     limit = MAX_SOCKET_PATH_BYTES
     too_long = _path_of_length(workdir, limit + 1)

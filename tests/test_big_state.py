@@ -18,8 +18,9 @@ import pytest
 from sharedstate import get_shared_state
 from sharedstate.codec import DATA, decode
 
-from .conftest import ServerProcess, fresh_state
-from .processes import run_cli
+from .support.clients import fresh_state
+from .support.processes import run_cli
+from .support.servers import ServerFactory, ServerProcess
 
 pytestmark = pytest.mark.load
 
@@ -59,7 +60,7 @@ def _nested(state: Any, method: str, *args: Any) -> Any:
 
 
 def _save_stop_restart(
-    server: ServerProcess, server_factory: type[ServerProcess], args: tuple[str, ...]
+    server: ServerProcess, server_factory: ServerFactory, args: tuple[str, ...]
 ) -> tuple[float, float]:
     """``sharedstate snapshot``, stop, start again; return the seconds each part took."""
     started = time.monotonic()
@@ -76,7 +77,7 @@ def _save_stop_restart(
 
 @pytest.mark.timeout(1200)
 def test_a_snapshot_of_more_than_2_gib_in_one_chunk_is_saved_and_restored(
-    server_factory: type[ServerProcess], snapshot_path: str, room: None
+    server_factory: ServerFactory, snapshot_path: str, room: None
 ) -> None:
     args = ("--snapshot", snapshot_path, "--no-journal", "--snapshot-interval", "3600")
     server = server_factory(*args).start()
@@ -93,7 +94,7 @@ def test_a_snapshot_of_more_than_2_gib_in_one_chunk_is_saved_and_restored(
 
 @pytest.mark.timeout(1200)
 def test_one_value_grown_past_2_gib_by_nested_writes_is_saved_and_restored(
-    server_factory: type[ServerProcess], snapshot_path: str, room: None
+    server_factory: ServerFactory, snapshot_path: str, room: None
 ) -> None:
     # Each append is a small request, so no request limit stops the list growing.
     args = ("--snapshot", snapshot_path, "--no-journal", "--snapshot-interval", "3600")

@@ -9,7 +9,7 @@ from sharedstate import __version__
 from sharedstate.cli import cli
 from sharedstate.config import settings_table_markdown
 
-from .processes import run_cli
+from .support.processes import run_cli
 
 
 def test_usage_errors_exit_2() -> None:

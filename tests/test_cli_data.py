@@ -9,8 +9,8 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .conftest import ServerProcess
-from .processes import run_cli
+from .support.processes import run_cli
+from .support.servers import ServerProcess
 
 
 def test_set_then_get_as_json(server: ServerProcess) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 import pytest
 
 from sharedstate import get_shared_state
 
-from .conftest import ServerProcess
-from .processes import _fork, run_in_processes, server_pids, start_process
+from .support.holders import hold_lock_until_killed
+from .support.processes import fork_context, run_in_processes, start_process
+from .support.procfs import server_pids
+from .support.servers import ServerProcess
 
 RACERS = 16
 
@@ -26,7 +27,7 @@ def _start_at_the_same_instant(barrier: Any) -> int:
 
 @pytest.mark.timeout(120)
 def test_simultaneous_first_calls_start_exactly_one_server(workdir: str) -> None:
-    barrier = _fork.Barrier(RACERS)
+    barrier = fork_context.Barrier(RACERS)
     tickets = run_in_processes(_start_at_the_same_instant, [(barrier,)] * RACERS)
     assert sorted(tickets) == list(range(1, RACERS + 1))
     assert len(server_pids(workdir)) == 1
@@ -111,19 +112,11 @@ def test_threads_share_one_state_object(server: ServerProcess) -> None:
     assert state["locked"] == 1600
 
 
-def _hold_lock_forever(ready: Any) -> None:
-    state = get_shared_state(start=False)
-    state.lock.acquire()
-    ready.set()
-    while True:
-        time.sleep(1)
-
-
 @pytest.mark.timeout(60)
 def test_lock_is_released_when_holder_is_killed(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
-    ready = _fork.Event()
-    holder = start_process(_hold_lock_forever, ready)
+    ready = fork_context.Event()
+    holder = start_process(hold_lock_until_killed, ready)
     try:
         assert ready.wait(30)
         assert state.lock.acquire(timeout=0.1) is False

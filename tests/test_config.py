@@ -19,7 +19,9 @@ from sharedstate.config import (
 )
 from sharedstate.errors import ConfigError
 
-README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+CONFIGURATION_DOC = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "docs", "configuration.md"
+)
 
 
 def test_flag_beats_environment_beats_dotenv_beats_default(
@@ -155,13 +157,14 @@ def test_the_docs_show_each_plain_default_from_its_definition() -> None:
             assert spec.default_doc == shown.get(spec.name, f"`{spec.default}`")
 
 
-def test_readme_settings_table_is_generated_from_the_definitions() -> None:
-    with open(README, encoding="utf-8") as file:
-        readme = file.read()
+def test_the_settings_table_in_the_docs_is_generated_from_the_definitions() -> None:
+    with open(CONFIGURATION_DOC, encoding="utf-8") as file:
+        doc = file.read()
     match = re.search(
-        r"<!-- settings-table:start -->\n(.*?)<!-- settings-table:end -->", readme, re.DOTALL
+        r"<!-- settings-table:start -->\n(.*?)<!-- settings-table:end -->", doc, re.DOTALL
     )
-    assert match, "README.md lacks the settings-table markers"
-    assert (
-        match.group(1) == settings_table_markdown()
-    ), "README settings table is stale; regenerate it with: sharedstate config --markdown"
+    assert match, "docs/configuration.md lacks the settings-table markers"
+    assert match.group(1) == settings_table_markdown(), (
+        "the settings table in docs/configuration.md is stale; "
+        "regenerate it with: sharedstate config --markdown"
+    )

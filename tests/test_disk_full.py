@@ -19,9 +19,10 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .conftest import ServerProcess, fresh_state
-from .persisted import fingerprints, segments, serve_refused
-from .processes import kill_and_wait, run_cli, wait_until
+from .support.clients import fresh_state
+from .support.persisted import fingerprints, segments, serve_refused
+from .support.processes import kill_and_wait, run_cli, wait_until
+from .support.servers import ServerFactory
 
 pytestmark = pytest.mark.fault
 
@@ -67,7 +68,7 @@ def fill(directory: str, leave: int) -> str:
     return filler
 
 
-def crash_after_writes(server_factory: type[ServerProcess], args: tuple[str, ...]) -> None:
+def crash_after_writes(server_factory: ServerFactory, args: tuple[str, ...]) -> None:
     server = server_factory(*args).start()
     state = get_shared_state(start=False)
     for key in KEYS_WRITTEN:
@@ -77,7 +78,7 @@ def crash_after_writes(server_factory: type[ServerProcess], args: tuple[str, ...
 
 @pytest.mark.timeout(120)
 def test_a_crashed_server_restarts_on_a_nearly_full_filesystem(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     data = os.path.join(workdir, "data")
     snapshot = os.path.join(data, "state.snap")
@@ -106,7 +107,7 @@ def test_a_crashed_server_restarts_on_a_nearly_full_filesystem(
 
 @pytest.mark.timeout(120)
 def test_a_full_filesystem_refuses_to_start_naming_the_file_and_the_room_needed(
-    server_factory: type[ServerProcess], workdir: str, address: str
+    server_factory: ServerFactory, workdir: str, address: str
 ) -> None:
     data = os.path.join(workdir, "data")
     snapshot = os.path.join(data, "state.snap")

@@ -12,8 +12,9 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .conftest import ServerProcess, fresh_state
-from .processes import run_cli
+from .support.clients import fresh_state
+from .support.processes import run_cli
+from .support.servers import ServerFactory, ServerProcess
 
 RICH = {
     "text": "héllo",
@@ -134,9 +135,7 @@ def test_a_pickle_dump_others_could_write_is_refused(server: ServerProcess, work
     assert "another user" in result.stderr
 
 
-def test_restore_is_saved_in_the_snapshot(
-    server_factory: type[ServerProcess], workdir: str
-) -> None:
+def test_restore_is_saved_in_the_snapshot(server_factory: ServerFactory, workdir: str) -> None:
     snapshot = os.path.join(workdir, "data", "state.snap")
     dump = os.path.join(workdir, "backup.json")
     with open(dump, "w") as file:
@@ -160,9 +159,7 @@ def test_a_dump_path_that_cannot_be_written_is_one_line_and_exit_1(
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_restore_says_so_when_saving_it_fails(
-    server_factory: type[ServerProcess], workdir: str
-) -> None:
+def test_restore_says_so_when_saving_it_fails(server_factory: ServerFactory, workdir: str) -> None:
     # It used to print "the server has no snapshot file" for any failure to save.
     snapshot = os.path.join(workdir, "state.snap")
     server_factory("--snapshot", snapshot, faults="replace@state.snap:1-").start()

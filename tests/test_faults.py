@@ -3,7 +3,7 @@
 Several writer processes run a mixed load (set, incr, nested write) while the server is
 SIGKILLed at a random moment, cycle after cycle. A killed process loses nothing the OS
 already has, so each crash is also treated as a power loss: every journal is cut back
-to what fsync had made durable (``tests/faults.py``). Then a new server recovers, and we
+to what fsync had made durable (``tests/support/faults.py``). Then a new server recovers, and we
 compare what the writers saw acknowledged with what came back.
 """
 
@@ -40,9 +40,11 @@ from sharedstate.persistence.coordinator import Persistence
 from sharedstate.server.reservations import LocalCaller
 from sharedstate.server.store import Store
 
-from .conftest import ServerProcess, fresh_state
-from .faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
-from .processes import _fork, kill_and_wait, run_cli, start_process, wait_until
+from .support.clients import fresh_state
+from .support.faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
+from .support.processes import fork_context, kill_and_wait, run_cli, start_process, wait_until
+from .support.procfs import is_stopped
+from .support.servers import ServerFactory, ServerProcess, server_info
 
 pytestmark = pytest.mark.fault
 
@@ -127,7 +129,7 @@ def _check_recovered(
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("policy", ["always", "everysec", "no"])
 def test_a_crash_loses_only_what_the_fsync_policy_allows(
-    server_factory: type[ServerProcess],
+    server_factory: ServerFactory,
     workdir: str,
     monkeypatch: pytest.MonkeyPatch,
     policy: str,
@@ -139,8 +141,8 @@ def test_a_crash_loses_only_what_the_fsync_policy_allows(
     server = server_factory(*args, faults="").start()
     get_shared_state(start=False)["last"] = {}
     call_server_function(load_settings({}), "snapshot_now", 30)  # durable before any crash
-    acked = _fork.Array("q", WRITERS)
-    incremented = _fork.Array("q", WRITERS)
+    acked = fork_context.Array("q", WRITERS)
+    incremented = fork_context.Array("q", WRITERS)
     results = []
     count = 0
     for _cycle in range(CYCLES[policy]):
@@ -151,7 +153,7 @@ def test_a_crash_loses_only_what_the_fsync_policy_allows(
         results.append(_check_recovered(contents, killed_at, times, before, acked))
         # Increments are writes too: never more than were sent (one in flight per
         # writer), and no fewer than were acknowledged unless the policy allows it.
-        acknowledged_increments = sum(incremented)
+        acknowledged_increments = sum(incremented[:])
         recovered_count = contents.get("count", 0)  # all its writes may be lost, unsynced
         assert count <= recovered_count <= count + acknowledged_increments + WRITERS
         if policy == "always":
@@ -214,7 +216,7 @@ def _recover_in_process(snapshot: str) -> dict[str, Any]:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("lasting", [False, True], ids=["one-call", "from-then-on"])
 def test_a_disk_error_at_any_step_loses_nothing_acknowledged(
-    server_factory: type[ServerProcess], workdir: str, lasting: bool
+    server_factory: ServerFactory, workdir: str, lasting: bool
 ) -> None:
     """SQLite style: fail the Nth disk call (or every call from the Nth), for every N."""
     snapshot = os.path.join(workdir, "data", "state.snap")
@@ -256,7 +258,7 @@ def _status() -> str:
 
 @pytest.mark.timeout(90)
 def test_a_snapshot_failing_with_an_unexpected_error_is_reported_and_the_server_stays_up(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     snapshot = os.path.join(workdir, "data", "state.snap")
     args = ("--snapshot", snapshot, "--snapshot-interval", "0.2")
@@ -280,7 +282,7 @@ def test_a_snapshot_failing_with_an_unexpected_error_is_reported_and_the_server_
 
 @pytest.mark.timeout(90)
 def test_the_snapshot_thread_survives_unexpected_errors_and_retries(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     snapshot = os.path.join(workdir, "data", "state.snap")
     args = ("--snapshot", snapshot, "--snapshot-interval", "0.2")
@@ -297,7 +299,7 @@ def test_the_snapshot_thread_survives_unexpected_errors_and_retries(
     [("everysec", "sync@journal:2!RuntimeError"), ("always", "write@journal:3!ValueError")],
 )
 def test_a_journal_failing_with_an_unexpected_error_refuses_writes_and_says_so(
-    server_factory: type[ServerProcess], workdir: str, policy: str, fault: str
+    server_factory: ServerFactory, workdir: str, policy: str, fault: str
 ) -> None:
     # Not an OSError, yet the journal can't be trusted with the next write: refuse
     # writes until a snapshot starts a clean segment, as for a disk error.
@@ -361,13 +363,13 @@ def _set_keys_until_cut(acked: Any) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_crashed_server_restarts_and_serves_when_no_snapshot_can_be_written(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     # A crash on a nearly full disk: recovery must not need room for a whole snapshot.
     snapshot = os.path.join(workdir, "data", "state.snap")
     args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "0.5")
     server = server_factory(*args).start()
-    acked = _fork.Value("q", 0)
+    acked = fork_context.Value("q", 0)
     writer = start_process(_set_keys_until_cut, acked)
     wait_until(lambda: acked.value > 300)
     kill_and_wait(server.pid)
@@ -399,11 +401,6 @@ def test_a_crashed_server_restarts_and_serves_when_no_snapshot_can_be_written(
 # -- hung lock holders and a hung server -----------------------------------------------
 
 
-def _is_stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat", "rb") as file:
-        return file.read().rsplit(b")", 1)[1].split()[0] == b"T"
-
-
 def _hold_then_hang(lease: float | None, outcome: Any) -> None:
     """Take the lock, stop ourselves (a hung worker), and try to release once continued."""
     state = get_shared_state(start=False)
@@ -419,10 +416,10 @@ def _hold_then_hang(lease: float | None, outcome: Any) -> None:
 @contextlib.contextmanager
 def _hung_holder(lease: float | None) -> Iterator[tuple[BaseProcess, Any]]:
     """A process holding the lock (with ``lease``), stopped; yields it and its outcome."""
-    outcome = _fork.Array("c", 256)
+    outcome = fork_context.Array("c", 256)
     holder = start_process(_hold_then_hang, lease, outcome)
     try:
-        wait_until(lambda: _is_stopped(holder.pid or 0))
+        wait_until(lambda: is_stopped(holder.pid or 0))
         yield holder, outcome
     finally:
         holder.kill()
@@ -444,7 +441,7 @@ def test_a_lease_frees_a_hung_holders_lock_and_its_late_release_fails(
     with _hung_holder(0.5) as (holder, outcome):
         state = get_shared_state(start=False)
         assert state.lock.acquire(timeout=30), "the lease never freed the lock"
-        assert _is_stopped(holder.pid or 0), "freed by the lease, not by the holder"
+        assert is_stopped(holder.pid or 0), "freed by the lease, not by the holder"
         server.wait_for_log("past its 0.5 s lease; the lock is freed")
         os.kill(holder.pid or 0, signal.SIGCONT)
         holder.join(30)
@@ -481,7 +478,7 @@ def test_a_stopped_server_gives_timeout_not_a_hang(
     reader["x"] = 1
     server.signal(signal.SIGSTOP)
     try:
-        wait_until(lambda: _is_stopped(server.pid))
+        wait_until(lambda: is_stopped(server.pid))
         with pytest.raises(Timeout, match="did not answer lookup"):
             reader["x"]
         with pytest.raises(Timeout, match="did not answer set"):
@@ -520,17 +517,16 @@ def _take_lock_and_sign(name: str) -> None:
 def test_waiters_get_the_lock_in_the_order_they_asked(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
     state["order"] = []
-    settings = load_settings({})
-
-    def waiting() -> int:
-        return int(call_server_function(settings, "server_info", 5)["waiting"])
-
     assert state.lock.acquire()
     waiters = []
     try:
         for count, name in enumerate("abcde", start=1):
             waiters.append(start_process(_take_lock_and_sign, name))
-            wait_until(lambda count=count: waiting() == count)  # parked before the next one
+
+            def all_parked(count: int = count) -> bool:
+                return bool(server_info()["waiting"] == count)
+
+            wait_until(all_parked)  # before the next one starts
         assert state["order"] == []
     finally:
         state.lock.release()

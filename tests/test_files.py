@@ -19,7 +19,7 @@ from sharedstate.persistence.recovery import recover
 from sharedstate.persistence.snapshot import read_snapshot, write_snapshot
 from sharedstate.server.store import Store
 
-from .faults import FailingDisk, lose_unsynced_writes
+from .support.faults import FailingDisk, lose_unsynced_writes
 
 
 def frames_file(tmp: str, payloads: list[bytes], tail: bytes = b"") -> str:
@@ -120,7 +120,7 @@ def test_plain_loading_refuses_classes() -> None:
 
 def test_snapshot_round_trip(workdir: str) -> None:
     path = os.path.join(workdir, "state.snap")
-    data = {f"k{i}": pickle.dumps(i) for i in range(25_000)}  # several chunks
+    data: dict[Any, bytes] = {f"k{i}": pickle.dumps(i) for i in range(25_000)}  # several chunks
     data[("tuple", 1)] = pickle.dumps({"nested": [1, 2]})
     size = write_snapshot(path, Contents(41, data, {"mode": pickle.dumps("x")}))
     assert size == os.path.getsize(path)

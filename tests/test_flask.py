@@ -11,8 +11,8 @@ import sharedstate
 from sharedstate import ConfigError
 from sharedstate.flask import SharedStateExtension, shared_state
 
-from .conftest import ServerProcess
-from .processes import server_pids
+from .support.procfs import server_pids
+from .support.servers import ServerFactory, ServerProcess
 
 
 def make_app(**config: object) -> Flask:
@@ -38,7 +38,7 @@ def test_the_state_is_an_app_extension_and_a_request_helper(server: ServerProces
 
 
 def test_app_config_comes_before_the_environment(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     elsewhere = os.path.join(workdir, "other", "state.sock")
     server_factory(address=elsewhere).start()

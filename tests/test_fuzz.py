@@ -22,12 +22,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.procfs import resources
 from sharedstate import get_shared_state
 from sharedstate.handshake import HandshakeFailed, authenticate
 from sharedstate.sockets import io_timeout
 
-from .conftest import ServerProcess
-from .wire import (
+from .support.servers import ServerProcess
+from .support.wire import (
     HANG_UP_WITHIN,
     assert_still_serving,
     authenticated,
@@ -38,7 +39,6 @@ from .wire import (
     read_reply,
     reply_kinds,
     send_until_refused,
-    threads_and_fds,
     wait_for_no_growth,
 )
 
@@ -127,7 +127,7 @@ def test_random_bytes_before_the_handshake_never_get_in(server: ServerProcess) -
     cap_memory(server)
     state = get_shared_state(start=False)
     state["x"] = 1
-    before = threads_and_fds(server.pid)
+    before = resources(server.pid)
     tried = 0
 
     @settings(_fuzz_settings, max_examples=1200)
@@ -168,7 +168,7 @@ DUMMY_REQUEST = frame(pickle.dumps((None, "server_info", (), 0)))
 def test_a_handshake_cut_short_anywhere_is_dropped(server: ServerProcess) -> None:
     cap_memory(server)
     key = key_of(server)
-    before = threads_and_fds(server.pid)
+    before = resources(server.pid)
     full_length = client_handshake_length(server.address, key)
     for cut in range(full_length):
         handshake_cut_short(server.address, key, cut)
@@ -216,7 +216,7 @@ def test_bad_length_prefixes_are_refused_at_every_stage(server: ServerProcess) -
     key = key_of(server)
     state = get_shared_state(start=False)
     state["x"] = 1
-    before = threads_and_fds(server.pid)
+    before = resources(server.pid)
     extremes = [-(2**31), -2, -1, 0, 257, 2**31 - 1]
     headers = [struct.pack("!i", size) for size in extremes[:2] + extremes[3:]]
     headers += [struct.pack("!iQ", -1, size) for size in (0, 2**31, 2**32, 2**62, 2**63, 2**64 - 1)]
@@ -258,7 +258,7 @@ def test_random_requests_after_authentication_get_an_error_or_a_hang_up(
     key = key_of(server)
     state = get_shared_state(start=False)
     state["x"] = 1
-    before = threads_and_fds(server.pid)
+    before = resources(server.pid)
     tried = 0
     loop_client = authenticated(server.address, key, adopted=True)
 

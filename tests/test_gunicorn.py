@@ -7,23 +7,22 @@ import http.client
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from sharedstate import get_shared_state
-from sharedstate.client.launcher import call_server_function
-from sharedstate.config import load_settings
 
-from .conftest import ServerProcess, fresh_state
-from .processes import REPO_ROOT, is_dead, server_pids, wait_until
+from .support.clients import fresh_state
+from .support.processes import REPO_ROOT, wait_until
+from .support.procfs import children_of, is_dead, server_pids
+from .support.servers import ServerProcess, free_tcp_port, server_info
 
 CONFIG = os.path.join(REPO_ROOT, "examples", "gunicorn", "gunicorn.conf.py")
 
@@ -36,17 +35,15 @@ def _control_socket_args(workdir: str) -> list[str]:
 
 
 class Gunicorn:
-    """A real gunicorn master serving tests/gunicorn_app.py with the example config."""
+    """A real gunicorn master serving tests/support/gunicorn_app.py with the example config."""
 
     def __init__(self, workdir: str, *args: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_tcp_port()
         self.log_path = os.path.join(workdir, f"gunicorn-{self.port}.log")
         self.argv = [
             sys.executable, "-m", "gunicorn", "-c", CONFIG, "--chdir", REPO_ROOT,
             "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5",
-            *_control_socket_args(workdir), *args, "tests.gunicorn_app:app",
+            *_control_socket_args(workdir), *args, "tests.support.gunicorn_app:app",
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -79,17 +76,7 @@ class Gunicorn:
         return self.process.pid
 
     def worker_pids(self) -> set[int]:
-        children = set()
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat", "rb") as file:
-                        fields = file.read().rsplit(b")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == self.pid and fields[0] != b"Z":
-                    children.add(int(entry))
-        return children
+        return children_of(self.pid)
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         assert self.process is not None
@@ -102,8 +89,12 @@ class Gunicorn:
             return file.read()
 
 
+# gunicorn(*args): a started gunicorn master with these extra arguments, killed after the test.
+StartGunicorn = Callable[..., Gunicorn]
+
+
 @pytest.fixture
-def gunicorn(workdir: str) -> Iterator[Any]:
+def gunicorn(workdir: str) -> Iterator[StartGunicorn]:
     started: list[Gunicorn] = []
 
     def start(*args: str) -> Gunicorn:
@@ -123,17 +114,13 @@ def concurrent_gets(server: Gunicorn, path: str, count: int) -> list[tuple[int, 
         return list(pool.map(lambda _: server.get(path), range(count)))
 
 
-def server_info() -> dict[str, Any]:
-    return call_server_function(load_settings(), "server_info", 10)  # type: ignore[no-any-return]
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("worker_class", "preload"),
     [("sync", False), ("sync", True), ("gthread", False), ("gthread", True)],
 )
 def test_100_concurrent_requests_get_1_to_100_each_once(
-    gunicorn: Any, worker_class: str, preload: bool
+    gunicorn: StartGunicorn, worker_class: str, preload: bool
 ) -> None:
     args = ["-w", "4", "-k", worker_class]
     args += ["--threads", "4"] if worker_class == "gthread" else []
@@ -145,7 +132,7 @@ def test_100_concurrent_requests_get_1_to_100_each_once(
     wait_until(lambda: len(server.worker_pids()) == 4)
 
 
-def test_nested_data_and_locked_updates_from_all_workers(gunicorn: Any) -> None:
+def test_nested_data_and_locked_updates_from_all_workers(gunicorn: StartGunicorn) -> None:
     server = gunicorn()
     for page in ["home", "about", "home"] * 10:
         assert server.get(f"/visits/{page}", "POST")[0] == 200
@@ -157,7 +144,7 @@ def test_nested_data_and_locked_updates_from_all_workers(gunicorn: Any) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_worker_is_replaced_and_its_lock_released(gunicorn: Any) -> None:
+def test_a_killed_worker_is_replaced_and_its_lock_released(gunicorn: StartGunicorn) -> None:
     server = gunicorn("-w", "4")
     holder_request = threading.Thread(target=lambda: _ignore_errors(server.get, "/hold-lock"))
     holder_request.start()
@@ -182,7 +169,7 @@ def test_a_killed_worker_is_replaced_and_its_lock_released(gunicorn: Any) -> Non
 
 
 @pytest.mark.timeout(120)
-def test_hup_reload_keeps_state_and_serves_without_errors(gunicorn: Any) -> None:
+def test_hup_reload_keeps_state_and_serves_without_errors(gunicorn: StartGunicorn) -> None:
     server = gunicorn("-w", "4")
     get_shared_state(start=False)["before"] = "reload"
     old_workers = server.worker_pids()
@@ -211,7 +198,7 @@ def test_hup_reload_keeps_state_and_serves_without_errors(gunicorn: Any) -> None
 
 @pytest.mark.timeout(120)
 def test_the_counter_continues_after_gunicorn_restarts_with_a_snapshot(
-    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
+    gunicorn: StartGunicorn, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_SNAPSHOT", os.path.join(workdir, "var", "state.snap"))
     first = gunicorn("-w", "4")
@@ -224,7 +211,7 @@ def test_the_counter_continues_after_gunicorn_restarts_with_a_snapshot(
 
 
 def test_a_server_running_before_gunicorn_keeps_running_after_it(
-    gunicorn: Any, server: ServerProcess
+    gunicorn: StartGunicorn, server: ServerProcess
 ) -> None:
     first = gunicorn("-w", "2")
     assert first.get("/count") == (200, "1")
@@ -235,7 +222,7 @@ def test_a_server_running_before_gunicorn_keeps_running_after_it(
 
 
 def test_stop_with_gunicorn_off_keeps_the_server(
-    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
+    gunicorn: StartGunicorn, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_STOP_WITH_GUNICORN", "0")
     first = gunicorn("-w", "2")
@@ -248,7 +235,7 @@ def test_stop_with_gunicorn_off_keeps_the_server(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("when_owner_dies", ["stay", "stop"])
 def test_the_server_notices_a_crashed_master(
-    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch, when_owner_dies: str
+    gunicorn: StartGunicorn, workdir: str, monkeypatch: pytest.MonkeyPatch, when_owner_dies: str
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_WHEN_OWNER_DIES", when_owner_dies)
     first = gunicorn("-w", "2")
@@ -268,7 +255,7 @@ def test_the_server_notices_a_crashed_master(
 
 
 def test_a_preload_app_that_starts_the_server_makes_it_gunicorns(
-    gunicorn: Any, workdir: str, monkeypatch: pytest.MonkeyPatch
+    gunicorn: StartGunicorn, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEST_TOUCH_STATE_AT_IMPORT", "1")
     first = gunicorn("-w", "2", "--preload")

@@ -3,7 +3,7 @@
 An impostor that a client talks to can send it a pickle, which runs the impostor's code
 in the client's process, as the client's user. So a client must know, before it loads
 anything, that it talks to a process of its own user (or root, or the user the operator
-named), or to one that proved it knows the key. The impostor here (tests/impostor.py)
+named), or to one that proved it knows the key. The impostor here (tests/support/impostor.py)
 runs as a second Unix user where the route needs one, and tries to reflect one victim's
 handshake onto another, so it never needs the key.
 """
@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from sharedstate.config import load_settings
 from sharedstate.errors import InsecurePermissions
 
-from .processes import REPO_ROOT, run_cli
-from .users import SYSTEM_PYTHON, OtherUser
+from .support.processes import REPO_ROOT, run_cli
+from .support.servers import free_tcp_port
+from .support.users import SYSTEM_PYTHON, OtherUser
 
-IMPOSTOR = os.path.join(os.path.dirname(__file__), "impostor.py")
+IMPOSTOR = os.path.join(os.path.dirname(__file__), "support", "impostor.py")
 # The handshake the victims speak, so the impostor tries the attack that fits it.
 PROTOCOL = "ss1" if importlib.util.find_spec("sharedstate.handshake") else "mp"
 
@@ -39,12 +39,6 @@ except BaseException as error:
     sys.exit(1)
 print("connected")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -75,8 +69,12 @@ class Impostor:
         return counts
 
 
+# start_impostor(*args, user=..., marker=...): the impostor running, killed after the test.
+StartImpostor = Callable[..., Impostor]
+
+
 @pytest.fixture
-def start_impostor() -> Iterator[object]:
+def start_impostor() -> Iterator[StartImpostor]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str, user: OtherUser | None, marker: str) -> Impostor:
@@ -136,7 +134,11 @@ def assert_no_code_ran(marker: str, outputs: list[str]) -> None:
 
 @pytest.mark.timeout(60)
 def test_an_impostor_in_a_default_directory_another_user_made_is_refused(
-    other_user: OtherUser, shared_tmp: str, victim_key: str, workdir: str, start_impostor
+    other_user: OtherUser,
+    shared_tmp: str,
+    victim_key: str,
+    workdir: str,
+    start_impostor: StartImpostor,
 ) -> None:
     # No XDG_RUNTIME_DIR: the default socket is $TMPDIR/sharedstate-$UID/state.sock,
     # and another user got to create that directory first.
@@ -164,13 +166,13 @@ def test_an_impostor_another_user_runs_is_refused_before_anything_is_sent(
     shared_tmp: str,
     victim_key: str,
     workdir: str,
-    start_impostor,  # type: ignore[no-untyped-def]
+    start_impostor: StartImpostor,
     route: str,
 ) -> None:
     # A socket path in a /tmp-like directory, where anyone may create a file and got to
     # it first; or a TCP port, bound by another user while the server is down.
     if route == "tcp-port":
-        address, listen = f"127.0.0.1:{free_port()}", "--tcp"
+        address, listen = f"127.0.0.1:{free_tcp_port()}", "--tcp"
     else:
         address, listen = os.path.join(shared_tmp, "app.sock"), "--unix"
     marker = os.path.join(workdir, "owned")
@@ -187,10 +189,10 @@ def test_an_impostor_another_user_runs_is_refused_before_anything_is_sent(
 
 @pytest.mark.timeout(60)
 def test_a_reflecting_impostor_without_the_key_fails_the_handshake(
-    victim_key: str, workdir: str, start_impostor
+    victim_key: str, workdir: str, start_impostor: StartImpostor
 ) -> None:
     # Run as the victims' own user, so only the handshake stands in its way.
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_tcp_port()}"
     marker = os.path.join(workdir, "owned")
     start_impostor("--tcp", address, user=None, marker=marker)
     env = victim_env(SHAREDSTATE_ADDRESS=address, SHAREDSTATE_AUTHKEY_FILE=victim_key)

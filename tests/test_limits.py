@@ -10,6 +10,7 @@ from multiprocessing.connection import Connection
 
 import pytest
 
+from bench.procfs import resources
 from sharedstate import ConfigError, TooManyClients, ValueTooLarge, get_shared_state
 from sharedstate.address import parse_address
 from sharedstate.client.launcher import call_server_function
@@ -18,40 +19,34 @@ from sharedstate.client.transport import handshake
 from sharedstate.config import load_settings
 from sharedstate.server.loop import MAX_GREETING
 
-from .conftest import ServerProcess
-from .processes import run_cli, wait_until
-from .wire import store_connection
-
-
-def _threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def _descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _client_count() -> int:
-    return len(call_server_function(load_settings({}), "server_info", 5)["clients"])
+from .support.processes import run_cli, wait_until
+from .support.servers import (
+    ServerFactory,
+    ServerProcess,
+    free_tcp_port,
+    requests_served,
+    server_info,
+)
+from .support.wire import store_connection
 
 
 def test_past_max_clients_new_clients_are_refused_clearly(
-    server_factory: type[ServerProcess],
+    server_factory: ServerFactory,
 ) -> None:
     server = server_factory("--max-clients", "4").start()
     settings = load_settings({})
     states = [connect_state(settings, start=False, timeout=5) for _ in range(4)]
-    threads, descriptors = _threads(server.pid), _descriptors(server.pid)
+    threads, descriptors = resources(server.pid)
     for _ in range(50):
         with pytest.raises(TooManyClients, match="already serves 4 connections.*MAX_CLIENTS"):
             connect_state(settings, start=False, timeout=5)
     assert run_cli("status").returncode == 0, "operators can still reach a full server"
-    wait_until(lambda: _threads(server.pid) == threads)
-    wait_until(lambda: _descriptors(server.pid) == descriptors)
+    wait_until(lambda: resources(server.pid).threads == threads)
+    wait_until(lambda: resources(server.pid).fds == descriptors)
     server.wait_for_log("refused a client")
 
     states.pop().close()
-    wait_until(lambda: _client_count() == 3)
+    wait_until(lambda: len(server_info()["clients"]) == 3)
     late = connect_state(settings, start=False, timeout=5)
     late["ok"] = 1
     assert all(state["ok"] == 1 for state in states)
@@ -59,10 +54,10 @@ def test_past_max_clients_new_clients_are_refused_clearly(
 
 @pytest.mark.timeout(120)
 def test_silent_slow_and_idle_connections_never_keep_out_a_new_client_or_status(
-    server_factory: type[ServerProcess], monkeypatch: pytest.MonkeyPatch
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # TCP on loopback: any local user can open these, no key needed for the first kind.
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_tcp_port()}"
     monkeypatch.setenv("SHAREDSTATE_ADDRESS", address)
     server = server_factory(address=address).start()
     settings = load_settings({})
@@ -70,7 +65,7 @@ def test_silent_slow_and_idle_connections_never_keep_out_a_new_client_or_status(
     assert key is not None
     state = connect_state(settings, start=False, timeout=5)
     state["x"] = 1
-    threads = _threads(server.pid)
+    threads = resources(server.pid).threads
     held: list[socket.socket | Connection] = []
     try:
         for number in range(400):  # never authenticate: silent, or a trickle of bytes
@@ -93,10 +88,10 @@ def test_silent_slow_and_idle_connections_never_keep_out_a_new_client_or_status(
         assert info["keys"] == 1
         assert newcomer["x"] == 1
         assert state["y"] == 2, "connected clients are served meanwhile"
-        assert _threads(server.pid) <= threads + 1, "no thread per connection"
+        assert resources(server.pid).threads <= threads + 1, "no thread per connection"
     finally:
-        for sock in held:
-            sock.close()
+        for connection in held:
+            connection.close()
 
 
 def test_the_oldest_unfinished_handshakes_give_way_to_new_connections(
@@ -119,12 +114,6 @@ def test_the_oldest_unfinished_handshakes_give_way_to_new_connections(
             sock.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_a_value_over_max_value_bytes_is_refused_before_it_is_sent(
     server: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,22 +121,17 @@ def test_a_value_over_max_value_bytes_is_refused_before_it_is_sent(
     state = get_shared_state(start=False)
     state["cfg"] = {"small": 1}
     cfg = state["cfg"]
-    requests = _requests_served()
+    requests = requests_served()
     with pytest.raises(ValueTooLarge, match=r"state\['big'\] is .* over the limit of 65,536"):
         state["big"] = b"x" * 70_000
     with pytest.raises(ValueTooLarge, match="SHAREDSTATE_MAX_VALUE_BYTES"):
         cfg["large"] = "y" * 70_000
     with pytest.raises(ValueTooLarge):
         state.set_many({"fine": 1, "big": b"x" * 70_000})
-    assert _requests_served() == requests, "nothing reached the server"
+    assert requests_served() == requests, "nothing reached the server"
     state["big"] = b"x" * 60_000  # under the limit
     assert state.get("fine") is None
     assert state["cfg"] == {"small": 1}
-
-
-def _requests_served() -> int:
-    clients = call_server_function(load_settings({}), "server_info", 5)["clients"]
-    return sum(client["requests"] for client in clients)
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "lots", "2G", "64X"])

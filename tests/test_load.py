@@ -11,18 +11,23 @@ import os
 import random
 import time
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 import pytest
 
 from bench import workload
 from bench.procfs import Resources, describe_fds, resources, rss_bytes, settled_resources
 from sharedstate import get_shared_state
-from sharedstate.client.launcher import call_server_function
-from sharedstate.config import load_settings
 
-from .conftest import ServerProcess
-from .processes import _fork, is_dead, kill_and_wait, run_in_processes, start_process, wait_until
+from .support.holders import hold_edit_until_killed, hold_lock_until_killed
+from .support.processes import (
+    fork_context,
+    kill_and_wait,
+    run_in_processes,
+    start_process,
+    wait_until,
+)
+from .support.procfs import is_dead
+from .support.servers import ServerProcess, server_info
 
 pytestmark = pytest.mark.load
 
@@ -114,20 +119,6 @@ LOCK_WAITERS = 4
 EDIT_WAITERS = 4
 
 
-def _hold_lock(ready: Any) -> None:
-    state = get_shared_state(start=False)
-    state.lock.acquire()
-    ready.set()
-    time.sleep(600)
-
-
-def _hold_edit(ready: Any) -> None:
-    state = get_shared_state(start=False)
-    with state.edit(HOT, default={"n": 0}):
-        ready.set()
-        time.sleep(600)
-
-
 def _take_lock_again_and_again() -> None:
     state = get_shared_state(start=False)
     while True:
@@ -160,8 +151,11 @@ def _fast_calls(index: int) -> None:
 
 def _kill_round(rng: random.Random, pid: int, baseline: Resources) -> None:
     """Start clients in every kind of call, then SIGKILL them all at random moments."""
-    lock_held, edit_held = _fork.Event(), _fork.Event()
-    processes = [start_process(_hold_lock, lock_held), start_process(_hold_edit, edit_held)]
+    lock_held, edit_held = fork_context.Event(), fork_context.Event()
+    processes = [
+        start_process(hold_lock_until_killed, lock_held),
+        start_process(hold_edit_until_killed, edit_held, HOT, {"n": 0}),
+    ]
     try:
         assert lock_held.wait(30)
         assert edit_held.wait(30)
@@ -171,7 +165,7 @@ def _kill_round(rng: random.Random, pid: int, baseline: Resources) -> None:
         processes += [start_process(_fast_calls, index) for index in range(4)]
         # Each waiter's blocked call is parked in the server: kill them there.
         waiters = LOCK_WAITERS + EDIT_WAITERS
-        wait_until(lambda: _waiting() >= waiters)
+        wait_until(lambda: server_info()["waiting"] >= waiters)
         # Newcomers, killed as they connect: a forked client connects and shakes hands
         # with the server within a few milliseconds of starting.
         newcomers = [start_process(_fast_calls, index) for index in range(4, 8)]
@@ -190,10 +184,6 @@ def _kill_round(rng: random.Random, pid: int, baseline: Resources) -> None:
             if not is_dead(_pid(process)):
                 kill_and_wait(_pid(process))
             process.join(10)
-
-
-def _waiting() -> int:
-    return int(call_server_function(load_settings({}), "server_info", 5)["waiting"])
 
 
 def _pid(process: BaseProcess) -> int:

@@ -33,16 +33,14 @@ from sharedstate.client.state import connect_state
 from sharedstate.client.transport import Hello
 from sharedstate.config import load_settings
 
-from .conftest import ServerProcess, fresh_state
-from .processes import _fork, is_dead, kill_and_wait, start_process, wait_until
+from .support.clients import fresh_state
+from .support.holders import hold_edit_until_killed, hold_lock_until_killed
+from .support.processes import fork_context, kill_and_wait, start_process, wait_until
+from .support.procfs import is_dead, is_stopped
+from .support.servers import ServerFactory, ServerProcess, free_tcp_port, server_info
 
 
-def _is_stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat", "rb") as file:
-        return file.read().rsplit(b")", 1)[1].split()[0] == b"T"
-
-
-def _restart(server: ServerProcess, factory: type[ServerProcess]) -> ServerProcess:
+def _restart(server: ServerProcess, factory: ServerFactory) -> ServerProcess:
     server.stop()
     return factory().start()
 
@@ -51,7 +49,7 @@ def _restart(server: ServerProcess, factory: type[ServerProcess]) -> ServerProce
 
 
 def test_a_holder_whose_server_restarted_gets_lock_lost_not_a_silent_reconnect(
-    server: ServerProcess, server_factory: type[ServerProcess]
+    server: ServerProcess, server_factory: ServerFactory
 ) -> None:
     state = get_shared_state(start=False)
     with pytest.raises(LockLost, match="held state.lock"), state.lock:  # noqa: PT012
@@ -65,7 +63,7 @@ def test_a_holder_whose_server_restarted_gets_lock_lost_not_a_silent_reconnect(
 
 
 def test_every_call_raises_lock_lost_until_the_block_is_left(
-    server: ServerProcess, server_factory: type[ServerProcess]
+    server: ServerProcess, server_factory: ServerFactory
 ) -> None:
     state = get_shared_state(start=False)
     state.lock.acquire()
@@ -90,7 +88,7 @@ def test_a_holder_whose_call_timed_out_gets_lock_lost(
     holder.lock.acquire()
     server.signal(signal.SIGSTOP)
     try:
-        wait_until(lambda: _is_stopped(server.pid))
+        wait_until(lambda: is_stopped(server.pid))
         with pytest.raises(LockLost, match="timed out during set"):
             holder["x"] = 1
     finally:
@@ -108,17 +106,10 @@ def test_a_holder_whose_call_timed_out_gets_lock_lost(
     assert other["y"] == 2
 
 
-def _hold_an_edit(ready: Any, key: str) -> None:
-    state = get_shared_state(start=False)
-    with state.edit(key, 0):
-        ready.set()
-        time.sleep(60)
-
-
 def test_a_holder_interrupted_mid_call_gets_lock_lost(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
-    ready = _fork.Event()
-    editor = start_process(_hold_an_edit, ready, "busy")
+    ready = fork_context.Event()
+    editor = start_process(hold_edit_until_killed, ready, "busy", 0)
     previous = signal.signal(signal.SIGALRM, _interrupt)
     try:
         assert ready.wait(30)
@@ -143,7 +134,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def test_calls_inside_an_edit_whose_connection_dropped_raise_lock_lost(
-    server: ServerProcess, server_factory: type[ServerProcess]
+    server: ServerProcess, server_factory: ServerFactory
 ) -> None:
     state = get_shared_state(start=False)
     state["doc"] = 1
@@ -176,8 +167,8 @@ def test_a_killed_holder_frees_the_lock_though_a_child_it_forked_lives_on(
     server: ServerProcess,
 ) -> None:
     state = get_shared_state(start=False)
-    ready = _fork.Event()
-    child_pid = _fork.Value("i", 0)
+    ready = fork_context.Event()
+    child_pid = fork_context.Value("i", 0)
     holder = start_process(_hold_lock_and_fork, ready, child_pid)
     try:
         assert ready.wait(30)
@@ -204,11 +195,11 @@ def _dead_pid() -> int:
 
 
 def test_release_pid_never_frees_a_client_by_the_pid_it_announced(
-    server_factory: type[ServerProcess], monkeypatch: pytest.MonkeyPatch
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A worker on another machine, over TCP, whose pid happens to be that of a worker
     # that just died here: gunicorn's child_exit for the dead one must not free it.
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_tcp_port()}"
     monkeypatch.setenv("SHAREDSTATE_ADDRESS", address)
     server_factory(address=address).start()
     settings = load_settings({})
@@ -232,15 +223,9 @@ def test_release_pid_never_frees_a_live_process(server: ServerProcess) -> None:
     state.lock.release()
 
 
-def _hold_lock_forever(ready: Any) -> None:
-    get_shared_state(start=False).lock.acquire()
-    ready.set()
-    time.sleep(60)
-
-
 def test_release_pid_frees_a_dead_local_worker(server: ServerProcess) -> None:
-    ready = _fork.Event()
-    holder = start_process(_hold_lock_forever, ready)
+    ready = fork_context.Event()
+    holder = start_process(hold_lock_until_killed, ready)
     assert ready.wait(30)
     pid = holder.pid or 0
     holder.kill()  # SIGKILL; its connection drops too, and either release frees it
@@ -249,10 +234,6 @@ def test_release_pid_frees_a_dead_local_worker(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
     assert state.lock.acquire(timeout=5)
     state.lock.release()
-
-
-def _server_info() -> dict[str, Any]:
-    return dict(call_server_function(load_settings({}), "server_info", 5))
 
 
 def _call(conn: Any, method: str, *args: Any) -> Any:
@@ -264,14 +245,6 @@ def _call(conn: Any, method: str, *args: Any) -> Any:
     kind, result = pickle.loads(conn.recv_bytes())
     assert kind == "#RETURN", result
     return result
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- 4. waiters are served in order: clear() is not starved by overlapping edits ----------
@@ -297,14 +270,14 @@ def test_clear_and_restore_are_served_while_edits_keep_overlapping(
     monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "5")
     state = get_shared_state(start=False)
     state.update({f"k{i}": 0 for i in range(3)})
-    stop, started = _fork.Event(), _fork.Semaphore(0)
+    stop, started = fork_context.Event(), fork_context.Semaphore(0)
     editors: list[BaseProcess] = []
     try:
         for i in range(3):  # staggered, so that some edit is always open
             editors.append(start_process(_edit_in_a_loop, f"k{i}", stop, started))
             assert started.acquire(timeout=30)
             time.sleep(0.02)
-        wait_until(lambda: _server_info()["open_edits"] >= 1)
+        wait_until(lambda: server_info()["open_edits"] >= 1)
         if operation == "clear":
             state.clear()
         else:
@@ -321,8 +294,8 @@ def test_clear_and_restore_are_served_while_edits_keep_overlapping(
 
 def test_a_huge_lock_timeout_waits_instead_of_failing(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
-    ready = _fork.Event()
-    holder = start_process(_hold_lock_forever, ready)
+    ready = fork_context.Event()
+    holder = start_process(hold_lock_until_killed, ready)
     outcome: list[Any] = []
 
     def wait_a_month() -> None:
@@ -336,7 +309,7 @@ def test_a_huge_lock_timeout_waits_instead_of_failing(server: ServerProcess) -> 
         assert ready.wait(30)
         waiter = threading.Thread(target=wait_a_month)
         waiter.start()
-        wait_until(lambda: _server_info()["waiting"] == 1 or bool(outcome))
+        wait_until(lambda: server_info()["waiting"] == 1 or bool(outcome))
         assert outcome == [], f"did not wait: {outcome}"
         holder.kill()
         waiter.join(30)
@@ -371,5 +344,5 @@ def test_lock_lost_is_a_shared_state_error_and_survives_pickling() -> None:
     again = pickle.loads(pickle.dumps(error))
     assert isinstance(again, SharedStateError)
     assert str(again) == "lost"
-    assert again.address == "x"
+    assert vars(again)["address"] == "x"  # context is kept as attributes
     assert not isinstance(Timeout("t"), LockLost)

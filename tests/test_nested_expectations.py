@@ -27,8 +27,10 @@ from sharedstate.codec import DATA
 from sharedstate.server.reservations import LocalCaller
 from sharedstate.server.store import Store
 
-from .conftest import ServerProcess, fresh_state
-from .processes import kill_and_wait, run_in_processes
+from .support.clients import fresh_state
+from .support.processes import kill_and_wait, run_in_processes
+from .support.servers import ServerFactory, ServerProcess
+from .support.stores import RecordingJournal, value_of
 
 CLIENT = LocalCaller(1)
 
@@ -41,22 +43,8 @@ def call(
     store: Store, path: tuple[Any, ...], method: str, args: tuple[Any, ...], *expected: Any
 ) -> Any:
     """A nested write as views send it: ``(args, kwargs[, expectations])``."""
-    data = (args, {}, tuple(expected)) if expected else (args, {})
+    data: tuple[Any, ...] = (args, {}, tuple(expected)) if expected else (args, {})
     return pickle.loads(store.nested(CLIENT, DATA, path, method, p(data)))
-
-
-def value_of(store: Store, key: Any) -> Any:
-    data = store.lookup(CLIENT, key)
-    assert data is not None
-    return pickle.loads(data)
-
-
-class Journal:
-    def __init__(self) -> None:
-        self.records: list[tuple[int, str, tuple[Any, ...]]] = []
-
-    def append(self, seq: int, method: str, args: tuple[Any, ...]) -> None:
-        self.records.append((seq, method, args))
 
 
 @pytest.fixture
@@ -91,7 +79,7 @@ def test_an_expectation_that_holds_lets_the_write_through(store: Store) -> None:
 def test_an_expectation_that_fails_is_a_conflict_and_changes_nothing(
     store: Store, path: Any, method: str, args: Any, expected: Any, place: str
 ) -> None:
-    journal = Journal()
+    journal = RecordingJournal()
     store.journal = journal
     before = value_of(store, "users")
     with pytest.raises(Conflict, match="changed since you read it") as raised:
@@ -107,7 +95,7 @@ class Elementwise(list[Any]):
     def __eq__(self, other: object) -> Any:
         raise ValueError("the truth value of an array is ambiguous")
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
 
 def test_expectations_compare_nan_and_objects_whose_eq_is_not_a_bool(store: Store) -> None:
@@ -125,7 +113,7 @@ def test_expectations_compare_nan_and_objects_whose_eq_is_not_a_bool(store: Stor
 
 
 def test_a_failed_sort_leaves_the_list_as_it_was_live_and_on_replay(store: Store) -> None:
-    journal = Journal()
+    journal = RecordingJournal()
     store.journal = journal
     store.set(CLIENT, "mixed", p([3, 1, 2, "a"]))
     with pytest.raises(WrongType, match=r"state\['mixed'\]\.sort\(\)"):
@@ -138,7 +126,7 @@ def test_a_failed_sort_leaves_the_list_as_it_was_live_and_on_replay(store: Store
 
 
 def test_old_call_data_without_expectations_still_applies_and_replays(store: Store) -> None:
-    journal = Journal()
+    journal = RecordingJournal()
     store.journal = journal
     store.set(CLIENT, "names", p(["b", "a", "c"]))
     old = p(((), {"key": None, "reverse": True}))  # what clients before expectations sent
@@ -182,7 +170,7 @@ def test_list_errors_keep_their_kind(store: Store) -> None:
 
 
 def test_checked_writes_and_old_style_ones_survive_a_kill_and_replay(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     snapshot = f"{workdir}/data/state.snap"
     args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")

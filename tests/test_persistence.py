@@ -13,9 +13,18 @@ import pytest
 
 from sharedstate import PersistenceError, SharedStateError, get_shared_state
 
-from .conftest import ServerProcess, fresh_state
-from .persisted import fingerprint, fingerprints, flip_byte, record_offsets, segments, serve_refused
-from .processes import _fork, kill_and_wait, run_cli, server_pids, start_process, wait_until
+from .support.clients import fresh_state
+from .support.persisted import (
+    fingerprint,
+    fingerprints,
+    flip_byte,
+    record_offsets,
+    segments,
+    serve_refused,
+)
+from .support.processes import fork_context, kill_and_wait, run_cli, start_process, wait_until
+from .support.procfs import server_pids
+from .support.servers import ServerFactory, ServerProcess
 
 
 @pytest.fixture
@@ -46,7 +55,7 @@ FILLED = {
 
 @pytest.mark.parametrize("journal", ["--journal", "--no-journal"])
 def test_state_survives_a_clean_restart(
-    server_factory: type[ServerProcess], snapshot: str, journal: str
+    server_factory: ServerFactory, snapshot: str, journal: str
 ) -> None:
     first = server_factory("--snapshot", snapshot, journal).start()
     fill(get_shared_state(start=False))
@@ -60,7 +69,7 @@ def test_state_survives_a_clean_restart(
 
 
 def test_a_snapshot_is_taken_periodically_when_state_changed(
-    server_factory: type[ServerProcess], snapshot: str
+    server_factory: ServerFactory, snapshot: str
 ) -> None:
     server_factory("--snapshot", snapshot, "--snapshot-interval", "0.2").start()
     get_shared_state(start=False)["x"] = 1
@@ -86,16 +95,20 @@ def _write_until_cut(acked: Any, incremented: Any) -> None:
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("policy", ["always", "everysec", "no"])
 def test_no_acknowledged_write_is_lost_when_the_server_is_killed(
-    server_factory: type[ServerProcess], snapshot: str, policy: str
+    server_factory: ServerFactory, snapshot: str, policy: str
 ) -> None:
     args = ("--snapshot", snapshot, "--fsync", policy, "--snapshot-interval", "0.3")
-    acked = _fork.Value("q", 0)
-    incremented = _fork.Value("q", 0)
+    acked = fork_context.Value("q", 0)
+    incremented = fork_context.Value("q", 0)
     server = server_factory(*args).start()
     for _cycle in range(6 if policy == "always" else 3):
         before = acked.value
         writer = start_process(_write_until_cut, acked, incremented)
-        wait_until(lambda before=before: acked.value > before + 20)
+
+        def written_past(mark: int = before + 20) -> bool:
+            return bool(acked.value > mark)
+
+        wait_until(written_past)
         time.sleep(random.uniform(0, 0.3))  # kill at a random moment, not a timed assertion
         kill_and_wait(server.pid)
         writer.join(30)
@@ -109,7 +122,7 @@ def test_no_acknowledged_write_is_lost_when_the_server_is_killed(
         incremented.value = state["n"]
 
 
-def _killed_after_writes(server_factory: type[ServerProcess], snapshot: str, count: int) -> None:
+def _killed_after_writes(server_factory: ServerFactory, snapshot: str, count: int) -> None:
     server = server_factory("--snapshot", snapshot, "--fsync", "always").start()
     state = get_shared_state(start=False)
     for index in range(1, count + 1):
@@ -119,7 +132,7 @@ def _killed_after_writes(server_factory: type[ServerProcess], snapshot: str, cou
 
 @pytest.mark.parametrize("spelling", ["same path", "symlinked directory", "dot-dot path"])
 def test_a_second_server_on_the_same_snapshot_is_refused_and_changes_no_file(
-    server_factory: type[ServerProcess], snapshot: str, workdir: str, spelling: str
+    server_factory: ServerFactory, snapshot: str, workdir: str, spelling: str
 ) -> None:
     # Two servers on one snapshot: the second would replay the first's live journal and
     # compact it away, losing what the first acknowledges after that.
@@ -168,7 +181,7 @@ def test_a_snapshot_lock_file_that_is_a_symlink_is_refused(
 
 
 def test_a_torn_last_record_is_dropped_with_a_warning(
-    server_factory: type[ServerProcess], snapshot: str
+    server_factory: ServerFactory, snapshot: str
 ) -> None:
     _killed_after_writes(server_factory, snapshot, 10)
     [segment] = segments(snapshot)
@@ -182,7 +195,7 @@ def test_a_torn_last_record_is_dropped_with_a_warning(
 
 
 def test_a_zero_filled_tail_is_dropped_with_a_warning(
-    server_factory: type[ServerProcess], snapshot: str
+    server_factory: ServerFactory, snapshot: str
 ) -> None:
     _killed_after_writes(server_factory, snapshot, 10)
     [segment] = segments(snapshot)
@@ -194,7 +207,7 @@ def test_a_zero_filled_tail_is_dropped_with_a_warning(
 
 
 def test_a_flipped_byte_mid_journal_refuses_to_start_and_leaves_the_file_alone(
-    server_factory: type[ServerProcess], snapshot: str, address: str
+    server_factory: ServerFactory, snapshot: str, address: str
 ) -> None:
     _killed_after_writes(server_factory, snapshot, 10)
     [segment] = segments(snapshot)
@@ -210,7 +223,7 @@ def test_a_flipped_byte_mid_journal_refuses_to_start_and_leaves_the_file_alone(
 
 
 def test_a_flipped_bit_in_the_last_journal_record_refuses_to_start_and_changes_no_file(
-    server_factory: type[ServerProcess], snapshot: str, address: str
+    server_factory: ServerFactory, snapshot: str, address: str
 ) -> None:
     # The last record is complete: its write was acknowledged (fsync always), so a bad
     # checksum there is damage, not a torn write to drop.
@@ -232,7 +245,7 @@ def test_a_flipped_bit_in_the_last_journal_record_refuses_to_start_and_changes_n
 
 
 def test_a_flipped_byte_in_the_snapshot_refuses_to_start_and_leaves_it_alone(
-    server_factory: type[ServerProcess], snapshot: str, address: str
+    server_factory: ServerFactory, snapshot: str, address: str
 ) -> None:
     server = server_factory("--snapshot", snapshot).start()
     fill(get_shared_state(start=False))
@@ -248,7 +261,7 @@ def test_a_flipped_byte_in_the_snapshot_refuses_to_start_and_leaves_it_alone(
 
 
 def test_an_unknown_snapshot_format_version_is_refused(
-    server_factory: type[ServerProcess], snapshot: str, address: str
+    server_factory: ServerFactory, snapshot: str, address: str
 ) -> None:
     server = server_factory("--snapshot", snapshot).start()
     get_shared_state(start=False)["x"] = 1
@@ -263,7 +276,7 @@ def test_an_unknown_snapshot_format_version_is_refused(
 
 
 def test_salvage_starts_from_the_valid_prefix_and_keeps_the_damaged_file(
-    server_factory: type[ServerProcess], snapshot: str
+    server_factory: ServerFactory, snapshot: str
 ) -> None:
     _killed_after_writes(server_factory, snapshot, 10)
     [segment] = segments(snapshot)
@@ -277,7 +290,7 @@ def test_salvage_starts_from_the_valid_prefix_and_keeps_the_damaged_file(
     assert "salvaging" in server.log()
 
 
-def _damaged_snapshot(server_factory: type[ServerProcess], snapshot: str) -> str:
+def _damaged_snapshot(server_factory: ServerFactory, snapshot: str) -> str:
     """A stopped server's snapshot, damaged in its end record; returns its fingerprint."""
     server = server_factory("--snapshot", snapshot).start()
     fill(get_shared_state(start=False))
@@ -288,7 +301,7 @@ def _damaged_snapshot(server_factory: type[ServerProcess], snapshot: str) -> str
 
 
 def test_salvage_of_a_damaged_snapshot_keeps_it_and_saves_what_was_readable(
-    server_factory: type[ServerProcess], snapshot: str
+    server_factory: ServerFactory, snapshot: str
 ) -> None:
     damaged = _damaged_snapshot(server_factory, snapshot)
     server = server_factory("--snapshot", snapshot, "--salvage").start()
@@ -302,7 +315,7 @@ def test_salvage_of_a_damaged_snapshot_keeps_it_and_saves_what_was_readable(
 
 
 def test_salvage_without_room_for_its_snapshot_says_so_and_changes_no_file(
-    server_factory: type[ServerProcess], snapshot: str, address: str
+    server_factory: ServerFactory, snapshot: str, address: str
 ) -> None:
     _damaged_snapshot(server_factory, snapshot)
     before = fingerprints(os.path.dirname(snapshot), with_lock=False)
@@ -315,7 +328,7 @@ def test_salvage_without_room_for_its_snapshot_says_so_and_changes_no_file(
 
 
 def test_salvage_keeps_aside_the_segments_it_could_not_replay(
-    server_factory: type[ServerProcess], snapshot: str
+    server_factory: ServerFactory, snapshot: str
 ) -> None:
     args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")
     server = server_factory(*args, faults="replace@state.snap:1-").start()
@@ -341,7 +354,7 @@ def test_salvage_keeps_aside_the_segments_it_could_not_replay(
 
 
 def test_segments_of_a_journaled_run_are_never_replayed_twice_after_one_without_journal(
-    server_factory: type[ServerProcess], snapshot: str
+    server_factory: ServerFactory, snapshot: str
 ) -> None:
     journaled = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")
     unjournaled = ("--snapshot", snapshot, "--no-journal", "--snapshot-interval", "3600")
@@ -367,7 +380,7 @@ def test_segments_of_a_journaled_run_are_never_replayed_twice_after_one_without_
 
 
 def test_a_journal_with_a_missing_segment_is_refused(
-    server_factory: type[ServerProcess], snapshot: str, address: str
+    server_factory: ServerFactory, snapshot: str, address: str
 ) -> None:
     server = server_factory("--snapshot", snapshot, "--snapshot-interval", "3600").start()
     state = get_shared_state(start=False)
@@ -381,9 +394,7 @@ def test_a_journal_with_a_missing_segment_is_refused(
     assert "missing or damaged" in result.stderr
 
 
-def test_leftover_temporary_files_are_removed(
-    server_factory: type[ServerProcess], snapshot: str
-) -> None:
+def test_leftover_temporary_files_are_removed(server_factory: ServerFactory, snapshot: str) -> None:
     os.makedirs(os.path.dirname(snapshot), mode=0o700)
     leftover = snapshot + ".tmp-123-abcd"
     with open(leftover, "wb") as file:
@@ -398,7 +409,7 @@ def test_leftover_temporary_files_are_removed(
 
 @pytest.mark.parametrize("mode", [0o666, 0o620])
 def test_a_snapshot_others_can_write_is_refused(
-    server_factory: type[ServerProcess], snapshot: str, address: str, mode: int
+    server_factory: ServerFactory, snapshot: str, address: str, mode: int
 ) -> None:
     server = server_factory("--snapshot", snapshot).start()
     get_shared_state(start=False)["x"] = 1
@@ -411,7 +422,7 @@ def test_a_snapshot_others_can_write_is_refused(
 
 
 def test_a_journal_others_can_write_is_refused_and_left_alone(
-    server_factory: type[ServerProcess], snapshot: str, address: str
+    server_factory: ServerFactory, snapshot: str, address: str
 ) -> None:
     server = server_factory("--snapshot", snapshot, "--fsync", "always").start()
     get_shared_state(start=False)["x"] = 1
@@ -434,9 +445,7 @@ def test_a_snapshot_directory_others_can_write_is_refused(snapshot: str, address
     assert "only you can write to" in result.stderr
 
 
-def test_persistence_files_are_owner_only(
-    server_factory: type[ServerProcess], snapshot: str
-) -> None:
+def test_persistence_files_are_owner_only(server_factory: ServerFactory, snapshot: str) -> None:
     server_factory("--snapshot", snapshot, "--snapshot-interval", "3600").start()
     get_shared_state(start=False)["x"] = 1
     assert run_cli("snapshot").returncode == 0
@@ -445,7 +454,7 @@ def test_persistence_files_are_owner_only(
 
 
 def test_a_failed_snapshot_keeps_the_previous_one_and_the_server_serving(
-    server_factory: type[ServerProcess], snapshot: str
+    server_factory: ServerFactory, snapshot: str
 ) -> None:
     args = ("--snapshot", snapshot, "--snapshot-interval", "3600")
     server = server_factory(*args, faults="replace@state.snap:2-").start()
@@ -466,7 +475,7 @@ def test_a_failed_snapshot_keeps_the_previous_one_and_the_server_serving(
 
 
 def test_a_journal_write_that_fails_is_refused_not_acknowledged(
-    server_factory: type[ServerProcess], snapshot: str
+    server_factory: ServerFactory, snapshot: str
 ) -> None:
     # Journal writes: 1 is the new segment's header, 2 and 3 are k1 and k2, 4 fails.
     args = ("--snapshot", snapshot, "--snapshot-interval", "3600", "--fsync", "always")
@@ -488,7 +497,7 @@ def test_a_journal_write_that_fails_is_refused_not_acknowledged(
 
 
 def test_a_journal_sync_that_fails_under_always_is_refused(
-    server_factory: type[ServerProcess], snapshot: str
+    server_factory: ServerFactory, snapshot: str
 ) -> None:
     args = ("--snapshot", snapshot, "--snapshot-interval", "3600", "--fsync", "always")
     server_factory(*args, faults="sync@journal:3").start()

@@ -5,24 +5,30 @@ number it had in the thread's session, and the server, which remembers the last 
 of each session, answers it again instead of applying it twice. Reads are simply sent
 again. Across a server crash nothing is retried: the new server can't know.
 The server under test hangs up on, or dies instead of answering, chosen calls
-(``SHAREDSTATE_TEST_CUT_REPLIES``, see tests/faults.py).
+(``SHAREDSTATE_TEST_CUT_REPLIES``, see tests/support/faults.py).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from sharedstate import ConnectionLost, LockLost, get_shared_state
+from sharedstate import ConnectionLost, LockLost, SharedState, get_shared_state
 from sharedstate.server.sessions import Session, Sessions
 
-from .conftest import ServerProcess, fresh_state
-from .faults import CUT_ENV
+from .support.clients import fresh_state
+from .support.faults import CUT_ENV
+from .support.servers import ServerFactory, ServerProcess
+
+# cutting_server(rules, *serve_args): a started server that cuts replies by rules.
+CuttingServer = Callable[..., ServerProcess]
 
 
 @pytest.fixture
-def cutting_server(server_factory: type[ServerProcess], monkeypatch: pytest.MonkeyPatch) -> object:
+def cutting_server(server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> CuttingServer:
     def start(rules: str, *args: str) -> ServerProcess:
         monkeypatch.setenv(CUT_ENV, rules)
         return server_factory(*args, faults="").start()
@@ -30,7 +36,7 @@ def cutting_server(server_factory: type[ServerProcess], monkeypatch: pytest.Monk
     return start
 
 
-def test_an_incr_cut_off_before_its_reply_is_applied_once(cutting_server) -> None:  # type: ignore[no-untyped-def]
+def test_an_incr_cut_off_before_its_reply_is_applied_once(cutting_server: CuttingServer) -> None:
     server = cutting_server("cut:incr:3")
     state = get_shared_state(start=False)
     assert [state.incr("n") for _ in range(5)] == [1, 2, 3, 4, 5]
@@ -51,10 +57,10 @@ def test_an_incr_cut_off_before_its_reply_is_applied_once(cutting_server) -> Non
     ids=["append", "pop", "update", "delete_many", "setdefault"],
 )
 def test_every_kind_of_write_cut_off_is_applied_once_and_answered_right(
-    cutting_server,
+    cutting_server: CuttingServer,
     method: str,
-    write,
-    expected,  # type: ignore[no-untyped-def]
+    write: Callable[[SharedState], Any],
+    expected: dict[str, Any],
 ) -> None:
     cutting_server(f"cut:{method}:1")
     state = get_shared_state(start=False)
@@ -69,7 +75,7 @@ def test_every_kind_of_write_cut_off_is_applied_once_and_answered_right(
         assert result == 7
 
 
-def test_a_read_cut_off_is_sent_again(cutting_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_read_cut_off_is_sent_again(cutting_server: CuttingServer) -> None:
     server = cutting_server("cut:lookup:2")
     state = get_shared_state(start=False)
     state["x"] = "value"
@@ -78,7 +84,9 @@ def test_a_read_cut_off_is_sent_again(cutting_server) -> None:  # type: ignore[n
     server.wait_for_log("injected fault")
 
 
-def test_a_write_cut_off_under_the_lock_is_not_retried_but_lock_lost(cutting_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_write_cut_off_under_the_lock_is_not_retried_but_lock_lost(
+    cutting_server: CuttingServer,
+) -> None:
     cutting_server("cut:set:1")
     state = get_shared_state(start=False)
     with pytest.raises(LockLost, match="broke during set"), state.lock:
@@ -87,9 +95,9 @@ def test_a_write_cut_off_under_the_lock_is_not_retried_but_lock_lost(cutting_ser
 
 
 def test_a_write_cut_off_by_a_crash_is_not_retried_on_the_next_server(
-    cutting_server,
+    cutting_server: CuttingServer,
     workdir: str,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     snapshot = os.path.join(workdir, "state.snap")
     monkeypatch.setenv("SHAREDSTATE_SNAPSHOT", snapshot)

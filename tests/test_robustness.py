@@ -16,9 +16,11 @@ import pytest
 from sharedstate import ConnectionLost, ServerNotRunning, get_shared_state
 from sharedstate.pidlock import read_pid
 
-from .conftest import ServerProcess
-from .processes import _fork, kill_and_wait, server_pids, start_process, wait_until
-from .wire import store_connection
+from .support.holders import hold_lock_until_killed
+from .support.processes import fork_context, kill_and_wait, start_process, wait_until
+from .support.procfs import parent_of, server_pids
+from .support.servers import ServerFactory, ServerProcess, server_info
+from .support.wire import store_connection
 
 
 def test_state_created_before_fork_works_in_the_child(server: ServerProcess) -> None:
@@ -58,7 +60,7 @@ def test_start_false_with_no_server_raises_a_clear_error(address: str) -> None:
 
 
 def test_next_call_reconnects_after_the_server_restarts(
-    server_factory: type[ServerProcess],
+    server_factory: ServerFactory,
 ) -> None:
     first = server_factory().start()
     state = get_shared_state(start=False)
@@ -83,17 +85,10 @@ def test_next_call_restarts_a_killed_server_when_allowed(workdir: str) -> None:
     assert state["x"] == 2
 
 
-def _block_on_lock(ready: Any) -> None:
-    state = get_shared_state(start=False)
-    state.lock.acquire()
-    ready.set()
-    time.sleep(60)
-
-
 def test_a_call_cut_off_mid_flight_raises_and_later_calls_work(workdir: str) -> None:
     state = get_shared_state()
-    ready = _fork.Event()
-    holder = start_process(_block_on_lock, ready)
+    ready = fork_context.Event()
+    holder = start_process(hold_lock_until_killed, ready)
     outcome: list[BaseException | bool] = []
     try:
         assert ready.wait(30)
@@ -128,11 +123,11 @@ def _start_server_then_wait(ready: Any) -> None:
 
 
 def test_server_outlives_the_worker_that_started_it(workdir: str, address: str) -> None:
-    ready = _fork.Event()
+    ready = fork_context.Event()
     starter = start_process(_start_server_then_wait, ready)
     assert ready.wait(30)
     [server_pid] = server_pids(workdir)
-    assert _parent_of(server_pid) != starter.pid
+    assert parent_of(server_pid) != starter.pid
     os.kill(starter.pid or 0, signal.SIGKILL)
     starter.join(10)
     state = get_shared_state(start=False)
@@ -154,19 +149,11 @@ def test_a_stale_socket_from_a_dead_server_is_replaced(workdir: str, address: st
 
 def _clients_waiting(workdir: str) -> bool:
     """True once the waiter (the newest client) has sent its acquire to the server."""
-    from sharedstate.client.launcher import call_server_function
-    from sharedstate.config import load_settings
-
-    clients = call_server_function(load_settings(), "server_info", 5)["clients"]
+    clients = server_info()["clients"]
     if len(clients) < 3:  # the holder, our main thread, the waiter
         return False
     newest = max(clients, key=lambda client: client["id"])
     return bool(newest["requests"] >= 1)
-
-
-def _parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as file:
-        return int(file.read().rsplit(")", 1)[1].split()[1])
 
 
 def test_large_values_cross_in_pieces_both_ways(server: ServerProcess) -> None:

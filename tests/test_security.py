@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 
 import pytest
 
 from sharedstate import AuthenticationFailed, InsecurePermissions, get_shared_state
 
-from .conftest import ServerProcess
-from .processes import run_cli
+from .support.processes import run_cli
+from .support.servers import ServerFactory, ServerProcess, free_tcp_port
 
 STRONG_KEY = "k" * 40
 
 
 def mode(path: str) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.parametrize("default_address", [True, False], ids=["default", "configured"])
@@ -87,7 +80,7 @@ def test_a_server_refuses_a_key_file_readable_by_others(workdir: str) -> None:
 
 
 def test_explicit_key_file_is_used_by_server_and_clients(
-    server_factory: type[ServerProcess], workdir: str, monkeypatch: pytest.MonkeyPatch
+    server_factory: ServerFactory, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key_file = os.path.join(workdir, "app.key")
     with open(key_file, "w") as file:
@@ -126,8 +119,8 @@ def test_a_runtime_directory_owned_by_another_user_is_refused(
         get_shared_state()
 
 
-def test_tcp_on_loopback_works(server_factory: type[ServerProcess]) -> None:
-    address = f"127.0.0.1:{free_port()}"
+def test_tcp_on_loopback_works(server_factory: ServerFactory) -> None:
+    address = f"127.0.0.1:{free_tcp_port()}"
     server_factory(address=address).start()
     state = get_shared_state(address, start=False)
     state["over"] = "tcp"
@@ -135,7 +128,7 @@ def test_tcp_on_loopback_works(server_factory: type[ServerProcess]) -> None:
 
 
 def test_a_non_loopback_address_needs_both_opt_in_and_a_key(workdir: str) -> None:
-    address = f"0.0.0.0:{free_port()}"
+    address = f"0.0.0.0:{free_tcp_port()}"
     refused = run_cli("serve", "--address", address)
     assert refused.returncode == 1
     assert "--allow-remote" in refused.stderr
@@ -145,10 +138,10 @@ def test_a_non_loopback_address_needs_both_opt_in_and_a_key(workdir: str) -> Non
 
 
 def test_a_non_loopback_address_with_opt_in_and_key_serves(
-    server_factory: type[ServerProcess], monkeypatch: pytest.MonkeyPatch
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHAREDSTATE_AUTHKEY", STRONG_KEY)
-    port = free_port()
+    port = free_tcp_port()
     server = server_factory("--allow-remote", address=f"0.0.0.0:{port}")
     server.start()
     assert get_shared_state(f"127.0.0.1:{port}", start=False).incr("n") == 1

@@ -10,8 +10,10 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .conftest import ServerProcess, fresh_state
-from .processes import is_dead, run_cli, server_pids
+from .support.clients import fresh_state
+from .support.processes import run_cli
+from .support.procfs import is_dead, server_pids
+from .support.servers import ServerFactory, ServerProcess
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -48,7 +50,7 @@ def test_stop_stops_the_server_and_waits_for_it(server: ServerProcess) -> None:
 
 
 def test_stop_says_so_when_the_final_snapshot_failed(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     # It used to print success, though the final snapshot had failed (the disk was full).
     snapshot = os.path.join(workdir, "state.snap")

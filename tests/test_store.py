@@ -23,7 +23,8 @@ from sharedstate.errors import (
 from sharedstate.server.reservations import LocalCaller
 from sharedstate.server.store import Store
 
-from .processes import wait_until
+from .support.processes import wait_until
+from .support.stores import RecordingJournal, value_of
 
 ALICE = LocalCaller(1)
 BOB = LocalCaller(2)
@@ -31,12 +32,6 @@ BOB = LocalCaller(2)
 
 def p(value: Any) -> bytes:
     return pickle.dumps(value)
-
-
-def value_of(store: Store, key: Any) -> Any:
-    data = store.lookup(ALICE, key)
-    assert data is not None
-    return pickle.loads(data)
 
 
 def nested(store: Store, path: tuple[Any, ...], method: str, *args: Any, **kwargs: Any) -> Any:
@@ -203,18 +198,8 @@ def test_edit_timeout_and_misuse(store: Store) -> None:
         store.edit_begin(BOB, "missing", None, None)
 
 
-class ListJournal:
-    """Records what the store journals, like the journal does on disk."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[int, str, tuple[Any, ...]]] = []
-
-    def append(self, seq: int, method: str, args: tuple[Any, ...]) -> None:
-        self.records.append((seq, method, args))
-
-
 def test_replaying_the_journal_rebuilds_the_same_state(store: Store) -> None:
-    journal = ListJournal()
+    journal = RecordingJournal()
     store.journal = journal
     store.set(ALICE, "a", p(1))
     store.update(ALICE, [("b", p([1, 2])), ("c", p({"x": 1})), ("d", p(4))])

@@ -33,13 +33,8 @@ from sharedstate import (
 )
 from sharedstate.flask import SharedStateExtension, shared_state
 
-from .conftest import ServerProcess
-from .processes import run_cli, run_in_processes
-
-
-@pytest.fixture
-def state(server: ServerProcess) -> SharedState:
-    return get_shared_state(start=False)
+from .support.processes import run_cli, run_in_processes
+from .support.servers import ServerProcess
 
 
 def views_inside(value: Any) -> list[str]:
@@ -242,7 +237,11 @@ def test_a_view_of_an_element_removed_through_its_parent_refuses_writes(
     db, first = cfg["db"], cfg["hosts"][0]
     cfg["db"] = {"port": 2}
     del cfg["hosts"][0]
-    for write in (lambda: db.__setitem__("port", 3), lambda: first.__setitem__("name", "z")):
+    writes: list[Callable[[], object]] = [
+        lambda: db.__setitem__("port", 3),
+        lambda: first.__setitem__("name", "z"),
+    ]
+    for write in writes:
         with pytest.raises(Conflict, match="replaced or removed"):
             write()
     assert state["cfg"] == {"db": {"port": 2}, "hosts": [{"name": "b"}]}
@@ -444,7 +443,7 @@ def test_reading_a_list_view_out_of_range_or_with_a_bad_index_is_clear(
     with pytest.raises(IndexOutOfRange, match=r"index 1 is out of range for state\['l'\]"):
         numbers[1] = 2
     with pytest.raises(WrongType, match=r"list indices must be integers or slices, not str"):
-        numbers["x"] = 2  # type: ignore[call-overload]
+        numbers["x"] = 2
     assert state["l"] == [1]
 
 

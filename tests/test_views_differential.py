@@ -6,7 +6,7 @@ server, reaching containers at any depth by key and index (negative ones too), a
 sometimes through views held from earlier steps. After every operation it checks
 that both gave the same result (or raised the same kind of error: a SharedStateError
 for writes), that the view and the whole top-level view equal the model, and that a
-fresh read from the server equals the model. What it covers: every operation the README
+fresh read from the server equals the model. What it covers: every operation docs/api.md
 lists for views, plus their reads, conversions and operators.
 
 Where views differ from dict and list on purpose, the model does as views do: a failed
@@ -34,7 +34,7 @@ import pytest
 
 from sharedstate import Conflict, SharedStateError, get_shared_state
 
-from .conftest import ServerProcess
+from .support.servers import ServerProcess
 from .test_views import views_inside
 
 OPERATIONS = int(os.environ.get("SHAREDSTATE_DIFF_OPERATIONS", "5000"))

@@ -21,8 +21,8 @@ import os
 import pickle
 import socket
 import struct
-import sys
 import threading
+from collections.abc import Callable
 
 
 class _CreatesMarker:
@@ -57,7 +57,9 @@ def _payload(marker: str) -> bytes:
     return pickle.dumps(("#RETURN", _CreatesMarker(marker)))
 
 
-def reflect_mp(first: socket.socket, second: socket.socket, marker: str, counts: dict) -> None:
+def reflect_mp(
+    first: socket.socket, second: socket.socket, marker: str, counts: dict[int, int]
+) -> None:
     """multiprocessing's handshake: answer ``first``'s challenge with ``second``'s help."""
     _send(first, b"#CHALLENGE#" + os.urandom(32))
     _recv(first, counts)  # its answer: we don't care
@@ -72,7 +74,9 @@ def reflect_mp(first: socket.socket, second: socket.socket, marker: str, counts:
     _send(first, _payload(marker))
 
 
-def reflect_ss1(first: socket.socket, second: socket.socket, marker: str, counts: dict) -> None:
+def reflect_ss1(
+    first: socket.socket, second: socket.socket, marker: str, counts: dict[int, int]
+) -> None:
     """sharedstate's handshake: try the same trick with its messages."""
     nonce = os.urandom(32)
     hello = b"sharedstate-auth-1 hello " + nonce
@@ -121,7 +125,13 @@ def main() -> None:
         worker.start()
 
 
-def _attack(reflect, first, second, marker, counts) -> None:  # type: ignore[no-untyped-def]
+def _attack(
+    reflect: Callable[[socket.socket, socket.socket, str, dict[int, int]], None],
+    first: socket.socket,
+    second: socket.socket,
+    marker: str,
+    counts: dict[int, int],
+) -> None:
     try:
         reflect(first, second, marker, counts)
     except (OSError, EOFError, struct.error):
@@ -139,4 +149,4 @@ def _attack(reflect, first, second, marker, counts) -> None:  # type: ignore[no-
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

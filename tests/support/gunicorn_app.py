@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
 
+from flask import Flask
 from flask.typing import ResponseReturnValue
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "gunicorn"))
-
-from app import app
 
 from sharedstate import get_shared_state
 from sharedstate.flask import shared_state
+
+from .processes import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "examples", "gunicorn"))
+app: Flask = importlib.import_module("app").app
 
 if os.environ.get("TEST_TOUCH_STATE_AT_IMPORT"):
     # What some apps do at import; with --preload, in the master before on_starting.

@@ -6,7 +6,7 @@ no ``OSError`` when one is named after ``!`` (what a bug or a ``MemoryError`` wo
 
     SHAREDSTATE_TEST_FAULTS="replace@state.snap:2-,write@journal:5-6,*@:7,write@tmp:1!ValueError"
 
-``python -m tests.fault_server serve ...`` installs the rules from that variable in the
+``python -m tests.support.fault_server serve ...`` installs the rules from that variable in the
 server process, then runs the normal CLI. Production code has no hook for this: it only
 calls its file operations through ``sharedstate.persistence.durable.disk``.
 
@@ -146,10 +146,10 @@ def lose_unsynced_writes(snapshot: str, synced_log: str) -> dict[str, int]:
     dropped = {}
     for path in glob.glob(glob.escape(snapshot) + ".journal.*"):
         keep = durable_size.get(path, 0)  # never synced: a power loss may lose all of it
-        size = os.path.getsize(path)
-        if size > keep:
+        written = os.path.getsize(path)
+        if written > keep:
             os.truncate(path, keep)
-            dropped[path] = size - keep
+            dropped[path] = written - keep
     return dropped
 
 
@@ -196,5 +196,5 @@ def install_reply_cuts_from_env() -> None:
             os._exit(1)
         self.hang_up(client)
 
-    ClientLoop._call = counting_call  # type: ignore[method-assign]
+    ClientLoop._call = counting_call  # type: ignore[method-assign, assignment]
     ClientLoop._send = cutting_send  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""Real worker processes for tests, and finding the processes a test left running."""
+"""Real worker processes for tests, the CLI as a separate process, and waiting for things."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .procfs import is_dead
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Workers are forked, like gunicorn's: they inherit the test's environment and modules.
-_fork = multiprocessing.get_context("fork")
+fork_context = multiprocessing.get_context("fork")
 
 
 def _report(results: Any, index: int, target: Callable[..., Any], args: Sequence[Any]) -> None:
@@ -34,9 +36,9 @@ def run_in_processes(
     A failure in any process fails the caller with that process's traceback. Every
     process is joined, or killed, before this returns.
     """
-    results = _fork.Queue()
+    results = fork_context.Queue()
     processes = [
-        _fork.Process(target=_report, args=(results, index, target, args))
+        fork_context.Process(target=_report, args=(results, index, target, args))
         for index, args in enumerate(args_list)
     ]
     try:
@@ -62,47 +64,9 @@ def run_in_processes(
 
 def start_process(target: Callable[..., Any], *args: Any) -> multiprocessing.process.BaseProcess:
     """Start one forked process; the caller joins or kills it."""
-    process = _fork.Process(target=target, args=args)
+    process = fork_context.Process(target=target, args=args)
     process.start()
     return process
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of our processes whose command line or environment contains ``text``."""
-    found = []
-    needle = text.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        for part in ("cmdline", "environ"):
-            try:
-                with open(f"/proc/{entry}/{part}", "rb") as file:
-                    if needle in file.read():
-                        found.append(int(entry))
-                        break
-            except OSError:
-                continue
-    return found
-
-
-def is_dead(pid: int) -> bool:
-    """Gone, or a zombie in every thread: its sockets and locks are closed by then.
-
-    Earlier signs lie: the command line reads empty while the process is still exiting,
-    and the main thread turns zombie while other threads still hold the open files.
-    """
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return True
-    for thread in threads:
-        try:
-            with open(f"/proc/{pid}/task/{thread}/stat", "rb") as file:
-                if file.read().rsplit(b")", 1)[1].split()[0] != b"Z":
-                    return False
-        except OSError:
-            continue
-    return True
 
 
 def kill_and_wait(pid: int, timeout: float = 15.0) -> None:
@@ -112,20 +76,6 @@ def kill_and_wait(pid: int, timeout: float = 15.0) -> None:
     while not is_dead(pid):
         assert time.monotonic() < deadline, f"process {pid} survived SIGKILL"
         time.sleep(0.01)
-
-
-def server_pids(workdir: str) -> list[int]:
-    """Pids of live sharedstate servers started for this test's directory."""
-    pids = []
-    for pid in processes_mentioning(workdir):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as file:
-                argv = file.read().split(b"\0")
-        except OSError:
-            continue
-        if b"sharedstate" in argv and b"serve" in argv and not is_dead(pid):
-            pids.append(pid)
-    return pids
 
 
 def run_cli(

@@ -15,13 +15,15 @@ import socket
 import struct
 from multiprocessing.connection import Connection
 
+from bench.procfs import Resources, resources
 from sharedstate.address import parse_address
 from sharedstate.client.launcher import try_connect
 from sharedstate.client.transport import Hello, handshake
 from sharedstate.config import load_settings
 
-from .conftest import ServerProcess, fresh_state
+from .clients import fresh_state
 from .processes import wait_until
+from .servers import ServerProcess
 
 # Longer than the server's 10 s handshake timeout: a connection still open after this
 # long, once we have hung up, is one the server forgot.
@@ -122,20 +124,18 @@ def key_of(server: ServerProcess) -> bytes:
         return file.read().strip()
 
 
-def threads_and_fds(pid: int) -> tuple[int, int]:
-    return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
+def wait_for_no_growth(pid: int, before: Resources) -> None:
+    """Wait until ``pid`` holds no more threads and descriptors than ``before``."""
 
-
-def wait_for_no_growth(pid: int, before: tuple[int, int]) -> None:
     def settled() -> bool:
-        threads, fds = threads_and_fds(pid)
-        return threads <= before[0] and fds <= before[1]
+        now = resources(pid)
+        return now.threads <= before.threads and now.fds <= before.fds
 
     try:
         wait_until(settled)
     except AssertionError:
         raise AssertionError(
-            f"server threads and fds grew from {before} to {threads_and_fds(pid)}"
+            f"server threads and fds grew from {before} to {resources(pid)}"
         ) from None
 
 
