@@ -10,7 +10,7 @@ import pytest
 from sharedstate import get_shared_state
 
 from .support.processes import run_cli
-from .support.servers import ServerProcess
+from .support.servers import ServerFactory, ServerProcess
 
 
 def test_set_then_get_as_json(server: ServerProcess) -> None:
@@ -91,7 +91,7 @@ def test_status_json_has_the_operator_facts(server: ServerProcess) -> None:
 
 
 def test_the_address_flag_works_before_and_after_the_command(
-    server_factory: type[ServerProcess], workdir: str
+    server_factory: ServerFactory, workdir: str
 ) -> None:
     elsewhere = os.path.join(workdir, "other", "state.sock")  # not SHAREDSTATE_ADDRESS
     server_factory(address=elsewhere).start()

@@ -78,4 +78,4 @@ def test_the_old_name_of_the_extension_still_works_with_a_deprecation_warning() 
 
 def test_any_other_missing_name_is_still_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'SharedStat'"):
-        sharedstate.flask.SharedStat  # noqa: B018 - a typo is an error, not the old name
+        sharedstate.flask.SharedStat  # type: ignore[attr-defined]  # noqa: B018 - a typo is an error, not the old name
