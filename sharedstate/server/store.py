@@ -6,8 +6,9 @@ connection making the call) first, because the lock and edits belong to a connec
 and are released when it drops (:meth:`Store.release_all`).
 
 Values arrive pickled (see :mod:`sharedstate.codec`) and are kept as those bytes. Only
-an operation that needs the object (``incr``, a nested write) unpickles it; the entry
-then holds the live object (:class:`_Live`) until it is replaced.
+an operation that needs the object (``incr``, a nested write) unpickles it. Every value
+is read and written through a :class:`~sharedstate.server.entries.Keyspace`, one for the
+dict and one for the namespace, which knows how each entry is held.
 
 Every write is numbered (:attr:`Store.seq`) and, when a journal is attached, recorded
 in it under the lock, after its checks and before it changes anything: a write the
@@ -25,14 +26,9 @@ from typing import Any, Protocol
 from ..codec import DATA, NAMESPACE, PROTOCOL, Contents, decode, place
 from ..errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
 from ..protocol import OPERATIONS, WRITES
+from .entries import SERVER_HINT, Keyspace
 from .nested import apply_method, check_method, check_nesting, check_number, unpack_call, walk
 from .reservations import Caller, LocalCaller, Reservations
-
-# What to do when the server can't unpickle a value it must work on.
-_SERVER_HINT = (
-    "the server must load the value for incr and nested writes, so its classes must be "
-    "importable there; use state.edit() for objects of your own classes"
-)
 
 
 class Recorder(Protocol):
@@ -47,16 +43,6 @@ REPLAY = LocalCaller(0)
 REPLAYABLE = WRITES
 
 
-class _Live:
-    """A value the server has unpickled, with its pickle cached until it changes."""
-
-    __slots__ = ("encoded", "value")
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-        self.encoded: bytes | None = None
-
-
 class Store:
     """All shared data of one server. Thread-safe: one condition guards everything."""
 
@@ -64,9 +50,9 @@ class Store:
     EXPOSED = frozenset(OPERATIONS)
 
     def __init__(self) -> None:
-        self._spaces: dict[str, dict[Any, bytes | _Live]] = {DATA: {}, NAMESPACE: {}}
-        self._data = self._spaces[DATA]
-        self._live_keys: set[Any] = set()  # keys of _data holding a _Live entry
+        self._data = Keyspace(DATA)
+        self._namespace = Keyspace(NAMESPACE)
+        self._spaces = {DATA: self._data, NAMESPACE: self._namespace}
         self._cond = threading.Condition()
         self._reservations = Reservations(self._cond)
         self.seq = 0  # the number of the last write
@@ -78,14 +64,13 @@ class Store:
     def lookup(self, caller: Caller, key: Any) -> bytes | None:
         """The pickled value of ``key``, or ``None`` when it is missing."""
         with self._cond:
-            entry = self._data.get(key)
-            return None if entry is None else _encoded(entry)
+            return self._data.encoded(key)
 
     def get_many(self, caller: Caller, keys: list[Any]) -> list[bytes | None]:
         """The pickled values of ``keys`` (``None`` where missing), at one moment."""
         with self._cond:
-            found = [self._data.get(key) for key in keys]
-            return [None if entry is None else _encoded(entry) for entry in found]
+            encoded = self._data.encoded
+            return [encoded(key) for key in keys]
 
     def contains(self, caller: Caller, key: Any) -> bool:
         return key in self._data
@@ -95,19 +80,19 @@ class Store:
 
     def keys(self, caller: Caller) -> list[Any]:
         with self._cond:
-            return list(self._data)
+            return self._data.keys()
 
     def items(self, caller: Caller) -> list[tuple[Any, bytes]]:
         with self._cond:
-            return [(key, _encoded(entry)) for key, entry in self._data.items()]
+            return list(self._data.encoded_dict().items())
 
     def values(self, caller: Caller) -> list[bytes]:
         with self._cond:
-            return [_encoded(entry) for entry in self._data.values()]
+            return list(self._data.encoded_dict().values())
 
     def copy(self, caller: Caller) -> dict[Any, bytes]:
         with self._cond:
-            return {key: _encoded(entry) for key, entry in self._data.items()}
+            return self._data.encoded_dict()
 
     # -- writes --------------------------------------------------------------------
 
@@ -115,23 +100,23 @@ class Store:
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
             self._record("set", key, data)
-            self._put(key, data)
+            self._data.put(key, data)
 
     def delete(self, caller: Caller, key: Any) -> bool:
         """Remove ``key``; False if it was not there."""
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
             self._record("delete", key)
-            return self._remove(key) is not None
+            return self._data.discard(key)
 
     def setdefault(self, caller: Caller, key: Any, data: bytes) -> bytes:
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
-            entry = self._data.get(key)
-            if entry is not None:
-                return _encoded(entry)
+            found = self._data.encoded(key)
+            if found is not None:
+                return found
             self._record("setdefault", key, data)
-            self._put(key, data)
+            self._data.put(key, data)
             return data
 
     def pop(self, caller: Caller, key: Any) -> bytes | None:
@@ -140,16 +125,14 @@ class Store:
             if key not in self._data:
                 return None
             self._record("pop", key)
-            entry = self._remove(key)
-            return None if entry is None else _encoded(entry)
+            return self._data.pop(key)
 
     def update(self, caller: Caller, pairs: list[tuple[Any, bytes]]) -> None:
         with self._cond:
             for key, _ in pairs:
                 self._reservations.wait_until_not_edited(caller, key)
             self._record("update", pairs)
-            for key, data in pairs:
-                self._put(key, data)
+            self._data.put_many(pairs)
 
     def delete_many(self, caller: Caller, keys: list[Any]) -> int:
         """Remove ``keys``; return how many were there."""
@@ -161,7 +144,7 @@ class Store:
                 return 0
             self._record("delete_many", present)
             for key in present:
-                self._remove(key)
+                self._data.discard(key)
             return len(present)
 
     def clear(self, caller: Caller) -> None:
@@ -169,7 +152,6 @@ class Store:
             self._reservations.wait_until_no_edits_but(caller)
             self._record("clear")
             self._data.clear()
-            self._live_keys.clear()
 
     def incr(self, caller: Caller, key: Any, amount: int | float) -> int | float:
         """Add ``amount`` to the number at ``key`` (missing counts as 0); return the sum."""
@@ -178,15 +160,14 @@ class Store:
             self._reservations.wait_until_not_edited(caller, key)
             if key not in self._data:
                 self._record("incr", key, amount)
-                self._data[key] = _Live(amount)
-                self._live_keys.add(key)
+                self._data.put_object(key, amount)
                 return amount
-            live = self._live(DATA, key)
-            check_number(live.value, (key,))
+            entry = self._data.live(key)
+            check_number(entry.value, (key,))
             self._record("incr", key, amount)
-            live.value += amount
-            live.encoded = None
-            return live.value  # type: ignore[no-any-return]
+            entry.value += amount
+            entry.changed()
+            return entry.value  # type: ignore[no-any-return]
 
     def nested(
         self, caller: Caller, space: str, path: tuple[Any, ...], method: str, call_data: bytes
@@ -200,17 +181,17 @@ class Store:
         for the container.
         """
         where = functools.partial(place, space, path)  # formatted only if needed
-        call = decode(call_data, lambda: f"the arguments of {where()}.{method}()", _SERVER_HINT)
+        call = decode(call_data, lambda: f"the arguments of {where()}.{method}()", SERVER_HINT)
         args, kwargs, expectations = unpack_call(call, lambda: f"{where()}.{method}()")
         with self._cond:
             if space == DATA:
                 self._reservations.wait_until_not_edited(caller, path[0])
-            live = self._live(space, path[0])
-            container = walk(live.value, space, path, expectations)
+            entry = self._spaces[space].live(path[0])
+            container = walk(entry.value, space, path, expectations)
             check_method(container, method, where)
             check_nesting(path, args, kwargs, where)
             self._record("nested", space, path, method, call_data)
-            live.encoded = None
+            entry.changed()
             result = apply_method(container, method, args, kwargs, where)
             return pickle.dumps(result, protocol=PROTOCOL)
 
@@ -218,25 +199,23 @@ class Store:
 
     def ns_lookup(self, caller: Caller, name: str) -> bytes | None:
         with self._cond:
-            entry = self._spaces[NAMESPACE].get(name)
-            return None if entry is None else _encoded(entry)
+            return self._namespace.encoded(name)
 
     def ns_set(self, caller: Caller, name: str, data: bytes) -> None:
         with self._cond:
             self._record("ns_set", name, data)
-            self._spaces[NAMESPACE][name] = data
+            self._namespace.put(name, data)
 
     def ns_delete(self, caller: Caller, name: str) -> bool:
         with self._cond:
-            if name not in self._spaces[NAMESPACE]:
+            if name not in self._namespace:
                 return False
             self._record("ns_delete", name)
-            del self._spaces[NAMESPACE][name]
-            return True
+            return self._namespace.discard(name)
 
     def ns_items(self, caller: Caller) -> list[tuple[str, bytes]]:
         with self._cond:
-            return [(name, _encoded(entry)) for name, entry in self._spaces[NAMESPACE].items()]
+            return list(self._namespace.encoded_dict().items())
 
     # -- the shared lock ---------------------------------------------------------------
 
@@ -271,11 +250,11 @@ class Store:
         """
         with self._cond:
             self._reservations.wait_to_edit(caller, key, timeout)
-            entry = self._data.get(key)
-            if entry is None and default is None:
+            found = self._data.encoded(key)
+            if found is None and default is None:
                 raise KeyNotFound(key)
             self._reservations.start_edit(caller, key)
-            return default if entry is None else _encoded(entry)  # type: ignore[return-value]
+            return default if found is None else found  # type: ignore[return-value]
 
     def edit_commit(self, caller: Caller, key: Any, data: bytes) -> None:
         """Write the edited value and end the edit (it ends even if the write is refused)."""
@@ -283,7 +262,7 @@ class Store:
             self._reservations.check_editing(caller, key)
             try:
                 self._record("set", key, data)
-                self._put(key, data)
+                self._data.put(key, data)
             finally:
                 self._reservations.end_edit(caller, key)
 
@@ -311,11 +290,9 @@ class Store:
             self._record("restore", pairs, attributes, replace)
             if replace:
                 self._data.clear()
-                self._live_keys.clear()
-                self._spaces[NAMESPACE].clear()
-            for key, data in pairs:
-                self._put(key, data)
-            self._spaces[NAMESPACE].update(attributes)
+                self._namespace.clear()
+            self._data.put_many(pairs)
+            self._namespace.put_many(attributes)
 
     def export(self, while_locked: Callable[[], None] | None = None) -> Contents:
         """A consistent copy of the whole state, taken under the lock.
@@ -325,22 +302,17 @@ class Store:
         (the journal starts a new segment there).
         """
         with self._cond:
-            data = self._data.copy()
-            for key in self._live_keys:
-                data[key] = _encoded(data[key])
-            namespace = {name: _encoded(entry) for name, entry in self._spaces[NAMESPACE].items()}
+            data = self._data.encoded_dict()
+            namespace = self._namespace.encoded_dict()
             if while_locked is not None:
                 while_locked()
-            return Contents(self.seq, data, namespace)  # type: ignore[arg-type]
+            return Contents(self.seq, data, namespace)
 
     def load(self, contents: Contents) -> None:
         """Replace the whole state (at start-up, before any client connects)."""
         with self._cond:
-            self._data.clear()
-            self._data.update(contents.data)
-            self._live_keys.clear()
-            self._spaces[NAMESPACE].clear()
-            self._spaces[NAMESPACE].update(contents.namespace)
+            self._data.load(contents.data)
+            self._namespace.load(contents.namespace)
             self.seq = contents.seq
 
     def replay(self, seq: int, method: str, args: tuple[Any, ...]) -> None:
@@ -378,27 +350,13 @@ class Store:
         with self._cond:
             return {
                 "keys": len(self._data),
-                "namespace_attributes": len(self._spaces[NAMESPACE]),
+                "namespace_attributes": len(self._namespace),
                 "lock_holder": self._reservations.lock_owner,
                 "open_edits": len(self._reservations.editors),
                 "seq": self.seq,
             }
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _live(self, space: str, key: Any) -> _Live:
-        """The entry at ``key`` as a live object, unpickling it on first use."""
-        entries = self._spaces[space]
-        entry = entries.get(key)
-        if entry is None:
-            raise KeyNotFound(key, "state.namespace" if space == NAMESPACE else "state")
-        if isinstance(entry, _Live):
-            return entry
-        live = _Live(decode(entry, functools.partial(place, space, (key,)), _SERVER_HINT))
-        entries[key] = live
-        if space == DATA:
-            self._live_keys.add(key)
-        return live
 
     def _record(self, method: str, *args: Any) -> None:
         """Number a write and journal it; if either is refused, the write doesn't happen."""
@@ -408,21 +366,3 @@ class Store:
         if self.journal is not None:
             self.journal.append(seq, method, args)
         self.seq = seq
-
-    def _put(self, key: Any, data: bytes) -> None:
-        self._data[key] = data
-        if self._live_keys:
-            self._live_keys.discard(key)
-
-    def _remove(self, key: Any) -> bytes | _Live | None:
-        if self._live_keys:
-            self._live_keys.discard(key)
-        return self._data.pop(key, None)
-
-
-def _encoded(entry: bytes | _Live) -> bytes:
-    if isinstance(entry, bytes):
-        return entry
-    if entry.encoded is None:
-        entry.encoded = pickle.dumps(entry.value, protocol=PROTOCOL)
-    return entry.encoded
