@@ -13,6 +13,8 @@ dict and one for the namespace, which knows how each entry is held.
 Every write is numbered (:attr:`Store.seq`) and, when a journal is attached, recorded
 in it under the lock, after its checks and before it changes anything: a write the
 journal refuses never happens, and replaying the journal in order repeats the state.
+Records are of the kinds :mod:`sharedstate.persistence.records` defines, not method
+calls, and :data:`APPLY` says how each kind is replayed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,19 @@ from typing import Any, Protocol
 
 from ..codec import DATA, NAMESPACE, PROTOCOL, Contents, decode, place
 from ..errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
-from ..protocol import OPERATIONS, WRITES
+from ..persistence.records import (
+    CLEAR,
+    DELETE,
+    DELETE_MANY,
+    INCR,
+    NESTED,
+    NS_DELETE,
+    NS_SET,
+    RESTORE,
+    SET,
+    UPDATE,
+)
+from ..protocol import OPERATIONS
 from .entries import SERVER_HINT, Keyspace
 from .nested import apply_method, check_method, check_nesting, check_number, unpack_call, walk
 from .reservations import Caller, LocalCaller, Reservations
@@ -34,13 +48,12 @@ from .reservations import Caller, LocalCaller, Reservations
 class Recorder(Protocol):
     """Where writes are recorded before they are applied: the journal."""
 
-    def append(self, seq: int, method: str, args: tuple[Any, ...]) -> None: ...
+    def append(self, seq: int, kind: str, fields: tuple[Any, ...]) -> None:
+        """Record write ``seq``, a record of ``kind`` (:mod:`sharedstate.persistence.records`)."""
+        ...
 
 
 REPLAY = LocalCaller(0)
-
-# Store methods a journal record may name: the writes.
-REPLAYABLE = WRITES
 
 
 class Store:
@@ -99,14 +112,14 @@ class Store:
     def set(self, caller: Caller, key: Any, data: bytes) -> None:
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
-            self._record("set", key, data)
+            self._record(SET, key, data)
             self._data.put(key, data)
 
     def delete(self, caller: Caller, key: Any) -> bool:
         """Remove ``key``; False if it was not there."""
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
-            self._record("delete", key)
+            self._record(DELETE, key)
             return self._data.discard(key)
 
     def setdefault(self, caller: Caller, key: Any, data: bytes) -> bytes:
@@ -115,7 +128,7 @@ class Store:
             found = self._data.encoded(key)
             if found is not None:
                 return found
-            self._record("setdefault", key, data)
+            self._record(SET, key, data)  # what it did: replay needs no check
             self._data.put(key, data)
             return data
 
@@ -124,14 +137,14 @@ class Store:
             self._reservations.wait_until_not_edited(caller, key)
             if key not in self._data:
                 return None
-            self._record("pop", key)
+            self._record(DELETE, key)  # what it did: replay needs no check
             return self._data.pop(key)
 
     def update(self, caller: Caller, pairs: list[tuple[Any, bytes]]) -> None:
         with self._cond:
             for key, _ in pairs:
                 self._reservations.wait_until_not_edited(caller, key)
-            self._record("update", pairs)
+            self._record(UPDATE, pairs)
             self._data.put_many(pairs)
 
     def delete_many(self, caller: Caller, keys: list[Any]) -> int:
@@ -142,7 +155,7 @@ class Store:
             present = [key for key in keys if key in self._data]
             if not present:
                 return 0
-            self._record("delete_many", present)
+            self._record(DELETE_MANY, present)
             for key in present:
                 self._data.discard(key)
             return len(present)
@@ -150,7 +163,7 @@ class Store:
     def clear(self, caller: Caller) -> None:
         with self._cond:
             self._reservations.wait_until_no_edits_but(caller)
-            self._record("clear")
+            self._record(CLEAR)
             self._data.clear()
 
     def incr(self, caller: Caller, key: Any, amount: int | float) -> int | float:
@@ -159,12 +172,12 @@ class Store:
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
             if key not in self._data:
-                self._record("incr", key, amount)
+                self._record(INCR, key, amount)
                 self._data.put_object(key, amount)
                 return amount
             entry = self._data.live(key)
             check_number(entry.value, (key,))
-            self._record("incr", key, amount)
+            self._record(INCR, key, amount)
             entry.value += amount
             entry.changed()
             return entry.value  # type: ignore[no-any-return]
@@ -190,7 +203,7 @@ class Store:
             container = walk(entry.value, space, path, expectations)
             check_method(container, method, where)
             check_nesting(path, args, kwargs, where)
-            self._record("nested", space, path, method, call_data)
+            self._record(NESTED, space, path, method, call_data)
             entry.changed()
             result = apply_method(container, method, args, kwargs, where)
             return pickle.dumps(result, protocol=PROTOCOL)
@@ -203,14 +216,14 @@ class Store:
 
     def ns_set(self, caller: Caller, name: str, data: bytes) -> None:
         with self._cond:
-            self._record("ns_set", name, data)
+            self._record(NS_SET, name, data)
             self._namespace.put(name, data)
 
     def ns_delete(self, caller: Caller, name: str) -> bool:
         with self._cond:
             if name not in self._namespace:
                 return False
-            self._record("ns_delete", name)
+            self._record(NS_DELETE, name)
             return self._namespace.discard(name)
 
     def ns_items(self, caller: Caller) -> list[tuple[str, bytes]]:
@@ -261,7 +274,7 @@ class Store:
         with self._cond:
             self._reservations.check_editing(caller, key)
             try:
-                self._record("set", key, data)
+                self._record(SET, key, data)
                 self._data.put(key, data)
             finally:
                 self._reservations.end_edit(caller, key)
@@ -287,7 +300,8 @@ class Store:
         """Load a dump: replace everything with it, or merge it into what is there."""
         with self._cond:
             self._reservations.wait_until_no_edits_but(caller)
-            self._record("restore", pairs, attributes, replace)
+            replace = bool(replace)  # the record's field is a bool
+            self._record(RESTORE, pairs, attributes, replace)
             if replace:
                 self._data.clear()
                 self._namespace.clear()
@@ -315,13 +329,18 @@ class Store:
             self._namespace.load(contents.namespace)
             self.seq = contents.seq
 
-    def replay(self, seq: int, method: str, args: tuple[Any, ...]) -> None:
-        """Repeat a journal record. Writes that failed when made fail again, harmlessly;
-        a value that can't be loaded here (an import missing) stops recovery."""
-        if method not in REPLAYABLE:
-            raise ValueError(f"journal record {seq} names an unknown operation {method!r}")
+    def replay(self, seq: int, kind: str, fields: tuple[Any, ...]) -> None:
+        """Repeat journal record ``seq``, of ``kind`` with ``fields`` (checked beforehand
+        with :func:`sharedstate.persistence.records.problem`).
+
+        Writes that failed when made fail again, harmlessly; a value that can't be loaded
+        here (an import missing) stops recovery.
+        """
+        apply = APPLY.get(kind)
+        if apply is None:
+            raise ValueError(f"journal record {seq} is of an unknown kind {kind!r}")
         try:
-            getattr(self, method)(REPLAY, *args)
+            apply(self, *fields)
         except ValueNotLoadable:
             raise
         except SharedStateError:
@@ -358,11 +377,33 @@ class Store:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _record(self, method: str, *args: Any) -> None:
-        """Number a write and journal it; if either is refused, the write doesn't happen."""
+    def _record(self, kind: str, *fields: Any) -> None:
+        """Number a write and journal it as a record of ``kind``; if either is refused,
+        the write doesn't happen."""
         if self._frozen:
             raise ServerStopping("the server is stopping, so the write was refused")
         seq = self.seq + 1
         if self.journal is not None:
-            self.journal.append(seq, method, args)
+            self.journal.append(seq, kind, fields)
         self.seq = seq
+
+
+# How a journal record of each kind is applied on replay: through the operation that
+# made it, so that replay repeats its checks. The kinds and their fields are defined in
+# sharedstate.persistence.records; a new argument of an operation never changes them.
+APPLY: dict[str, Callable[..., object]] = {
+    SET: lambda store, key, value: store.set(REPLAY, key, value),
+    DELETE: lambda store, key: store.delete(REPLAY, key),
+    INCR: lambda store, key, amount: store.incr(REPLAY, key, amount),
+    NESTED: lambda store, space, path, method, call: store.nested(
+        REPLAY, space, path, method, call
+    ),
+    UPDATE: lambda store, pairs: store.update(REPLAY, pairs),
+    DELETE_MANY: lambda store, keys: store.delete_many(REPLAY, keys),
+    CLEAR: lambda store: store.clear(REPLAY),
+    RESTORE: lambda store, pairs, attributes, replace: store.restore(
+        REPLAY, pairs, attributes, replace
+    ),
+    NS_SET: lambda store, name, value: store.ns_set(REPLAY, name, value),
+    NS_DELETE: lambda store, name: store.ns_delete(REPLAY, name),
+}
