@@ -388,9 +388,10 @@ class Store:
         self.seq = seq
 
 
-# How a journal record of each kind is applied on replay: through the operation that
-# made it, so that replay repeats its checks. The kinds and their fields are defined in
-# sharedstate.persistence.records; a new argument of an operation never changes them.
+# How a journal record of each kind is applied on replay: by the store operation that
+# does what it records, so that replay repeats its checks. The kinds and their fields are
+# defined in sharedstate.persistence.records; when an operation gains an argument, the
+# record keeps its fields and the entry here passes the default.
 APPLY: dict[str, Callable[..., object]] = {
     SET: lambda store, key, value: store.set(REPLAY, key, value),
     DELETE: lambda store, key: store.delete(REPLAY, key),
