@@ -220,7 +220,7 @@ def test_journal_appends_rotates_and_removes_retired_segments(workdir: str) -> N
     journal.append(3, "set", ("b", b"2"))
     first, second = list_segments(snapshot)
     assert [r.seq for r in read_segment(first).records] == [1, 2]
-    assert [(r.seq, r.method, r.args) for r in read_segment(second).records] == [
+    assert [(r.seq, r.kind, r.fields) for r in read_segment(second).records] == [
         (3, "set", ("b", b"2"))
     ]
     journal.seal_retired()
@@ -296,7 +296,7 @@ def test_files_written_by_format_version_1_still_load() -> None:
     }
     assert pickle.loads(contents.namespace["mode"]) == "x"
     segment = read_segment(os.path.join(reference, "v1.snap.journal.000000000004"))
-    assert [(r.seq, r.method, r.args) for r in segment.records] == [
+    assert [(r.seq, r.kind, r.fields) for r in segment.records] == [
         (4, "set", ("b", pickle.dumps(2, protocol=5))),
         (5, "delete", ("a",)),
     ]

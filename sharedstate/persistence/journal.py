@@ -1,7 +1,8 @@
 """The journal: every write, appended before it is acknowledged.
 
-Records are frames (:mod:`sharedstate.persistence.frames`) holding ``(seq, method, args)``: the
-store method that made the write, numbered. They live in segment files named
+Records are frames (:mod:`sharedstate.persistence.frames`) holding ``(seq, kind, fields)``: the
+write's number and what it did, in the format of :mod:`sharedstate.persistence.records`, whose
+version the segment's preamble carries. They live in segment files named
 ``<snapshot>.journal.<N>``, where N grows with each segment (it is the write count when
 the segment was created, plus one). Taking a snapshot switches to a new segment at the
 same moment the state is copied (:meth:`Journal.rotate`, under the store's lock), so
@@ -38,14 +39,16 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..errors import CorruptFile, PersistenceError
-from . import durable
-from .frames import FrameReader, Torn, check_preamble, dump_plain, frame, load_plain, preamble
+from . import durable, records
+from .frames import FrameReader, Torn, check_preamble, frame, preamble
 
 logger = logging.getLogger("sharedstate")
 
 MAGIC = b"sharedstate journal\n"
-VERSION = 1
+VERSION = records.VERSION  # the record format
+READABLE_VERSIONS = records.READABLE_VERSIONS
 _PREAMBLE = preamble(MAGIC, VERSION)
+_PREAMBLES = [preamble(MAGIC, version) for version in READABLE_VERSIONS]  # all one length
 EVERYSEC_INTERVAL = 1.0
 
 
@@ -67,9 +70,11 @@ def list_segments(snapshot_path: str) -> list[str]:
 
 @dataclass
 class Record:
+    """A journal record as read: the write's number, its kind and fields, and where it is."""
+
     seq: int
-    method: str
-    args: tuple[Any, ...]
+    kind: str
+    fields: tuple[Any, ...]
     path: str
     offset: int
 
@@ -91,24 +96,25 @@ def read_segment(path: str, *, salvage: bool = False) -> Segment:
     short inside its preamble, or holding only zero bytes (a crash or power loss right
     after creating it), is empty and torn.
     """
-    records: list[Record] = []
+    found: list[Record] = []
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
-        preamble = file.read(len(_PREAMBLE))
-        if len(preamble) < len(_PREAMBLE) and _PREAMBLE.startswith(preamble):
-            return Segment(records, Torn(0, size) if size else None)
-        if not preamble.strip(b"\0") and _only_zeros(file):
-            return Segment(records, Torn(0, size))
-        check_preamble(preamble, path, MAGIC, (VERSION,), "journal")
+        head = file.read(len(_PREAMBLE))
+        if len(head) < len(_PREAMBLE) and any(whole.startswith(head) for whole in _PREAMBLES):
+            return Segment(found, Torn(0, size) if size else None)
+        if not head.strip(b"\0") and _only_zeros(file):
+            return Segment(found, Torn(0, size))
+        version = check_preamble(head, path, MAGIC, READABLE_VERSIONS, "journal")
         reader = FrameReader(file, path, allow_torn_tail=True)
         try:
             for offset, payload in reader:
-                records.append(_record(load_plain(payload, path, offset), path, offset))
+                seq, kind, fields = records.load(payload, version, path, offset)
+                found.append(Record(seq, kind, fields, path, offset))
         except CorruptFile as damage:
             if not salvage:
                 raise
-            return Segment(records, damage=str(damage))
-    return Segment(records, reader.torn)
+            return Segment(found, damage=str(damage))
+    return Segment(found, reader.torn)
 
 
 def _only_zeros(file: BinaryIO) -> bool:
@@ -117,16 +123,6 @@ def _only_zeros(file: BinaryIO) -> bool:
         if chunk.strip(b"\0"):
             return False
     return True
-
-
-def _record(fields: Any, path: str, offset: int) -> Record:
-    try:
-        seq, method, args = fields
-        if type(seq) is int and type(method) is str and type(args) is tuple:
-            return Record(seq, method, args, path, offset)
-    except (TypeError, ValueError):
-        pass
-    raise CorruptFile(f"{path}: unexpected record at byte {offset}", path=path, offset=offset)
 
 
 class _Segment:
@@ -207,7 +203,7 @@ class Journal:
 
     # -- called by the store, under its lock ---------------------------------------
 
-    def append(self, seq: int, method: str, args: tuple[Any, ...]) -> None:
+    def append(self, seq: int, kind: str, fields: tuple[Any, ...]) -> None:
         """Hand a record to the OS; raise :class:`PersistenceError` if that fails."""
         if self.error is not None:
             raise PersistenceError(
@@ -215,7 +211,7 @@ class Journal:
                 "succeeds (free disk space, or fix the permissions, first)",
                 path=self._current.path,
             )
-        record = frame(dump_plain((seq, method, args)))
+        record = frame(records.dump(seq, kind, fields))
         segment = self._current
         try:
             durable.write_all(segment.fd, record, segment.size)

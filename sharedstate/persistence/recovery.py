@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from ..codec import Contents
 from ..errors import CorruptFile, PersistenceError
 from ..permissions import check_not_writable_by_others
-from ..server.store import REPLAYABLE, Store
-from . import durable
+from ..server.store import Store
+from . import durable, records
 from .journal import Segment, list_segments, read_segment
 from .snapshot import read_snapshot, write_snapshot
 
@@ -141,18 +141,16 @@ def _replay(store: Store, segments: dict[str, Segment], snapshot_seq: int, salva
         for record in segment.records:
             if record.seq <= snapshot_seq:
                 continue  # already in the snapshot
+            problem = records.problem(record.kind, record.fields)
             if record.seq != expected:
                 message = (
                     f"{record.path}: the journal jumps from write {expected - 1} to write "
                     f"{record.seq} at byte {record.offset}; a segment is missing or damaged"
                 )
-            elif record.method not in REPLAYABLE:
-                message = (
-                    f"{record.path}: the record at byte {record.offset} names an unknown "
-                    f"operation {record.method!r} (a newer sharedstate may have written it)"
-                )
+            elif problem is not None:
+                message = f"{record.path}: the record at byte {record.offset} {problem}"
             else:
-                store.replay(record.seq, record.method, record.args)
+                store.replay(record.seq, record.kind, record.fields)
                 expected += 1
                 replayed += 1
                 continue

@@ -19,6 +19,12 @@ sharedstate versions that read only version 1 still read every state they could 
 
 ``seq`` is the number of the last write the snapshot contains; journal records up to it
 are already in it.
+
+A snapshot holds each entry as its key and pickled value, nothing else: no store method
+or its arguments. What an entry may later hold beside its value (an expiry time, see
+:class:`~sharedstate.server.entries.Entry`) is in neither format, and keeping it will
+take a new record kind in a format 3, with readers of 1 and 2 kept (the rules are in
+:mod:`sharedstate.persistence.records`).
 """
 
 from __future__ import annotations

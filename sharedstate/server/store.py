@@ -6,12 +6,15 @@ connection making the call) first, because the lock and edits belong to a connec
 and are released when it drops (:meth:`Store.release_all`).
 
 Values arrive pickled (see :mod:`sharedstate.codec`) and are kept as those bytes. Only
-an operation that needs the object (``incr``, a nested write) unpickles it; the entry
-then holds the live object (:class:`_Live`) until it is replaced.
+an operation that needs the object (``incr``, a nested write) unpickles it. Every value
+is read and written through a :class:`~sharedstate.server.entries.Keyspace`, one for the
+dict and one for the namespace, which knows how each entry is held.
 
 Every write is numbered (:attr:`Store.seq`) and, when a journal is attached, recorded
 in it under the lock, after its checks and before it changes anything: a write the
 journal refuses never happens, and replaying the journal in order repeats the state.
+Records are of the kinds :mod:`sharedstate.persistence.records` defines, not method
+calls, and :data:`APPLY` says how each kind is replayed.
 """
 
 from __future__ import annotations
@@ -24,37 +27,33 @@ from typing import Any, Protocol
 
 from ..codec import DATA, NAMESPACE, PROTOCOL, Contents, decode, place
 from ..errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
-from ..protocol import OPERATIONS, WRITES
+from ..persistence.records import (
+    CLEAR,
+    DELETE,
+    DELETE_MANY,
+    INCR,
+    NESTED,
+    NS_DELETE,
+    NS_SET,
+    RESTORE,
+    SET,
+    UPDATE,
+)
+from ..protocol import OPERATIONS
+from .entries import SERVER_HINT, Keyspace
 from .nested import apply_method, check_method, check_nesting, check_number, unpack_call, walk
 from .reservations import Caller, LocalCaller, Reservations
-
-# What to do when the server can't unpickle a value it must work on.
-_SERVER_HINT = (
-    "the server must load the value for incr and nested writes, so its classes must be "
-    "importable there; use state.edit() for objects of your own classes"
-)
 
 
 class Recorder(Protocol):
     """Where writes are recorded before they are applied: the journal."""
 
-    def append(self, seq: int, method: str, args: tuple[Any, ...]) -> None: ...
+    def append(self, seq: int, kind: str, fields: tuple[Any, ...]) -> None:
+        """Record write ``seq``, a record of ``kind`` (:mod:`sharedstate.persistence.records`)."""
+        ...
 
 
 REPLAY = LocalCaller(0)
-
-# Store methods a journal record may name: the writes.
-REPLAYABLE = WRITES
-
-
-class _Live:
-    """A value the server has unpickled, with its pickle cached until it changes."""
-
-    __slots__ = ("encoded", "value")
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-        self.encoded: bytes | None = None
 
 
 class Store:
@@ -64,9 +63,9 @@ class Store:
     EXPOSED = frozenset(OPERATIONS)
 
     def __init__(self) -> None:
-        self._spaces: dict[str, dict[Any, bytes | _Live]] = {DATA: {}, NAMESPACE: {}}
-        self._data = self._spaces[DATA]
-        self._live_keys: set[Any] = set()  # keys of _data holding a _Live entry
+        self._data = Keyspace(DATA)
+        self._namespace = Keyspace(NAMESPACE)
+        self._spaces = {DATA: self._data, NAMESPACE: self._namespace}
         self._cond = threading.Condition()
         self._reservations = Reservations(self._cond)
         self.seq = 0  # the number of the last write
@@ -78,14 +77,13 @@ class Store:
     def lookup(self, caller: Caller, key: Any) -> bytes | None:
         """The pickled value of ``key``, or ``None`` when it is missing."""
         with self._cond:
-            entry = self._data.get(key)
-            return None if entry is None else _encoded(entry)
+            return self._data.encoded(key)
 
     def get_many(self, caller: Caller, keys: list[Any]) -> list[bytes | None]:
         """The pickled values of ``keys`` (``None`` where missing), at one moment."""
         with self._cond:
-            found = [self._data.get(key) for key in keys]
-            return [None if entry is None else _encoded(entry) for entry in found]
+            encoded = self._data.encoded
+            return [encoded(key) for key in keys]
 
     def contains(self, caller: Caller, key: Any) -> bool:
         return key in self._data
@@ -95,43 +93,43 @@ class Store:
 
     def keys(self, caller: Caller) -> list[Any]:
         with self._cond:
-            return list(self._data)
+            return self._data.keys()
 
     def items(self, caller: Caller) -> list[tuple[Any, bytes]]:
         with self._cond:
-            return [(key, _encoded(entry)) for key, entry in self._data.items()]
+            return list(self._data.encoded_dict().items())
 
     def values(self, caller: Caller) -> list[bytes]:
         with self._cond:
-            return [_encoded(entry) for entry in self._data.values()]
+            return list(self._data.encoded_dict().values())
 
     def copy(self, caller: Caller) -> dict[Any, bytes]:
         with self._cond:
-            return {key: _encoded(entry) for key, entry in self._data.items()}
+            return self._data.encoded_dict()
 
     # -- writes --------------------------------------------------------------------
 
     def set(self, caller: Caller, key: Any, data: bytes) -> None:
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
-            self._record("set", key, data)
-            self._put(key, data)
+            self._record(SET, key, data)
+            self._data.put(key, data)
 
     def delete(self, caller: Caller, key: Any) -> bool:
         """Remove ``key``; False if it was not there."""
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
-            self._record("delete", key)
-            return self._remove(key) is not None
+            self._record(DELETE, key)
+            return self._data.discard(key)
 
     def setdefault(self, caller: Caller, key: Any, data: bytes) -> bytes:
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
-            entry = self._data.get(key)
-            if entry is not None:
-                return _encoded(entry)
-            self._record("setdefault", key, data)
-            self._put(key, data)
+            found = self._data.encoded(key)
+            if found is not None:
+                return found
+            self._record(SET, key, data)  # what it did: replay needs no check
+            self._data.put(key, data)
             return data
 
     def pop(self, caller: Caller, key: Any) -> bytes | None:
@@ -139,17 +137,15 @@ class Store:
             self._reservations.wait_until_not_edited(caller, key)
             if key not in self._data:
                 return None
-            self._record("pop", key)
-            entry = self._remove(key)
-            return None if entry is None else _encoded(entry)
+            self._record(DELETE, key)  # what it did: replay needs no check
+            return self._data.pop(key)
 
     def update(self, caller: Caller, pairs: list[tuple[Any, bytes]]) -> None:
         with self._cond:
             for key, _ in pairs:
                 self._reservations.wait_until_not_edited(caller, key)
-            self._record("update", pairs)
-            for key, data in pairs:
-                self._put(key, data)
+            self._record(UPDATE, pairs)
+            self._data.put_many(pairs)
 
     def delete_many(self, caller: Caller, keys: list[Any]) -> int:
         """Remove ``keys``; return how many were there."""
@@ -159,17 +155,16 @@ class Store:
             present = [key for key in keys if key in self._data]
             if not present:
                 return 0
-            self._record("delete_many", present)
+            self._record(DELETE_MANY, present)
             for key in present:
-                self._remove(key)
+                self._data.discard(key)
             return len(present)
 
     def clear(self, caller: Caller) -> None:
         with self._cond:
             self._reservations.wait_until_no_edits_but(caller)
-            self._record("clear")
+            self._record(CLEAR)
             self._data.clear()
-            self._live_keys.clear()
 
     def incr(self, caller: Caller, key: Any, amount: int | float) -> int | float:
         """Add ``amount`` to the number at ``key`` (missing counts as 0); return the sum."""
@@ -177,16 +172,15 @@ class Store:
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
             if key not in self._data:
-                self._record("incr", key, amount)
-                self._data[key] = _Live(amount)
-                self._live_keys.add(key)
+                self._record(INCR, key, amount)
+                self._data.put_object(key, amount)
                 return amount
-            live = self._live(DATA, key)
-            check_number(live.value, (key,))
-            self._record("incr", key, amount)
-            live.value += amount
-            live.encoded = None
-            return live.value  # type: ignore[no-any-return]
+            entry = self._data.live(key)
+            check_number(entry.value, (key,))
+            self._record(INCR, key, amount)
+            entry.value += amount
+            entry.changed()
+            return entry.value  # type: ignore[no-any-return]
 
     def nested(
         self, caller: Caller, space: str, path: tuple[Any, ...], method: str, call_data: bytes
@@ -200,17 +194,17 @@ class Store:
         for the container.
         """
         where = functools.partial(place, space, path)  # formatted only if needed
-        call = decode(call_data, lambda: f"the arguments of {where()}.{method}()", _SERVER_HINT)
+        call = decode(call_data, lambda: f"the arguments of {where()}.{method}()", SERVER_HINT)
         args, kwargs, expectations = unpack_call(call, lambda: f"{where()}.{method}()")
         with self._cond:
             if space == DATA:
                 self._reservations.wait_until_not_edited(caller, path[0])
-            live = self._live(space, path[0])
-            container = walk(live.value, space, path, expectations)
+            entry = self._spaces[space].live(path[0])
+            container = walk(entry.value, space, path, expectations)
             check_method(container, method, where)
             check_nesting(path, args, kwargs, where)
-            self._record("nested", space, path, method, call_data)
-            live.encoded = None
+            self._record(NESTED, space, path, method, call_data)
+            entry.changed()
             result = apply_method(container, method, args, kwargs, where)
             return pickle.dumps(result, protocol=PROTOCOL)
 
@@ -218,25 +212,23 @@ class Store:
 
     def ns_lookup(self, caller: Caller, name: str) -> bytes | None:
         with self._cond:
-            entry = self._spaces[NAMESPACE].get(name)
-            return None if entry is None else _encoded(entry)
+            return self._namespace.encoded(name)
 
     def ns_set(self, caller: Caller, name: str, data: bytes) -> None:
         with self._cond:
-            self._record("ns_set", name, data)
-            self._spaces[NAMESPACE][name] = data
+            self._record(NS_SET, name, data)
+            self._namespace.put(name, data)
 
     def ns_delete(self, caller: Caller, name: str) -> bool:
         with self._cond:
-            if name not in self._spaces[NAMESPACE]:
+            if name not in self._namespace:
                 return False
-            self._record("ns_delete", name)
-            del self._spaces[NAMESPACE][name]
-            return True
+            self._record(NS_DELETE, name)
+            return self._namespace.discard(name)
 
     def ns_items(self, caller: Caller) -> list[tuple[str, bytes]]:
         with self._cond:
-            return [(name, _encoded(entry)) for name, entry in self._spaces[NAMESPACE].items()]
+            return list(self._namespace.encoded_dict().items())
 
     # -- the shared lock ---------------------------------------------------------------
 
@@ -271,19 +263,19 @@ class Store:
         """
         with self._cond:
             self._reservations.wait_to_edit(caller, key, timeout)
-            entry = self._data.get(key)
-            if entry is None and default is None:
+            found = self._data.encoded(key)
+            if found is None and default is None:
                 raise KeyNotFound(key)
             self._reservations.start_edit(caller, key)
-            return default if entry is None else _encoded(entry)  # type: ignore[return-value]
+            return default if found is None else found  # type: ignore[return-value]
 
     def edit_commit(self, caller: Caller, key: Any, data: bytes) -> None:
         """Write the edited value and end the edit (it ends even if the write is refused)."""
         with self._cond:
             self._reservations.check_editing(caller, key)
             try:
-                self._record("set", key, data)
-                self._put(key, data)
+                self._record(SET, key, data)
+                self._data.put(key, data)
             finally:
                 self._reservations.end_edit(caller, key)
 
@@ -308,14 +300,13 @@ class Store:
         """Load a dump: replace everything with it, or merge it into what is there."""
         with self._cond:
             self._reservations.wait_until_no_edits_but(caller)
-            self._record("restore", pairs, attributes, replace)
+            replace = bool(replace)  # the record's field is a bool
+            self._record(RESTORE, pairs, attributes, replace)
             if replace:
                 self._data.clear()
-                self._live_keys.clear()
-                self._spaces[NAMESPACE].clear()
-            for key, data in pairs:
-                self._put(key, data)
-            self._spaces[NAMESPACE].update(attributes)
+                self._namespace.clear()
+            self._data.put_many(pairs)
+            self._namespace.put_many(attributes)
 
     def export(self, while_locked: Callable[[], None] | None = None) -> Contents:
         """A consistent copy of the whole state, taken under the lock.
@@ -325,31 +316,31 @@ class Store:
         (the journal starts a new segment there).
         """
         with self._cond:
-            data = self._data.copy()
-            for key in self._live_keys:
-                data[key] = _encoded(data[key])
-            namespace = {name: _encoded(entry) for name, entry in self._spaces[NAMESPACE].items()}
+            data = self._data.encoded_dict()
+            namespace = self._namespace.encoded_dict()
             if while_locked is not None:
                 while_locked()
-            return Contents(self.seq, data, namespace)  # type: ignore[arg-type]
+            return Contents(self.seq, data, namespace)
 
     def load(self, contents: Contents) -> None:
         """Replace the whole state (at start-up, before any client connects)."""
         with self._cond:
-            self._data.clear()
-            self._data.update(contents.data)
-            self._live_keys.clear()
-            self._spaces[NAMESPACE].clear()
-            self._spaces[NAMESPACE].update(contents.namespace)
+            self._data.load(contents.data)
+            self._namespace.load(contents.namespace)
             self.seq = contents.seq
 
-    def replay(self, seq: int, method: str, args: tuple[Any, ...]) -> None:
-        """Repeat a journal record. Writes that failed when made fail again, harmlessly;
-        a value that can't be loaded here (an import missing) stops recovery."""
-        if method not in REPLAYABLE:
-            raise ValueError(f"journal record {seq} names an unknown operation {method!r}")
+    def replay(self, seq: int, kind: str, fields: tuple[Any, ...]) -> None:
+        """Repeat journal record ``seq``, of ``kind`` with ``fields`` (checked beforehand
+        with :func:`sharedstate.persistence.records.problem`).
+
+        Writes that failed when made fail again, harmlessly; a value that can't be loaded
+        here (an import missing) stops recovery.
+        """
+        apply = APPLY.get(kind)
+        if apply is None:
+            raise ValueError(f"journal record {seq} is of an unknown kind {kind!r}")
         try:
-            getattr(self, method)(REPLAY, *args)
+            apply(self, *fields)
         except ValueNotLoadable:
             raise
         except SharedStateError:
@@ -378,7 +369,7 @@ class Store:
         with self._cond:
             return {
                 "keys": len(self._data),
-                "namespace_attributes": len(self._spaces[NAMESPACE]),
+                "namespace_attributes": len(self._namespace),
                 "lock_holder": self._reservations.lock_owner,
                 "open_edits": len(self._reservations.editors),
                 "seq": self.seq,
@@ -386,43 +377,34 @@ class Store:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _live(self, space: str, key: Any) -> _Live:
-        """The entry at ``key`` as a live object, unpickling it on first use."""
-        entries = self._spaces[space]
-        entry = entries.get(key)
-        if entry is None:
-            raise KeyNotFound(key, "state.namespace" if space == NAMESPACE else "state")
-        if isinstance(entry, _Live):
-            return entry
-        live = _Live(decode(entry, functools.partial(place, space, (key,)), _SERVER_HINT))
-        entries[key] = live
-        if space == DATA:
-            self._live_keys.add(key)
-        return live
-
-    def _record(self, method: str, *args: Any) -> None:
-        """Number a write and journal it; if either is refused, the write doesn't happen."""
+    def _record(self, kind: str, *fields: Any) -> None:
+        """Number a write and journal it as a record of ``kind``; if either is refused,
+        the write doesn't happen."""
         if self._frozen:
             raise ServerStopping("the server is stopping, so the write was refused")
         seq = self.seq + 1
         if self.journal is not None:
-            self.journal.append(seq, method, args)
+            self.journal.append(seq, kind, fields)
         self.seq = seq
 
-    def _put(self, key: Any, data: bytes) -> None:
-        self._data[key] = data
-        if self._live_keys:
-            self._live_keys.discard(key)
 
-    def _remove(self, key: Any) -> bytes | _Live | None:
-        if self._live_keys:
-            self._live_keys.discard(key)
-        return self._data.pop(key, None)
-
-
-def _encoded(entry: bytes | _Live) -> bytes:
-    if isinstance(entry, bytes):
-        return entry
-    if entry.encoded is None:
-        entry.encoded = pickle.dumps(entry.value, protocol=PROTOCOL)
-    return entry.encoded
+# How a journal record of each kind is applied on replay: by the store operation that
+# does what it records, so that replay repeats its checks. The kinds and their fields are
+# defined in sharedstate.persistence.records; when an operation gains an argument, the
+# record keeps its fields and the entry here passes the default.
+APPLY: dict[str, Callable[..., object]] = {
+    SET: lambda store, key, value: store.set(REPLAY, key, value),
+    DELETE: lambda store, key: store.delete(REPLAY, key),
+    INCR: lambda store, key, amount: store.incr(REPLAY, key, amount),
+    NESTED: lambda store, space, path, method, call: store.nested(
+        REPLAY, space, path, method, call
+    ),
+    UPDATE: lambda store, pairs: store.update(REPLAY, pairs),
+    DELETE_MANY: lambda store, keys: store.delete_many(REPLAY, keys),
+    CLEAR: lambda store: store.clear(REPLAY),
+    RESTORE: lambda store, pairs, attributes, replace: store.restore(
+        REPLAY, pairs, attributes, replace
+    ),
+    NS_SET: lambda store, name, value: store.ns_set(REPLAY, name, value),
+    NS_DELETE: lambda store, name: store.ns_delete(REPLAY, name),
+}
