@@ -106,7 +106,7 @@ def check_key(key: Any, where: Where = "state") -> None:
                 f"those, at most {MAX_KEY_DEPTH} levels deep",
                 where=place,
             )
-        if _is_plain_key(key):  # recursive, but now known to be shallow
+        if is_plain_key(key):  # recursive, but now known to be shallow
             return
     place = where_text(where)
     raise InvalidKey(
@@ -127,10 +127,11 @@ def _nested_deeper_than(key: tuple[Any, ...], limit: int) -> bool:
     return False
 
 
-def _is_plain_key(key: Any) -> bool:
+def is_plain_key(key: Any) -> bool:
+    """Whether ``key`` is plain data (see :func:`check_key`, which also bounds its depth)."""
     if type(key) in _PLAIN_KEY_TYPES:
         return True
-    return type(key) is tuple and all(_is_plain_key(part) for part in key)
+    return type(key) is tuple and all(is_plain_key(part) for part in key)
 
 
 def checked_pairs(

@@ -104,7 +104,6 @@ OPERATIONS = _table(
     Operation("edit_abort", Kind.RESERVATION),
 )
 READS = frozenset(name for name, op in OPERATIONS.items() if op.kind is Kind.READ)
-WRITES = frozenset(name for name, op in OPERATIONS.items() if op.kind is Kind.WRITE)
 
 # -- requests ------------------------------------------------------------------------------
 

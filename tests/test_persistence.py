@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 import random
 import signal
 import time
@@ -11,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from sharedstate import PersistenceError, SharedStateError, get_shared_state
+from sharedstate import InvalidArgument, PersistenceError, SharedStateError, get_shared_state
+from sharedstate.protocol import ERROR, STORE, TRACEBACK, dump_request, load_reply
 
 from .support.clients import fresh_state
 from .support.persisted import (
@@ -25,6 +27,7 @@ from .support.persisted import (
 from .support.processes import fork_context, kill_and_wait, run_cli, start_process, wait_until
 from .support.procfs import server_pids
 from .support.servers import ServerFactory, ServerProcess
+from .support.wire import store_connection
 
 
 @pytest.fixture
@@ -128,6 +131,39 @@ def _killed_after_writes(server_factory: ServerFactory, snapshot: str, count: in
     for index in range(1, count + 1):
         state[f"k{index}"] = index
     kill_and_wait(server.pid)
+
+
+@pytest.mark.parametrize(
+    ("method", "args"),
+    [
+        ("set", ("k", 42)),  # a value that is not a pickle
+        ("set", (frozenset({1}), pickle.dumps(1))),  # a key a journal can't hold
+        ("update", ([("k", "not bytes")],)),
+        ("incr", (["a", "list"], 1)),  # an unhashable key
+    ],
+    ids=["value-not-bytes", "frozenset-key", "update-pair", "list-key"],
+)
+def test_a_write_the_journal_could_not_replay_is_refused_and_the_server_still_restarts(
+    server_factory: ServerFactory, snapshot: str, method: str, args: tuple[Any, ...]
+) -> None:
+    # Our clients never send these; a client of someone's own making might. Journaled,
+    # such a record would stop every later start of the server at recovery.
+    server = server_factory("--snapshot", snapshot, "--fsync", "always").start()
+    conn = store_connection()
+    conn.send_bytes(dump_request(STORE, method, args, 1))
+    kind, error = load_reply(conn.recv_bytes())
+    conn.close()
+    if method == "incr":
+        assert kind == TRACEBACK  # the key can't be hashed: refused before anything else
+    else:
+        assert kind == ERROR
+        assert isinstance(error, InvalidArgument), error
+        assert "refused" in str(error)
+    state = get_shared_state(start=False)
+    state["kept"] = "yes"
+    kill_and_wait(server.pid)
+    server_factory("--snapshot", snapshot, "--fsync", "always").start()
+    assert fresh_state().to_dict() == {"kept": "yes"}
 
 
 @pytest.mark.parametrize("spelling", ["same path", "symlinked directory", "dot-dot path"])

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..errors import CorruptFile, PersistenceError
+from ..errors import CorruptFile, InvalidArgument, PersistenceError
 from . import durable, records
 from .frames import FrameReader, Torn, check_preamble, frame, preamble
 
@@ -210,6 +210,14 @@ class Journal:
                 f"writes are refused: {self.error}. They resume after the next snapshot "
                 "succeeds (free disk space, or fix the permissions, first)",
                 path=self._current.path,
+            )
+        wrong = records.problem(kind, fields)
+        if wrong is not None:
+            # Only a client of its own making gets here (ours check what they send); a
+            # record recovery would refuse must never reach the disk.
+            raise InvalidArgument(
+                f"the write was refused: as a journal record it {wrong}. The client sent "
+                "arguments of the wrong types; sharedstate's own clients never do"
             )
         record = frame(records.dump(seq, kind, fields))
         segment = self._current

@@ -57,7 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..codec import DATA, NAMESPACE
+from ..codec import DATA, NAMESPACE, is_plain_key
 from ..errors import CorruptFile
 from .frames import dump_plain, load_plain
 
@@ -164,11 +164,7 @@ def problem(kind: str, fields: tuple[Any, ...]) -> str | None:
 
 
 def _is_key(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
+    return is_plain_key(value)  # what clients may send, and what a journal can hold
 
 
 def _is_number(value: Any) -> bool:
