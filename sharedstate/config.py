@@ -16,9 +16,8 @@ import dataclasses
 import io
 import logging
 import os
-import pwd
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +25,26 @@ from dotenv import dotenv_values
 
 from .address import Address, default_address, parse_address
 from .errors import ConfigError, InsecurePermissions
-from .permissions import MIN_KEY_BYTES, load_or_create_key, read_key_file
+from .permissions import load_or_create_key, read_key_file
+from .protocol import MAX_REQUEST_BYTES as MAX_REQUEST_BYTES
+from .validators import (
+    LOG_LEVELS,
+    _either,
+    validate_bool,
+    validate_call_timeout,
+    validate_fsync,
+    validate_interval,
+    validate_key,
+    validate_log_level,
+    validate_max_clients,
+    validate_path,
+    validate_pid,
+    validate_size,
+    validate_user,
+    validate_when_owner_dies,
+)
 
 ENV_PREFIX = "SHAREDSTATE_"
-MAX_REQUEST_BYTES = 1 << 30  # one call's whole message, on both sides of the wire
 
 logger = logging.getLogger("sharedstate")
 
@@ -102,141 +117,6 @@ def _shown(default: Any) -> str:
     if isinstance(default, float):
         return f"`{default:g}`"
     return f"`{default}`"
-
-
-def _either(choices: Sequence[str]) -> str:
-    """``"a, b or c"``."""
-    return f"{', '.join(choices[:-1])} or {choices[-1]}"
-
-
-# Validators: each turns a given value (text from a flag, the environment or ``.env``, or
-# a Python value from an argument) into the value the code uses, or raises ConfigError
-# saying what is wrong. They never see ``None``: an unset setting takes its default.
-
-
-def validate_user(value: Any) -> int:
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise ConfigError(f"{value!r} is neither a user name nor a uid on this machine") from None
-
-
-def validate_key(value: Any) -> bytes:
-    key = value if isinstance(value, bytes) else str(value).encode()
-    if len(key) < MIN_KEY_BYTES:
-        raise ConfigError(
-            f"the key is {len(key)} bytes; use at least {MIN_KEY_BYTES} random bytes, e.g. "
-            "the output of: python -c 'import secrets; print(secrets.token_hex(32))'"
-        )
-    return key
-
-
-def validate_path(value: Any) -> str:
-    return os.path.abspath(os.path.expanduser(str(value)))
-
-
-def validate_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{value!r} is not a yes/no value; use 1/0, true/false, yes/no or on/off")
-
-
-def validate_interval(value: Any) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0.1 <= seconds <= 86_400:
-        raise ConfigError(f"{value!r} is not a number of seconds from 0.1 to 86400")
-    return seconds
-
-
-def validate_pid(value: Any) -> int:
-    try:
-        pid = int(value)
-    except ValueError:
-        pid = 0
-    if pid <= 0:
-        raise ConfigError(f"{value!r} is not a process id")
-    return pid
-
-
-WHEN_OWNER_DIES = ("stay", "stop")
-
-
-def validate_when_owner_dies(value: Any) -> str:
-    choice = str(value).strip().lower()
-    if choice not in WHEN_OWNER_DIES:
-        raise ConfigError(f"{value!r} is neither stay nor stop")
-    return choice
-
-
-def validate_max_clients(value: Any) -> int:
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ConfigError(f"{value!r} is not a number of clients (a whole number from 1)")
-    return count
-
-
-def validate_call_timeout(value: Any) -> float | None:
-    """Seconds, or ``None`` for 0: wait forever."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise ConfigError(f"{value!r} is not a number of seconds (0 waits forever)")
-    return seconds or None
-
-
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def validate_size(value: Any) -> int:
-    """A number of bytes from 1 to :data:`MAX_REQUEST_BYTES`, written ``65536``, ``64K``,
-    ``64M``, ``1G`` (``64MB``, ``64MiB`` too)."""
-    text = str(value).strip().lower().removesuffix("b").removesuffix("i")
-    number, unit = (text[:-1], text[-1]) if text[-1:] in _SIZE_UNITS else (text, "")
-    try:
-        size = int(float(number) * _SIZE_UNITS[unit])
-    except ValueError:
-        size = 0
-    if not 1 <= size <= MAX_REQUEST_BYTES:
-        raise ConfigError(
-            f"{value!r} is not a size from 1 byte to 1 GiB; write bytes, or e.g. 64M or 1G"
-        )
-    return size
-
-
-FSYNC_POLICIES = ("always", "everysec", "no")
-
-
-def validate_fsync(value: Any) -> str:
-    policy = str(value).strip().lower()
-    if policy not in FSYNC_POLICIES:
-        raise ConfigError(f"{value!r} is not an fsync policy; use {_either(FSYNC_POLICIES)}")
-    return policy
-
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def validate_log_level(value: Any) -> str:
-    level = str(value).strip().upper()
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
-    return level
 
 
 @dataclass(frozen=True)

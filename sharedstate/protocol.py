@@ -44,6 +44,8 @@ ACCEPT_CONNECTION = "accept_connection"  # the first request of a store client
 SERVER_FUNCTIONS = frozenset(
     {"server_info", "release_pid", "set_owner", "snapshot_now", "shutdown"}
 )
+# One call's whole message, at most, on both sides of the wire.
+MAX_REQUEST_BYTES = 1 << 30
 # A client's session id: the server remembers its last write under it (retries).
 SESSION_ID_BYTES = 16
 

@@ -38,8 +38,8 @@ from operator import itemgetter
 from typing import Any
 
 from ..codec import DATA, NAMESPACE, Contents
-from ..config import MAX_REQUEST_BYTES
 from ..errors import CorruptFile
+from ..protocol import MAX_REQUEST_BYTES
 from .durable import write_atomically
 from .frames import (
     MAX_PAYLOAD,

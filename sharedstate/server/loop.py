@@ -44,11 +44,11 @@ from queue import SimpleQueue
 from traceback import format_exc
 from typing import TYPE_CHECKING, Any
 
-from ..config import MAX_REQUEST_BYTES
 from ..errors import LeaseExpired, SharedStateError
 from ..protocol import (
     ERROR,
     LENGTH,
+    MAX_REQUEST_BYTES,
     RETURN,
     TRACEBACK,
     Reply,

@@ -18,7 +18,6 @@ import pickle
 from typing import Any
 
 from ..codec import PROTOCOL, Where, place, where_text
-from ..config import MAX_REQUEST_BYTES
 from ..errors import (
     Conflict,
     IndexOutOfRange,
@@ -30,6 +29,7 @@ from ..errors import (
     ValueTooLarge,
     WrongType,
 )
+from ..protocol import MAX_REQUEST_BYTES
 
 DICT_METHODS = frozenset(
     {"__setitem__", "__delitem__", "pop", "popitem", "setdefault", "update", "clear", "incr"}
