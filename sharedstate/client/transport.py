@@ -61,6 +61,9 @@ from ..protocol import (
 from ..sockets import connect, io_timeout, loopback_tcp_owner, peer_credentials, set_timeouts
 
 LOCK = "state.lock"  # what a thread holds: LOCK, or ("edit", key)
+# A reset after fork only closes descriptors. A fork lock still held after this long was
+# inherited held: another thread of the parent was resetting when the parent forked.
+FORK_LOCK_WAIT = 5.0
 # poll() takes milliseconds as a C int: wait in slices no longer than a day.
 _LONGEST_POLL_MS = 86_400_000
 
@@ -233,6 +236,7 @@ class Transport:
         self._local = _ThreadState()
         self._opened: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._opened_lock = threading.Lock()
+        self._fork_lock = threading.Lock()  # one thread resets after a fork; see _reset_if_forked
         _transports.add(self)
 
     def encode(self, value: Any, where: Where) -> bytes:
@@ -254,8 +258,7 @@ class Transport:
         ``waits``: seconds the server may take on purpose (a lock or edit timeout) on
         top of ``call_timeout``; None if it may wait forever.
         """
-        if self._pid != os.getpid():
-            self._forget_parent_connections()
+        self._reset_if_forked()
         local = self._local
         if local.lost is not None:
             self._refuse_while_lost(local, method, args)
@@ -446,6 +449,7 @@ class Transport:
 
     def connect(self) -> None:
         """Open this thread's connection now (starting the server if allowed)."""
+        self._reset_if_forked()
         self._connection(self._local)
 
     def close(self) -> None:
@@ -492,23 +496,52 @@ class Transport:
 
     def forget_inherited(self) -> None:
         """After ``fork()``: drop the parent's connections (the fork hook closed them)."""
-        if self._pid != os.getpid():
-            self._forget_parent_connections()
+        self._reset_if_forked()
+
+    def _reset_if_forked(self) -> None:
+        """In a child whose at-fork hook did not run: drop the parent's connections, once.
+
+        The hook does not run after a ``fork()`` made from C (an extension, say), and
+        then the first call of each thread of the child lands here. Only one of them
+        may reset: a second reset would replace ``_local`` and close the connection the
+        first thread had opened since, and with it the lock or edit that thread holds.
+        So the pid is checked again under the fork lock, and set only once the reset is
+        done (see :meth:`_forget_parent_connections`).
+        """
+        if self._pid == os.getpid():
+            return
+        if not self._fork_lock.acquire(timeout=FORK_LOCK_WAIT):
+            raise Timeout(
+                f"waited {FORK_LOCK_WAIT:g} s for another thread to reset the connections to "
+                f"the server at {self.address} after fork(): this process was forked without "
+                "Python's at-fork hooks while a thread of its parent was doing the same reset. "
+                "Fork before starting threads that use the state",
+                address=str(self.address),
+            )
+        try:
+            if self._pid != os.getpid():
+                self._forget_parent_connections()
+        finally:
+            self._fork_lock.release()
 
     def _forget_parent_connections(self) -> None:
-        # Runs in a child after fork(), before any other thread exists there. Close our
-        # copies of the parent's descriptors (the parent's stay open), and never take
-        # the parent's locks, which another of its threads may have held at the fork.
+        # Close our copies of the parent's descriptors (the parent's stay open), and
+        # never take the parent's locks, which another of its threads may have held at
+        # the fork. The pid is set last: a thread that sees it equal skips the fork lock
+        # and must find the reset done.
         for conn in list(self._opened):
             conn.close()
-        self._pid = os.getpid()
         self._local = _ThreadState()
         self._opened = weakref.WeakSet()
         self._opened_lock = threading.Lock()
+        self._pid = os.getpid()
 
 
 def _close_inherited_connections() -> None:
+    # Runs in the child before any other thread exists there; a lock the parent's
+    # threads held at the fork would stay held here, so each transport gets new ones.
     for transport in list(_transports):
+        transport._fork_lock = threading.Lock()
         transport._forget_parent_connections()
 
 
