@@ -48,10 +48,12 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, workdir: str) -> Iterator[None
     monkeypatch.setenv("XDG_RUNTIME_DIR", workdir)
     monkeypatch.chdir(workdir)
     sharedstate.client.state._states.clear()
+    sharedstate.client.state.forget_settings()
     yield
     for state in list(sharedstate.client.state._states.values()):
         state.close()
     sharedstate.client.state._states.clear()
+    sharedstate.client.state.forget_settings()
 
 
 @pytest.fixture
@@ -71,6 +73,7 @@ def fresh_state(*, start: bool = False) -> sharedstate.client.state.SharedState:
     for state in sharedstate.client.state._states.values():
         state.close()
     sharedstate.client.state._states.clear()
+    sharedstate.client.state.forget_settings()
     return sharedstate.client.state.get_shared_state(start=start)
 
 
