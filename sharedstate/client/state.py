@@ -400,12 +400,12 @@ def get_shared_state(
         if state is not None:
             return state
     settings = load_settings({"address": address, "authkey": authkey}, overrides_from="argument")
-    cache_key = (settings.address, settings.authkey, settings.authkey_file, start, timeout)
+    settings_key = (settings.address, settings.authkey, settings.authkey_file, start, timeout)
     with _states_lock:
-        state = _states.get(cache_key)
+        state = _states.get(settings_key)
         if state is None:
             state = connect_state(settings, start=start, timeout=timeout)
-            _states[cache_key] = state
+            _states[settings_key] = state
         _remember_arguments(arguments, state)
     return state
 
