@@ -51,7 +51,7 @@ def run(workdir: str, seconds: float) -> str:
     global LAST
     outcomes = []
     skipped = []
-    for backend in ("global", "redis", "seed", "stash", "sharedstate"):
+    for backend in ("global", "redis", "seed", "stash", "sharedstate", "sharedstate-flask"):
         why_not = _unavailable(backend)
         if why_not:
             skipped.append(f"- {backend}: not measured, {why_not}")
@@ -113,7 +113,7 @@ def _measure(backend: str, workdir: str, seconds: float) -> Outcome:
     port = _free_port()
     argv = [sys.executable, "-m", "gunicorn", "-w", "4", "-k", "sync", "-b", f"127.0.0.1:{port}",
             "--chdir", REPO, "--log-level", "warning"]  # fmt: skip
-    if backend == "sharedstate":
+    if backend.startswith("sharedstate"):
         argv += ["-c", HOOKS]
     if backend == "stash":
         argv += ["--dirty-workers", "1", "--dirty-app", "bench.e2e_app:StashHolder"]

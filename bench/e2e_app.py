@@ -4,7 +4,9 @@
 - ``redis``: redis-py ``INCR`` on BENCH_REDIS_SOCKET;
 - ``seed``: the BaseManager recipe of ../shared/seeds/004 (lock + get + set);
 - ``stash``: gunicorn's dirty stash (get + put: it has no atomic increment);
-- ``sharedstate``: ``shared_state().incr``.
+- ``sharedstate``: the README's quick start, word for word but for the URL: it calls
+  ``get_shared_state()`` in every request, as users are told to;
+- ``sharedstate-flask``: the Flask extension's ``shared_state().incr``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ def _seed_state() -> tuple[Any, Any]:
 
 
 if BACKEND == "sharedstate":
+    # README.md, "Quick start" (the route is /count here, like the other backends').
+    from sharedstate import get_shared_state
+
+    # fmt: off
+    @app.route("/count")
+    def counter():
+        state = get_shared_state()         # connects, or starts the server exactly once
+        return str(state.incr("hits"))     # atomic: 4 workers, 100 requests -> 1..100, each once
+    # fmt: on
+
+elif BACKEND == "sharedstate-flask":
     from sharedstate.flask import SharedState, shared_state
 
     SharedState(app)
@@ -51,13 +64,12 @@ elif BACKEND == "redis":
     _redis = redis.Redis(unix_socket_path=os.environ["BENCH_REDIS_SOCKET"])
 
 
-@app.get("/count")
 def count() -> str:
     global _number
     if BACKEND == "global":
         _number += 1
         return str(_number)
-    if BACKEND == "sharedstate":
+    if BACKEND == "sharedstate-flask":
         return str(shared_state().incr("hits"))
     if BACKEND == "redis":
         return str(_redis.incr("hits"))
@@ -73,6 +85,10 @@ def count() -> str:
         stash.put("bench", "hits", value)
         return str(value)
     raise ValueError(BACKEND)
+
+
+if BACKEND != "sharedstate":
+    app.add_url_rule("/count", view_func=count)
 
 
 def _stash_hits() -> int:
@@ -91,6 +107,8 @@ def value() -> str:
     if BACKEND == "global":
         return str(_number)
     if BACKEND == "sharedstate":
+        return str(get_shared_state().get("hits", 0))
+    if BACKEND == "sharedstate-flask":
         return str(shared_state().get("hits", 0))
     if BACKEND == "redis":
         return str(int(_redis.get("hits") or 0))

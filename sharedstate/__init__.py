@@ -17,6 +17,7 @@ from types import ModuleType as _ModuleType
 from .client.state import SharedLock as SharedLock
 from .client.state import SharedNamespace as SharedNamespace
 from .client.state import SharedState as SharedState
+from .client.state import forget_settings as forget_settings
 from .client.state import get_shared_state as get_shared_state
 from .client.views import SharedDict as SharedDict
 from .client.views import SharedList as SharedList

@@ -26,7 +26,6 @@ from dotenv import dotenv_values
 from .address import Address, default_address, parse_address
 from .errors import ConfigError, InsecurePermissions
 from .permissions import load_or_create_key, read_key_file
-from .protocol import MAX_REQUEST_BYTES as MAX_REQUEST_BYTES
 from .validators import (
     LOG_LEVELS,
     _either,

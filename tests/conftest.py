@@ -47,10 +47,12 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, workdir: str) -> Iterator[None
     monkeypatch.setenv("XDG_RUNTIME_DIR", workdir)
     monkeypatch.chdir(workdir)
     sharedstate.client.state._states.clear()
+    sharedstate.client.state.forget_settings()
     yield
     for state in list(sharedstate.client.state._states.values()):
         state.close()
     sharedstate.client.state._states.clear()
+    sharedstate.client.state.forget_settings()
 
 
 @pytest.fixture

@@ -71,6 +71,7 @@ def test_star_import_gives_the_public_api_and_no_submodules() -> None:
     client_api = {
         "SharedState", "SharedLock", "SharedNamespace", "SharedDict", "SharedList",
         "get_shared_state",
+        "forget_settings",
     }  # fmt: skip
     assert set(namespace) == client_api | {cls.__name__ for cls in ERROR_CLASSES}
     assert all(namespace[name] is getattr(sharedstate, name) for name in namespace)

@@ -191,7 +191,7 @@ def _listening(settings: Settings) -> bool:
 def spawn_server(settings: Settings, lock: ServerLock, timeout: float) -> None:
     """Run ``sharedstate serve --detach`` and wait until it reports ready (or fails)."""
     argv = [
-        _python(),
+        _python_executable(),
         "-m", "sharedstate", "serve", "--detach",
         "--address", str(settings.address),
         "--lock-fd", str(lock.fd),
@@ -228,7 +228,7 @@ def spawn_server(settings: Settings, lock: ServerLock, timeout: float) -> None:
         )
 
 
-def _python() -> str:
+def _python_executable() -> str:
     executable = sys.executable
     if not executable or "uwsgi" in os.path.basename(executable).lower():
         raise ServerStartError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
@@ -359,8 +360,13 @@ def seconds_to_wait(timeout: float | None, what: str) -> float | None:
     return seconds
 
 
-_states: dict[tuple[Any, ...], SharedState] = {}
+_states: dict[tuple[Any, ...], SharedState] = {}  # by resolved settings
 _states_lock = threading.Lock()
+# get_shared_state() is called in every request handler, so a repeated call must not
+# read the environment and .env again: what each set of arguments resolved to is kept
+# for the life of the process (a forked child resolves again) or until forget_settings().
+_by_arguments: dict[tuple[Any, ...], SharedState] = {}
+_by_arguments_pid = os.getpid()
 
 
 def get_shared_state(
@@ -375,19 +381,63 @@ def get_shared_state(
     ``address`` and ``authkey`` default to the settings (``SHAREDSTATE_ADDRESS``...,
     see the README). With ``start=False``, :class:`ServerNotRunning` is raised when
     nothing listens. ``timeout`` bounds connecting and starting. Repeated calls with the
-    same arguments return the same object, which is safe to share between threads::
+    same arguments return the same object, which is safe to share between threads, and
+    cost next to nothing, so a request handler may call it every time::
 
         state = get_shared_state()
         state.incr("hits")
+
+    The settings are read on the first call with given arguments, and again in a child
+    after ``fork()``; to read a changed environment or ``.env`` later in the same
+    process, call :func:`forget_settings` first.
     """
+    arguments = (address, authkey, start, timeout)
+    if _by_arguments_pid == os.getpid():
+        try:
+            state = _by_arguments.get(arguments)
+        except TypeError:  # an unhashable argument: resolve it each time
+            state = None
+        if state is not None:
+            return state
     settings = load_settings({"address": address, "authkey": authkey}, overrides_from="argument")
-    cache_key = (settings.address, settings.authkey, settings.authkey_file, start, timeout)
+    settings_key = (settings.address, settings.authkey, settings.authkey_file, start, timeout)
     with _states_lock:
-        state = _states.get(cache_key)
+        state = _states.get(settings_key)
         if state is None:
             state = connect_state(settings, start=start, timeout=timeout)
-            _states[cache_key] = state
+            _states[settings_key] = state
+        _remember_arguments(arguments, state)
     return state
+
+
+def forget_settings() -> None:
+    """Make the next :func:`get_shared_state` read the environment and ``.env`` again.
+
+    ``get_shared_state()`` resolves its settings once per process for each set of
+    arguments, so a change to ``os.environ``, to ``.env`` or of the working directory
+    takes effect only after this call. The states it returned keep working; if the
+    settings did not change, the next call returns the same object as before::
+
+        os.environ["SHAREDSTATE_ADDRESS"] = "/run/app/state.sock"
+        forget_settings()
+        state = get_shared_state()   # connects to /run/app/state.sock
+    """
+    global _by_arguments_pid
+    with _states_lock:
+        _by_arguments.clear()
+        _by_arguments_pid = os.getpid()
+
+
+def _remember_arguments(arguments: tuple[Any, ...], state: SharedState) -> None:
+    # Called with _states_lock held. In a child forked without the at-fork hooks the
+    # parent's entries are still here: drop them first. The pid is set last, so that a
+    # call that finds it equal finds only this process's entries.
+    global _by_arguments_pid
+    if _by_arguments_pid != os.getpid():
+        _by_arguments.clear()
+        _by_arguments_pid = os.getpid()
+    with contextlib.suppress(TypeError):  # an unhashable argument: nothing to remember it by
+        _by_arguments[arguments] = state
 
 
 def connect_state(
@@ -423,3 +473,15 @@ def reset_after_fork() -> None:
     with _states_lock:
         for state in _states.values():
             state._transport.forget_inherited()
+
+
+def _forget_settings_in_child() -> None:
+    # Runs in a child after fork(), before any other thread exists there. A parent's
+    # thread may have held the lock at the fork: it would stay held here, so a new one.
+    global _states_lock, _by_arguments_pid
+    _states_lock = threading.Lock()
+    _by_arguments.clear()
+    _by_arguments_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forget_settings_in_child)

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..address import Address
 from ..codec import Where, encode, where_text
-from ..config import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, MAX_REQUEST_BYTES
+from ..config import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_VALUE_BYTES
 from ..errors import (
     AuthenticationFailed,
     ConnectionLost,
@@ -49,6 +49,7 @@ from ..errors import (
 from ..handshake import HandshakeFailed, authenticate
 from ..protocol import (
     ERROR,
+    MAX_REQUEST_BYTES,
     OPERATIONS,
     READS,
     RETURN,
@@ -61,6 +62,9 @@ from ..protocol import (
 from ..sockets import connect, io_timeout, loopback_tcp_owner, peer_credentials, set_timeouts
 
 LOCK = "state.lock"  # what a thread holds: LOCK, or ("edit", key)
+# A reset after fork only closes descriptors. A fork lock still held after this long was
+# inherited held: another thread of the parent was resetting when the parent forked.
+FORK_LOCK_WAIT = 5.0
 # poll() takes milliseconds as a C int: wait in slices no longer than a day.
 _LONGEST_POLL_MS = 86_400_000
 
@@ -187,7 +191,7 @@ def _handshake_error(error: BaseException, address: Address, timeout: float) -> 
     return error
 
 
-class _Cut(Exception):
+class _CutOff(Exception):
     """A call's connection broke after the request may have reached the server."""
 
 
@@ -201,9 +205,9 @@ class _ThreadState(threading.local):
         self.session = os.urandom(SESSION_ID_BYTES)
         self.connected_before = False
         self.session_known = True  # False: the server forgot the session we resumed
-        self.last_rid = 0
+        self.last_request_number = 0  # of its writes, in its session
         self.holds: set[Any] = set()  # LOCK and ("edit", key)
-        self.lost: str | None = None  # why what it holds was lost
+        self.lost: str | None = None  # what happened to the connection it held them on
 
 
 _transports: weakref.WeakSet[Transport] = weakref.WeakSet()
@@ -233,6 +237,7 @@ class Transport:
         self._local = _ThreadState()
         self._opened: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._opened_lock = threading.Lock()
+        self._fork_lock = threading.Lock()  # one thread resets after a fork; see _reset_if_forked
         _transports.add(self)
 
     def encode(self, value: Any, where: Where) -> bytes:
@@ -254,17 +259,30 @@ class Transport:
         ``waits``: seconds the server may take on purpose (a lock or edit timeout) on
         top of ``call_timeout``; None if it may wait forever.
         """
-        if self._pid != os.getpid():
-            self._forget_parent_connections()
+        self._reset_if_forked()
         local = self._local
         if local.lost is not None:
             self._refuse_while_lost(local, method, args)
-        rid = 0
+        number = 0  # a write's number in this thread's session; reads have none
         if OPERATIONS[method].writes:
-            local.last_rid += 1
-            rid = local.last_rid
+            local.last_request_number += 1
+            number = local.last_request_number
+        request = self._request(method, args, number)
         try:
-            request = dump_request(STORE, method, args, rid)
+            kind, result = self._round_trip(local, method, request, waits)
+        except _CutOff as cut_off:
+            kind, result = self._resend_once(local, method, request, number, waits, cut_off)
+        self._note_reservations(local, method, args, kind, result)
+        if kind == RETURN:
+            return result
+        if kind == ERROR:
+            raise result
+        raise ServerError(f"the server at {self.address} failed during {method}():\n{result}")
+
+    def _request(self, method: str, args: tuple[Any, ...], number: int) -> bytes:
+        """The message for one store call, refused here if it can't be sent."""
+        try:
+            request = dump_request(STORE, method, args, number)
         except Exception as error:
             raise ValueNotPicklable(
                 f"the arguments of {method}() can't be pickled: {error}"
@@ -274,25 +292,31 @@ class Transport:
                 f"{method}() would send {len(request):,} bytes; one call carries at most "
                 f"{MAX_REQUEST_BYTES:,}. Send fewer values per call"
             )
-        try:
-            kind, result = self._exchange(local, method, request, waits)
-        except _Cut as cut:
-            kind, result = self._again(local, method, request, rid, waits, cut)
-        self._note_reservations(local, method, args, kind, result)
-        if kind == RETURN:
-            return result
-        if kind == ERROR:
-            raise result
-        raise ServerError(f"the server at {self.address} failed during {method}():\n{result}")
+        return request
 
     # -- one round trip ----------------------------------------------------------------
 
-    def _exchange(
+    def _round_trip(
         self, local: _ThreadState, method: str, request: bytes, waits: float | None
     ) -> Reply:
+        """Send ``request`` on this thread's connection and read the reply.
+
+        Raises :class:`_CutOff` if the connection broke once the request may have
+        reached the server, for the caller to decide whether sending it again is safe.
+        """
+        conn = self._send_request(local, request, method)
+        return self._receive_reply(local, conn, method, waits)
+
+    def _send_request(self, local: _ThreadState, request: bytes, method: str) -> Connection:
+        """Send ``request``; return the connection it went on.
+
+        A connection that turns out to have died while idle delivered nothing, so the
+        request goes once on a new one.
+        """
         conn, reused = self._connection(local)
         try:
             conn.send_bytes(request)
+            return conn
         except BlockingIOError:
             self._drop(local, "did not take the request in time")
             raise self._timeout(local, method) from None
@@ -300,63 +324,75 @@ class Transport:
             self._drop(local, "was found closed")
             if not reused:
                 raise ConnectionLost(f"could not send to the server at {self.address}") from None
-            conn, _ = self._connection(local)  # it died while idle; nothing was delivered
-            try:
-                conn.send_bytes(request)
-            except OSError:
-                self._drop(local, "broke")
-                raise ConnectionLost(f"could not send to the server at {self.address}") from None
         except BaseException:
             self._drop(local, "was interrupted")
             raise
+        conn, _ = self._connection(local)
+        try:
+            conn.send_bytes(request)
+        except OSError:
+            self._drop(local, "broke")
+            raise ConnectionLost(f"could not send to the server at {self.address}") from None
+        return conn
+
+    def _receive_reply(
+        self, local: _ThreadState, conn: Connection, method: str, waits: float | None
+    ) -> Reply:
+        """Read the reply to the request just sent on ``conn``.
+
+        A connection whose reply did not come in time, or whose read was interrupted, is
+        dropped: the reply may still come, out of turn, so nothing reads it again.
+        """
         if waits != 0.0 and self.call_timeout is not None:
             self._await_reply(local, method, waits, self.call_timeout)
         try:
-            kind, result = load_reply(conn.recv_bytes())
+            return load_reply(conn.recv_bytes())
         except BlockingIOError:
-            # The reply may still come, out of turn: never read this socket again.
             self._drop(local, f"timed out during {method}()")
             raise self._timeout(local, method) from None
         except (EOFError, OSError) as error:
             self._drop(local, f"broke during {method}()")
-            raise _Cut(repr(error)) from error
+            raise _CutOff(repr(error)) from error
         except BaseException:
-            self._drop(
-                local, f"was interrupted during {method}()"
-            )  # the reply would come out of turn
+            self._drop(local, f"was interrupted during {method}()")
             raise
-        return kind, result
 
-    def _again(
+    def _resend_once(
         self,
         local: _ThreadState,
         method: str,
         request: bytes,
-        rid: int,
+        number: int,
         waits: float | None,
-        cut: _Cut,
+        cut_off: _CutOff,
     ) -> Reply:
-        """After a call was cut off: send a read again, or a numbered write, once."""
+        """After a call was cut off: send it once more on a new connection, if that is safe.
+
+        A read is safe to send again. A write is, with its ``number``, only to the same
+        run of the server that still knows this thread's session: it applies each number
+        at most once. Anything else raises :class:`ConnectionLost`, and so does a
+        second cut.
+        """
         if local.lost is not None:
-            raise self._lock_lost(local) from cut
+            raise self._lock_lost(local) from cut_off
         lost = ConnectionLost(
             f"the connection to the server at {self.address} broke during {method}(); it may "
             "or may not have taken effect. The next call reconnects.",
             address=str(self.address),
         )
-        if method not in READS and not rid:
-            raise lost from cut
-        instance = local.instance
+        if method not in READS and not number:
+            raise lost from cut_off
+        instance_before = local.instance
         try:
-            conn, _ = self._connection(local)
+            self._connection(local)  # reconnect first, to learn which server answers
         except (ConnectionError, Timeout):
-            raise lost from cut
-        if rid and (local.instance != instance or not local.session_known):
-            raise lost from cut  # another server run, or one that forgot our session
+            raise lost from cut_off
+        if number and (local.instance != instance_before or not local.session_known):
+            raise lost from cut_off  # another server run, or one that forgot our session
         try:
-            return self._exchange(local, method, request, waits)
-        except _Cut as again:
-            raise lost from again
+            return self._round_trip(local, method, request, waits)
+        except _CutOff as cut_again:
+            raise lost from cut_again
 
     def _await_reply(
         self, local: _ThreadState, method: str, waits: float | None, call_timeout: float
@@ -368,20 +404,21 @@ class Transport:
         """
         poller = local.poller
         assert poller is not None  # opened with the connection
-        left = None if waits is None else (call_timeout + waits) * 1000
+        remaining_ms = None if waits is None else (call_timeout + waits) * 1000
         try:
             while True:
-                slice_ms = _LONGEST_POLL_MS if left is None else min(left, _LONGEST_POLL_MS)
+                slice_ms: float = _LONGEST_POLL_MS
+                if remaining_ms is not None:
+                    slice_ms = min(remaining_ms, _LONGEST_POLL_MS)
                 if poller.poll(slice_ms):
                     return
-                if left is not None:
-                    left -= slice_ms
-                    if left <= 0:
+                if remaining_ms is not None:
+                    remaining_ms -= slice_ms
+                    if remaining_ms <= 0:
                         break
         except BaseException:
-            self._drop(
-                local, f"was interrupted during {method}()"
-            )  # the reply would come out of turn
+            # The reply would come out of turn: never read this socket again.
+            self._drop(local, f"was interrupted during {method}()")
             raise
         self._drop(local, f"timed out during {method}()")
         raise self._timeout(local, method)
@@ -446,6 +483,7 @@ class Transport:
 
     def connect(self) -> None:
         """Open this thread's connection now (starting the server if allowed)."""
+        self._reset_if_forked()
         self._connection(self._local)
 
     def close(self) -> None:
@@ -482,33 +520,67 @@ class Transport:
             self._opened.add(conn)
         return conn, False
 
-    def _drop(self, local: _ThreadState, how: str) -> None:
+    def _drop(self, local: _ThreadState, what_happened: str) -> None:
+        """Close this thread's connection, never to read it again.
+
+        ``what_happened`` to it ("broke during incr()") is kept if the thread held the
+        lock or an edit: the server freed them, and the thread's calls say so.
+        """
         conn = local.conn
         local.conn = local.poller = None
         if conn is not None:
             conn.close()
             if local.holds and local.lost is None:
-                local.lost = how
+                local.lost = what_happened
 
     def forget_inherited(self) -> None:
         """After ``fork()``: drop the parent's connections (the fork hook closed them)."""
-        if self._pid != os.getpid():
-            self._forget_parent_connections()
+        self._reset_if_forked()
+
+    def _reset_if_forked(self) -> None:
+        """In a child whose at-fork hook did not run: drop the parent's connections, once.
+
+        The hook does not run after a ``fork()`` made from C (an extension, say), and
+        then the first call of each thread of the child lands here. Only one of them
+        may reset: a second reset would replace ``_local`` and close the connection the
+        first thread had opened since, and with it the lock or edit that thread holds.
+        So the pid is checked again under the fork lock, and set only once the reset is
+        done (see :meth:`_forget_parent_connections`).
+        """
+        if self._pid == os.getpid():
+            return
+        if not self._fork_lock.acquire(timeout=FORK_LOCK_WAIT):
+            raise Timeout(
+                f"waited {FORK_LOCK_WAIT:g} s for another thread to reset the connections to "
+                f"the server at {self.address} after fork(): this process was forked without "
+                "Python's at-fork hooks while a thread of its parent was doing the same reset. "
+                "Fork before starting threads that use the state",
+                address=str(self.address),
+            )
+        try:
+            if self._pid != os.getpid():
+                self._forget_parent_connections()
+        finally:
+            self._fork_lock.release()
 
     def _forget_parent_connections(self) -> None:
-        # Runs in a child after fork(), before any other thread exists there. Close our
-        # copies of the parent's descriptors (the parent's stay open), and never take
-        # the parent's locks, which another of its threads may have held at the fork.
+        # Close our copies of the parent's descriptors (the parent's stay open), and
+        # never take the parent's locks, which another of its threads may have held at
+        # the fork. The pid is set last: a thread that sees it equal skips the fork lock
+        # and must find the reset done.
         for conn in list(self._opened):
             conn.close()
-        self._pid = os.getpid()
         self._local = _ThreadState()
         self._opened = weakref.WeakSet()
         self._opened_lock = threading.Lock()
+        self._pid = os.getpid()
 
 
 def _close_inherited_connections() -> None:
+    # Runs in the child before any other thread exists there; a lock the parent's
+    # threads held at the fork would stay held here, so each transport gets new ones.
     for transport in list(_transports):
+        transport._fork_lock = threading.Lock()
         transport._forget_parent_connections()
 
 

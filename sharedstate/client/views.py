@@ -162,38 +162,38 @@ class SharedDict(WriteThrough, dict[Any, Any]):
     def __setitem__(self, key: Any, value: Any) -> None:
         check_key(key, self._where_later)
         _, (_, sent) = self._write("__setitem__", (key, value), keep=True)
-        self._apply(lambda copy: dict.__setitem__(copy, key, sent))
+        self._apply(lambda local_copy: dict.__setitem__(local_copy, key, sent))
 
     def __delitem__(self, key: Any) -> None:
         check_key(key, self._where_later)
         self._write("__delitem__", (key,))
-        self._apply(lambda copy: dict.pop(copy, key, None))
+        self._apply(lambda local_copy: dict.pop(local_copy, key, None))
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         """Like ``dict.setdefault``; a dict or list value comes back as an attached view."""
         check_key(key, self._where_later)
         value, _ = self._write("setdefault", (key, default))
         if not dict.__contains__(self, key):
-            self._apply(lambda copy: dict.__setitem__(copy, key, value))
+            self._apply(lambda local_copy: dict.__setitem__(local_copy, key, value))
         return _child(self, key, dict.get(self, key, value))
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         check_key(key, self._where_later)
         args = (key,) if default is _MISSING else (key, default)
         value, _ = self._write("pop", args)
-        self._apply(lambda copy: dict.pop(copy, key, None))
+        self._apply(lambda local_copy: dict.pop(local_copy, key, None))
         return value
 
     def popitem(self) -> tuple[Any, Any]:
         (key, value), _ = self._write("popitem", ())
-        self._apply(lambda copy: dict.pop(copy, key, None))
+        self._apply(lambda local_copy: dict.pop(local_copy, key, None))
         return key, value
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         changes = dict(checked_pairs(other, kwargs, self._where_later))
         if changes:
             _, (sent,) = self._write("update", (changes,), keep=True)
-            self._apply(lambda copy: dict.update(copy, sent))
+            self._apply(lambda local_copy: dict.update(local_copy, sent))
 
     def __ior__(self, other: Any) -> SharedDict:  # type: ignore[misc]
         self.update(other)
@@ -207,7 +207,7 @@ class SharedDict(WriteThrough, dict[Any, Any]):
         """Atomically add ``amount`` to the number at ``key`` (missing: 0); return the sum."""
         check_key(key, self._where_later)
         value, _ = self._write("incr", (key, amount))
-        self._apply(lambda copy: dict.__setitem__(copy, key, value))
+        self._apply(lambda local_copy: dict.__setitem__(local_copy, key, value))
         return value
 
     # -- plain copies --------------------------------------------------------------------
@@ -357,7 +357,7 @@ class SharedList(WriteThrough, list[Any]):
         _, (_, sent) = self._write(
             "__setitem__", (position, value), position=(position, held), keep=True
         )
-        self._apply(lambda copy: list.__setitem__(copy, position, sent))
+        self._apply(lambda local_copy: list.__setitem__(local_copy, position, sent))
 
     def _set_slice(self, index: slice, values: Any) -> None:
         items = self._materialize(values, lambda: f"{self._where_at(index)} = ...")
@@ -381,7 +381,7 @@ class SharedList(WriteThrough, list[Any]):
         else:
             checked = (target, list.__getitem__(self, target))
         _, (_, sent) = self._write("__setitem__", (target, items), position=checked, keep=True)
-        self._apply(lambda copy: list.__setitem__(copy, target, sent))
+        self._apply(lambda local_copy: list.__setitem__(local_copy, target, sent))
 
     def __delitem__(self, index: SupportsIndex | slice) -> None:
         if isinstance(index, slice):
@@ -390,16 +390,16 @@ class SharedList(WriteThrough, list[Any]):
                 return
             checked = (target, list.__getitem__(self, target))
             self._write("__delitem__", (target,), position=checked)
-            self._apply(lambda copy: list.__delitem__(copy, target))
+            self._apply(lambda local_copy: list.__delitem__(local_copy, target))
             return
         position = self._position(index)
         held = list.__getitem__(self, position)
         self._write("__delitem__", (position,), position=(position, held))
-        self._apply(lambda copy: list.__delitem__(copy, position))
+        self._apply(lambda local_copy: list.__delitem__(local_copy, position))
 
     def append(self, value: Any) -> None:
         _, (sent,) = self._write("append", (value,), keep=True)
-        self._apply(lambda copy: list.append(copy, sent))
+        self._apply(lambda local_copy: list.append(local_copy, sent))
 
     def extend(self, values: Iterable[Any]) -> None:
         """Append every item of ``values``, in one write.
@@ -411,7 +411,7 @@ class SharedList(WriteThrough, list[Any]):
         items = self._materialize(values, lambda: f"{self._where}.extend()")
         if items:
             _, (sent,) = self._write("extend", (items,), keep=True)
-            self._apply(lambda copy: list.extend(copy, sent))
+            self._apply(lambda local_copy: list.extend(local_copy, sent))
 
     def __iadd__(self, values: Iterable[Any]) -> SharedList:  # type: ignore[misc]
         self.extend(values)
@@ -440,7 +440,7 @@ class SharedList(WriteThrough, list[Any]):
                     where=self._where,
                 )
         self._write("__imul__", (count,))
-        self._apply(lambda copy: list.__imul__(copy, count))
+        self._apply(lambda local_copy: list.__imul__(local_copy, count))
         return self
 
     def insert(self, index: SupportsIndex, value: Any) -> None:
@@ -469,7 +469,7 @@ class SharedList(WriteThrough, list[Any]):
             _, (_, sent) = self._write(
                 "insert", (position, value), position=(position, held), keep=True
             )
-        self._apply(lambda copy: list.insert(copy, position, sent))
+        self._apply(lambda local_copy: list.insert(local_copy, position, sent))
 
     def pop(self, index: SupportsIndex = _MISSING) -> Any:
         """Remove and return the item at ``index``; without one, the server's last item."""
@@ -480,12 +480,12 @@ class SharedList(WriteThrough, list[Any]):
         position = self._position(index)
         held = list.__getitem__(self, position)
         value, _ = self._write("pop", (position,), position=(position, held))
-        self._apply(lambda copy: list.pop(copy, position))
+        self._apply(lambda local_copy: list.pop(local_copy, position))
         return value
 
     def remove(self, value: Any) -> None:
         self._write("remove", (value,))
-        self._apply(lambda copy: list.remove(copy, value))
+        self._apply(lambda local_copy: list.remove(local_copy, value))
 
     def clear(self) -> None:
         self._write("clear", ())
@@ -510,7 +510,7 @@ class SharedList(WriteThrough, list[Any]):
                 ordered = sorted(list.__iter__(self), reverse=backwards)
             except STALE:
                 return
-            self._apply(lambda copy: list.__setitem__(copy, slice(None), ordered))
+            self._apply(lambda local_copy: list.__setitem__(local_copy, slice(None), ordered))
             return
         before = list(self)
         ordered = sorted(before, key=key, reverse=backwards)
@@ -522,7 +522,7 @@ class SharedList(WriteThrough, list[Any]):
                 "was not sorted"
             )
         self._write("__setitem__", (slice(None), ordered), position=(slice(None), before))
-        self._apply(lambda copy: list.__setitem__(copy, slice(None), ordered))
+        self._apply(lambda local_copy: list.__setitem__(local_copy, slice(None), ordered))
 
     def incr(self, index: SupportsIndex, amount: int | float = 1) -> Any:
         """Atomically add ``amount`` to the number at ``index``; return the sum.
@@ -534,7 +534,7 @@ class SharedList(WriteThrough, list[Any]):
         position = self._position(index)
         held = list.__getitem__(self, position)
         value, _ = self._write("incr", (position, amount), position=(position, held))
-        self._apply(lambda copy: list.__setitem__(copy, position, value))
+        self._apply(lambda local_copy: list.__setitem__(local_copy, position, value))
         return value
 
     # -- plain copies --------------------------------------------------------------------

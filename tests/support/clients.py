@@ -19,4 +19,5 @@ def fresh_state(*, start: bool = False) -> sharedstate.client.state.SharedState:
     for state in sharedstate.client.state._states.values():
         state.close()
     sharedstate.client.state._states.clear()
+    sharedstate.client.state.forget_settings()
     return sharedstate.client.state.get_shared_state(start=start)
