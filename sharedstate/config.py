@@ -2,8 +2,8 @@
 
 A setting is a field of :class:`Settings` whose metadata carries its CLI flag, default,
 validator and help text. The CLI builds its options from these definitions,
-``get_shared_state()`` loads them, and the README's settings table is generated from them
-(``sharedstate config --markdown``).
+``get_shared_state()`` loads them, and the settings table of docs/configuration.md is
+generated from them (``sharedstate config --markdown``).
 
 Precedence, highest first: command-line flags (or arguments of ``get_shared_state()``),
 environment variables, a ``.env`` file in the working directory (never overriding the real
@@ -401,7 +401,7 @@ def _warn_unknown(variables: Mapping[str, str], where: str) -> None:
 
 
 def settings_table_markdown() -> str:
-    """The README's settings table, generated from the definitions above."""
+    """The settings table of docs/configuration.md, generated from the definitions above."""
     rows = [
         "| Environment variable | CLI flag | Default | Meaning |",
         "|---|---|---|---|",

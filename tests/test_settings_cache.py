@@ -51,6 +51,20 @@ def test_a_changed_setting_takes_effect_after_forget_settings(
     assert again.incr("n") == 1
 
 
+def test_a_changed_call_timeout_gives_a_state_that_uses_it(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not only the address and key: any setting may change how a state connects.
+    state = get_shared_state(start=False)
+    assert state._transport.call_timeout == 10.0
+    monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "3")
+    forget_settings()
+    changed = get_shared_state(start=False)
+    assert changed is not state
+    assert changed._transport.call_timeout == 3.0
+    assert changed.incr("n") == 1
+
+
 def test_the_environment_is_read_once_per_set_of_arguments(
     server: ServerProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

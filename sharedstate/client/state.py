@@ -379,7 +379,7 @@ def get_shared_state(
     """Connect to the sharedstate server, starting it first if none is running.
 
     ``address`` and ``authkey`` default to the settings (``SHAREDSTATE_ADDRESS``...,
-    see the README). With ``start=False``, :class:`ServerNotRunning` is raised when
+    see docs/configuration.md). With ``start=False``, :class:`ServerNotRunning` is raised when
     nothing listens. ``timeout`` bounds connecting and starting. Repeated calls with the
     same arguments return the same object, which is safe to share between threads, and
     cost next to nothing, so a request handler may call it every time::
@@ -400,7 +400,7 @@ def get_shared_state(
         if state is not None:
             return state
     settings = load_settings({"address": address, "authkey": authkey}, overrides_from="argument")
-    settings_key = (settings.address, settings.authkey, settings.authkey_file, start, timeout)
+    settings_key = (settings, start, timeout)  # all of them: any may change how it connects
     with _states_lock:
         state = _states.get(settings_key)
         if state is None:
