@@ -55,9 +55,9 @@ if BACKEND == "sharedstate":
     # fmt: on
 
 elif BACKEND == "sharedstate-flask":
-    from sharedstate.flask import SharedState, shared_state
+    from sharedstate.flask import SharedStateExtension, shared_state
 
-    SharedState(app)
+    SharedStateExtension(app)
 elif BACKEND == "redis":
     import redis
 
