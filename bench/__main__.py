@@ -99,7 +99,7 @@ class Bench:
                 rows.append((op, system.name, self.figures.get((op, system.name, 1))))
         note = (
             f"\nBatches move {BATCH} keys per operation. incr is the system's own atomic "
-            "increment where it has one; the seed recipe does lock + get + set. nested "
+            "increment where it has one; the BaseManager recipe does lock + get + set. nested "
             "changes one field of a stored dict (`state[k]['field'] = v`: two round trips; "
             "HSET for Redis; get-change-set for the others).\n"
         )
@@ -199,8 +199,8 @@ class Bench:
              0.85, "× floor"),
             ("`set`, 1 client, 100 B", ratio(rate("set", ours), rate("set", "floor")),
              0.85, "× floor"),
-            ("`incr`", ratio(rate("incr", ours), rate("incr", "seed-004 recipe")),
-             3.0, "× seed lock+get+set"),
+            ("`incr`", ratio(rate("incr", ours), rate("incr", "BaseManager recipe")),
+             3.0, "× BaseManager lock+get+set"),
             ("`incr`", ratio(rate("incr", ours), rate("incr", "redis-py")),
              1.5, "× redis-py INCR"),
             ("batch of 100 keys, per key", ratio(batch_keys, rate("get", ours)),

@@ -121,7 +121,7 @@ class _FloorClient:
         pass
 
 
-# -- the seed-004 recipe: BaseManager serving a dict and a lock ------------------------
+# -- the common recipe: a BaseManager serving a dict and a lock (what sharedstate replaces) --
 
 _seed_dict: dict[str, Any] = {}
 _seed_lock = process_lock()
@@ -147,7 +147,7 @@ class SeedRecipe(System):
     """The BaseManager recipe of ../shared/seeds/004: DictProxy and AcquirerProxy.
     incr is lock + get + set; nested is get, change, set (not atomic)."""
 
-    name = "seed-004 recipe"
+    name = "BaseManager recipe"
 
     def start(self, workdir: str) -> None:
         self.address = os.path.join(workdir, "seed.sock")
