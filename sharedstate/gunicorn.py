@@ -57,8 +57,10 @@ def on_starting(server: Any) -> None:
     try:
         connect_or_start(settings, start=True, timeout=TIMEOUT).conn.close()
         info = call_server_function(settings, "server_info", TIMEOUT)
-        if info["owner_pid"] is None and info["started_by"] == os.getpid():
-            # Started a moment ago by this master's --preload app, before this hook.
+        # Ours to own: started a moment ago by this master's --preload app (before this
+        # hook), or left behind by a gunicorn master that died without stopping it.
+        orphan = info.get("former_owner_pid")
+        if info["owner_pid"] is None and (info["started_by"] == os.getpid() or orphan):
             call_server_function(
                 settings, "set_owner", TIMEOUT, (os.getpid(), settings.when_owner_dies)
             )
@@ -66,8 +68,29 @@ def on_starting(server: Any) -> None:
     except SharedStateError as error:
         server.log.error("sharedstate: %s", error)
         raise
-    owned = "started for this gunicorn" if info["owner_pid"] == os.getpid() else "already running"
-    server.log.info("sharedstate server at %s (pid %s), %s", settings.address, info["pid"], owned)
+    address, pid = settings.address, info["pid"]
+    if info["owner_pid"] != os.getpid():
+        owner = info["owner_pid"]
+        whose = f"owned by process {owner}" if owner else "started outside gunicorn"
+        server.log.info(
+            "sharedstate server at %s (pid %s) already running, %s: this gunicorn won't "
+            "stop it when it exits",
+            address,
+            pid,
+            whose,
+        )
+    elif orphan:
+        server.log.info(
+            "sharedstate server at %s (pid %s) adopted: its gunicorn (pid %s) died without "
+            "stopping it; this one stops it when it exits",
+            address,
+            pid,
+            orphan,
+        )
+    else:
+        server.log.info(
+            "sharedstate server at %s (pid %s), started for this gunicorn", address, pid
+        )
 
 
 def post_fork(server: Any, worker: Any) -> None:

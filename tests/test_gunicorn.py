@@ -254,6 +254,36 @@ def test_the_server_notices_a_crashed_master(
         assert fresh_state()["hits"] == 1
 
 
+@pytest.mark.timeout(120)
+def test_the_next_gunicorn_adopts_a_server_whose_master_crashed(
+    gunicorn: StartGunicorn, workdir: str
+) -> None:
+    first = gunicorn("-w", "2")
+    first.get("/count")
+    workers = first.worker_pids()
+    [server_pid] = server_pids(workdir)
+    first.stop(signal.SIGKILL)  # no on_exit: the server stays up, owned by nobody alive
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    log = pathlib.Path(workdir, "run", "state.sock.log")
+    wait_until(lambda: "staying up" in log.read_text())
+    assert server_info()["former_owner_pid"] == first.pid
+
+    second = gunicorn("-w", "2")
+    assert second.get("/count") == (200, "2"), "the same server, with its state"
+    assert server_info()["owner_pid"] == second.pid
+    assert "adopted" in second.log()
+    assert second.stop() == 0
+    wait_until(lambda: is_dead(server_pid))  # the adopter stopped it, as if it had started it
+
+
+def test_a_gunicorn_that_attaches_says_it_will_not_stop_the_server(
+    gunicorn: StartGunicorn, server: ServerProcess
+) -> None:
+    first = gunicorn("-w", "1")
+    assert "started outside gunicorn: this gunicorn won't stop it" in first.log()
+
+
 def test_a_preload_app_that_starts_the_server_makes_it_gunicorns(
     gunicorn: StartGunicorn, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,6 +58,10 @@ class StateServer:
         self.started_by = started_by  # the process that ran `serve --detach`, if any
         self.owner_pid: int | None = None
         self.when_owner_dies = "stay"
+        # The owner that died while the server stayed up: the next gunicorn may adopt it.
+        self.former_owner_pid: int | None = None
+        self._owner_lock = threading.Lock()
+        self._watching_owner = False
         self.display_address = address
         self.stop_event = threading.Event()
         self.started_at = time.time()
@@ -137,11 +141,24 @@ class StateServer:
 
     def watch_owner(self, pid: int, when_owner_dies: str) -> None:
         """Watch ``pid``; when it dies, stay up or stop, as ``when_owner_dies`` says."""
-        first = self.owner_pid is None
-        self.owner_pid = pid
-        self.when_owner_dies = when_owner_dies
-        logger.info("owned by process %d (if it dies: %s)", pid, when_owner_dies)
-        if first:
+        with self._owner_lock:
+            adopted = self.former_owner_pid
+            self.owner_pid = pid
+            self.former_owner_pid = None
+            self.when_owner_dies = when_owner_dies
+            start = not self._watching_owner
+            self._watching_owner = True
+        if adopted is not None:
+            logger.warning(
+                "adopted by process %d (if it dies: %s); its former owner, process %d, died "
+                "without stopping it",
+                pid,
+                when_owner_dies,
+                adopted,
+            )
+        else:
+            logger.info("owned by process %d (if it dies: %s)", pid, when_owner_dies)
+        if start:
             threading.Thread(target=self._watch_owner, name="owner-watch", daemon=True).start()
 
     def _watch_owner(self) -> None:
@@ -149,11 +166,22 @@ class StateServer:
             pid = self.owner_pid
             if pid is None or is_running(pid):
                 continue
-            if self.when_owner_dies == "stop":
-                logger.warning("the owner of this server (pid %d) is gone; stopping", pid)
-                self.stop()
-            else:
-                logger.warning("the owner of this server (pid %d) is gone; staying up", pid)
+            with self._owner_lock:
+                if self.owner_pid != pid:
+                    continue  # a new owner took over meanwhile
+                if self.when_owner_dies == "stop":
+                    logger.warning("the owner of this server (pid %d) is gone; stopping", pid)
+                    self.stop()
+                else:
+                    logger.warning(
+                        "the owner of this server (pid %d) is gone; staying up. The next "
+                        "gunicorn that attaches adopts it (and stops it when it exits); until "
+                        "then nothing stops it but `sharedstate stop`",
+                        pid,
+                    )
+                    self.owner_pid = None
+                    self.former_owner_pid = pid
+                self._watching_owner = False
             return
 
     def release_pid(self, caller: Client, pid: int) -> list[str]:
@@ -199,6 +227,7 @@ class StateServer:
             "waiting": self.loop.waiting,
             "persistence": self.persistence.status() if self.persistence else None,
             "owner_pid": self.owner_pid,
+            "former_owner_pid": self.former_owner_pid,
             "started_by": self.started_by,
             "memory_bytes": _rss_bytes(),
             **self.store.stats(),
