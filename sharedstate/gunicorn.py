@@ -53,8 +53,8 @@ Hook = Callable[..., Any]
 def on_starting(server: Any) -> None:
     """Start the sharedstate server, or attach to the running one."""
     os.environ[OWNER_ENV] = str(os.getpid())  # servers started from here on belong to us
-    settings = load_settings()
     try:
+        settings = load_settings()
         connect_or_start(settings, start=True, timeout=TIMEOUT).conn.close()
         info = call_server_function(settings, "server_info", TIMEOUT)
         # Ours to own: started a moment ago by this master's --preload app (before this
@@ -66,8 +66,9 @@ def on_starting(server: Any) -> None:
             )
             info["owner_pid"] = os.getpid()
     except SharedStateError as error:
-        server.log.error("sharedstate: %s", error)
-        raise
+        # gunicorn prints a RuntimeError from a hook as one line ("Error: ...") and exits 1;
+        # anything else comes with its whole traceback.
+        raise RuntimeError(f"sharedstate: {error}") from None
     address, pid = settings.address, info["pid"]
     if info["owner_pid"] != os.getpid():
         owner = info["owner_pid"]

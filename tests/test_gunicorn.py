@@ -254,6 +254,20 @@ def test_the_server_notices_a_crashed_master(
         assert fresh_state()["hits"] == 1
 
 
+def test_a_bad_setting_stops_gunicorn_with_one_line_and_no_traceback(
+    workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHAREDSTATE_FSYNC", "sometimes")
+    master = Gunicorn(workdir, "-w", "1")
+    result = subprocess.run(master.argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "sharedstate" in line]
+    assert "'sometimes'" in line, line
+    assert "always" in line, line  # says what to write instead
+    assert server_pids(workdir) == []
+
+
 @pytest.mark.timeout(120)
 def test_the_next_gunicorn_adopts_a_server_whose_master_crashed(
     gunicorn: StartGunicorn, workdir: str
