@@ -79,14 +79,18 @@ def encode(value: Any, where: Where) -> bytes:
 _CLIENT_HINT = "is the module defining its class importable in this process?"
 
 
-def decode(data: bytes, where: Where, hint: str = _CLIENT_HINT) -> Any:
-    """Unpickle a value read from ``where``; ``hint`` says what to do if that fails."""
+def decode(data: bytes, where: Where, hint: str = _CLIENT_HINT, what: str = "the value at") -> Any:
+    """Unpickle a value read from ``where``; ``hint`` says what to do if that fails.
+
+    ``what`` names the value in the message, before the place: "the value at
+    state['cfg']", "the value passed to append() on state['log']".
+    """
     try:
         return pickle.loads(data)
     except Exception as error:
         place = where_text(where)
         raise ValueNotLoadable(
-            f"the value at {place} can't be unpickled ({error!r}); {hint}", where=place
+            f"{what} {place} can't be unpickled ({error!r}); {hint}", where=place
         ) from error
 
 

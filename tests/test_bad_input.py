@@ -344,6 +344,11 @@ def test_values_the_server_cannot_unpickle_are_refused_where_it_must(
         problems += refusal_problems(
             {"incr": lambda: state.incr("grid")}, ValueNotLoadable, "state['grid']"
         )
+        problems += refusal_problems(  # names the value plainly, and where it was going
+            {"nested set": lambda: state["plain"].__setitem__("g", grid)},
+            ValueNotLoadable,
+            "the value passed to __setitem__() on state['plain'] can't be unpickled",
+        )
         assert not problems, "\n".join(problems)
         assert state["plain"] == {"a": 1}
         assert state["list"] == [1]

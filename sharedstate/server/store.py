@@ -194,7 +194,8 @@ class Store:
         for the container.
         """
         where = functools.partial(place, space, path)  # formatted only if needed
-        call = decode(call_data, lambda: f"the arguments of {where()}.{method}()", SERVER_HINT)
+        what = f"the value passed to {method}() on"
+        call = decode(call_data, where, SERVER_HINT, what)
         args, kwargs, expectations = unpack_call(call, lambda: f"{where()}.{method}()")
         with self._cond:
             if space == DATA:
