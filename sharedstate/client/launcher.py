@@ -34,7 +34,7 @@ from ..errors import (
     Timeout,
 )
 from ..permissions import check_files_dir, ensure_files_dir
-from ..pidlock import ServerLock, is_held, read_pid
+from ..pidlock import ServerLock, is_held, is_running, read_pid
 from ..protocol import ACCEPT_CONNECTION, SESSION_ID_BYTES
 from .transport import Hello, Link, handshake, server_request
 
@@ -132,7 +132,9 @@ def stop_server(settings: Settings, timeout: float) -> int | None:
     pid = read_pid(lock_path)
     outcome = call_server_function(settings, "shutdown", timeout)
     deadline = time.monotonic() + timeout
-    while is_held(lock_path):
+    # The server frees its lock just before its process ends: wait for both, so that
+    # "stopped" means the process is gone.
+    while is_held(lock_path) or (pid is not None and is_running(pid)):
         if time.monotonic() > deadline:
             raise Timeout(
                 f"the server at {settings.address} (pid {pid}) did not exit within {timeout:g} s",

@@ -30,6 +30,7 @@ from .. import __version__
 from ..config import DEFAULT_MAX_CLIENTS
 from ..errors import PersistenceError
 from ..persistence.coordinator import Persistence
+from ..pidlock import is_running
 from ..protocol import RETURN, STORE, dump_reply, frame_header
 from .loop import SERVING, Client, ClientLoop
 from .reception import Reception
@@ -232,23 +233,6 @@ class StateServer:
             "memory_bytes": _rss_bytes(),
             **self.store.stats(),
         }
-
-
-def is_running(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
-    if os.path.isdir("/proc/self"):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as file:
-                return file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-        except FileNotFoundError:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, as another user's process
-    return True
 
 
 def _rss_bytes() -> int | None:
