@@ -5,7 +5,8 @@ so every command spells them, documents them and resolves them the same way. The
 that reach the server (``--address``, ``--authkey-file``) belong to the group and every
 command accepts them after its name too: ``sharedstate status --address X`` and
 ``sharedstate --address X status`` are the same. Exit codes: 0 ok, 1 error, 2 usage
-error, 3 no server running.
+error, 3 no server running. A reader that stops early (``sharedstate keys | head``) ends
+a command quietly with exit 1, as Python's own recipe for SIGPIPE does: no message.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import dataclasses
 import fnmatch
 import functools
 import json
+import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -105,6 +108,9 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # the reader stopped early (| head): not an error to report
+            _quiet_on_closed_pipe()
+            ctx.exit(EXIT_ERROR)
         except ServerNotRunning as error:
             click.echo(f"not running: {error}", err=True)
             ctx.exit(EXIT_NOT_RUNNING)
@@ -379,6 +385,18 @@ def _duration(seconds: float) -> str:
     return " ".join(shown[:2])
 
 
+def _quiet_on_closed_pipe() -> None:
+    """Point standard output at /dev/null: the reader has gone, and the interpreter's
+    final flush of what is still buffered must not report a broken pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main() -> None:
     """Entry point of the ``sharedstate`` console script and ``python -m sharedstate``."""
-    cli(prog_name="sharedstate")
+    try:
+        cli(prog_name="sharedstate")
+    except BrokenPipeError:  # outside a command's invoke (--help, --version): as inside it
+        _quiet_on_closed_pipe()
+        sys.exit(EXIT_ERROR)
