@@ -11,11 +11,13 @@ a command quietly with exit 1, as Python's own recipe for SIGPIPE does: no messa
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import fnmatch
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -269,11 +271,59 @@ def del_command(flags: SettingFlags, key: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @pass_flags
 def keys_command(flags: SettingFlags, pattern: str, as_json: bool) -> None:
-    """List the keys matching PATTERN (shell-style: * ? [abc]), sorted."""
+    """List the keys matching PATTERN (shell-style: * ? [abc]), sorted, one a line.
+
+    \b
+    A str key is printed as it is; a key of another type in Python notation
+    (7, ('user', 7)). A str key that would read as one of those, or that is
+    empty, has a line break or spaces at its ends, is quoted: '7' is the str,
+    7 the int. PATTERN matches the str itself, or the notation of another key.
+    With --json, str, int, float, bool and None keys are JSON's own types, a
+    tuple is a list, and another key is {"python": "<its notation>"}.
+    """
     with _connected(flags.settings) as state:
-        names = [key if isinstance(key, str) else repr(key) for key in state]
-    matching = sorted(name for name in names if fnmatch.fnmatchcase(name, pattern))
-    click.echo(json.dumps(matching) if as_json else "\n".join(matching))
+        keys = list(state)
+    matching = sorted(
+        (
+            key
+            for key in keys
+            if fnmatch.fnmatchcase(key if isinstance(key, str) else repr(key), pattern)
+        ),
+        key=_key_line,
+    )
+    if as_json:
+        click.echo(json.dumps([_json_key(key) for key in matching], ensure_ascii=False))
+    elif matching:
+        click.echo("\n".join(_key_line(key) for key in matching))
+
+
+def _key_line(key: Any) -> str:
+    """How ``keys`` prints a key: one line, telling a str from any other type."""
+    if not isinstance(key, str):
+        return repr(key)
+    if key and key.strip() == key and key.isprintable() and not _reads_as_literal(key):
+        return key
+    return repr(key)
+
+
+def _reads_as_literal(text: str) -> bool:
+    try:
+        ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return True
+
+
+def _json_key(key: Any) -> Any:
+    """A key for ``keys --json``: JSON's own type where it has one (a list can't be a key,
+    so a list is a tuple); otherwise an object holding its Python notation."""
+    if key is None or type(key) in (str, int, bool):
+        return key
+    if type(key) is float and math.isfinite(key):
+        return key
+    if type(key) is tuple:
+        return [_json_key(item) for item in key]
+    return {"python": repr(key)}
 
 
 @cli.command("incr", context_settings={"ignore_unknown_options": True})  # for "incr k -2"

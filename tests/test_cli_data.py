@@ -58,6 +58,32 @@ def test_keys_with_a_pattern(server: ServerProcess) -> None:
     assert json.loads(run_cli("keys", "user:?", "--json").stdout) == ["user:1", "user:2"]
 
 
+def test_keys_with_no_match_print_nothing(server: ServerProcess) -> None:
+    get_shared_state(start=False)["user:1"] = 1
+    result = run_cli("keys", "zzz*")
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert run_cli("keys", "zzz*", "--json").stdout == "[]\n"
+
+
+def test_keys_tell_a_str_from_other_types(server: ServerProcess) -> None:
+    get_shared_state(start=False).update(
+        {1: "int", "1": "str", "None": "str", None: "none", ("a", 1): "tuple", " pad": "str",
+         "two\nlines": "str", "plain": "str", 2.5: "float", b"raw": "bytes"}
+    )  # fmt: skip
+    lines = run_cli("keys").stdout.splitlines()
+    assert sorted(lines) == sorted(
+        ["1", "'1'", "'None'", "None", "('a', 1)", "' pad'", "'two\\nlines'", "plain", "2.5",
+         "b'raw'"]
+    )  # fmt: skip
+    listed = json.loads(run_cli("keys", "--json").stdout)
+    assert sorted(map(json.dumps, listed)) == sorted(
+        map(json.dumps, [1, "1", "None", None, ["a", 1], " pad", "two\nlines", "plain", 2.5,
+                         {"python": "b'raw'"}])
+    )  # fmt: skip
+    assert run_cli("keys", "1").stdout.splitlines() == ["'1'", "1"]
+
+
 @pytest.mark.parametrize(
     ("command", "complaint"),
     [
