@@ -365,6 +365,11 @@ def snapshot(flags: SettingFlags, timeout: float) -> None:
 @pass_flags
 def dump(flags: SettingFlags, file: str, fmt: str, force: bool) -> None:
     """Write the whole state (dict and namespace) to FILE (- for standard output)."""
+    if file == "-" and fmt == "pickle" and sys.stdout.isatty():
+        raise click.UsageError(
+            "refusing to write a binary pickle dump to the terminal; redirect it to a file "
+            "or a pipe (dump - > FILE), or pass --format json"
+        )
     with _connected(flags.settings) as state:
         contents = state.export()
     size = write_dump(file, contents, fmt, force=force)
