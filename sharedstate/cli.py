@@ -17,6 +17,7 @@ import dataclasses
 import fnmatch
 import functools
 import json
+import logging
 import math
 import os
 import sys
@@ -146,7 +147,32 @@ def serve(flags: SettingFlags, detach: bool, salvage: bool, lock_fd: int | None)
     """Run the server (in the foreground unless --detach) until SIGTERM or `stop`."""
     from .server.runner import run_server  # the server's imports are not needed by other commands
 
-    run_server(flags.settings, background=detach, lock_fd=lock_fd, salvage=salvage)
+    settings = flags.settings
+    logged = _StartFailureLogged()
+    server_logger = logging.getLogger("sharedstate")
+    server_logger.addFilter(logged)
+    try:
+        run_server(settings, background=detach, lock_fd=lock_fd, salvage=salvage)
+    except (SharedStateError, OSError):
+        if logged.seen and not detach and settings.log_file is None:
+            # The log is this terminal's stderr and has just said why: once is enough.
+            raise click.exceptions.Exit(EXIT_ERROR) from None
+        raise
+    finally:
+        server_logger.removeFilter(logged)
+
+
+class _StartFailureLogged(logging.Filter):
+    """Notes that the server logged why it could not start (the record is kept)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("could not start"):
+            self.seen = True
+        return True
 
 
 @cli.command()

@@ -174,3 +174,10 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(
     returncode, stderr = _read_then_close(command, size)
     assert stderr == b""
     assert returncode == 1
+
+
+def test_serve_while_a_server_runs_says_so_once(server: ServerProcess) -> None:
+    result = run_cli("serve")
+    assert result.returncode == 1
+    assert "already running" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
