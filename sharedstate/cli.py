@@ -450,11 +450,16 @@ def config(flags: SettingFlags, markdown: bool) -> None:
     settings = flags.settings
     for spec in SETTINGS:
         value = getattr(settings, spec.name)
+        source = settings.sources[spec.name]
         if spec.secret and value is not None:
             value = "(set)"
-        click.echo(
-            f"{spec.env}={'' if value is None else value}    # {settings.sources[spec.name]}"
-        )
+        elif value is None and spec.name == "authkey_file" and settings.authkey is None:
+            # Unset, these files are found beside the address: show the one in use.
+            value, source = settings.address.key_path, f"{source}: beside the address"
+        elif value is None and spec.name == "log_file":
+            value = settings.address.log_path
+            source = f"{source}: beside the address for serve --detach; stderr in the foreground"
+        click.echo(f"{spec.env}={'' if value is None else value}    # {source}")
 
 
 def _duration(seconds: float) -> str:

@@ -80,3 +80,18 @@ def test_a_usage_error_is_reported_before_a_bad_setting() -> None:
     result = CliRunner().invoke(cli, ["set", "k", "not json", "--address", "host:notaport"])
     assert result.exit_code == 2
     assert "--raw" in result.output
+
+
+def test_config_shows_the_key_and_log_files_in_use(address: str) -> None:
+    result = run_cli("config")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"SHAREDSTATE_AUTHKEY_FILE={address}.key    # default: beside the address" in lines
+    assert any(
+        line.startswith(f"SHAREDSTATE_LOG_FILE={address}.log    # default: ") for line in lines
+    )
+    given = run_cli("config", "--authkey-file", "/tmp/k", "--log-file", "/tmp/l").stdout
+    assert "SHAREDSTATE_AUTHKEY_FILE=/tmp/k    # --authkey-file\n" in given
+    assert "SHAREDSTATE_LOG_FILE=/tmp/l    # --log-file\n" in given
+    keyed = run_cli("config", env={"SHAREDSTATE_AUTHKEY": "s3cret-s3cret-s3cret"}).stdout
+    assert "SHAREDSTATE_AUTHKEY_FILE=    # default\n" in keyed  # the key is given: no file
