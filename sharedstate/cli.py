@@ -31,9 +31,18 @@ from . import __version__
 from .client.launcher import call_server_function, stop_server
 from .client.state import SharedState, connect_state
 from .client.views import SharedDict, SharedList
-from .config import SETTINGS, Settings, load_settings, settings_table_markdown
+from .config import SETTINGS, Settings, SettingSpec, load_settings, settings_table_markdown
 from .errors import ServerNotRunning, SharedStateError, WrongType
 from .persistence.dumpfile import FORMATS, check_plain_json, read_dump, write_dump
+from .validators import (
+    FSYNC_POLICIES,
+    LOG_LEVELS,
+    validate_fsync,
+    validate_interval,
+    validate_log_level,
+    validate_max_clients,
+    validate_path,
+)
 
 EXIT_ERROR = 1
 EXIT_NOT_RUNNING = 3
@@ -71,6 +80,21 @@ def _remember_flag(ctx: click.Context, param: click.Parameter, value: Any) -> No
         ctx.ensure_object(SettingFlags).given[param.name] = value
 
 
+# How the CLI checks a setting's flag (and --help shows it); config's validator still runs.
+_CLICK_TYPES: dict[Any, click.ParamType[Any]] = {
+    validate_interval: click.FloatRange(0.1, 86_400),
+    validate_max_clients: click.IntRange(min=1),
+    validate_fsync: click.Choice(FSYNC_POLICIES, case_sensitive=False),
+    validate_log_level: click.Choice(LOG_LEVELS, case_sensitive=False),
+    validate_path: click.Path(dir_okay=False),
+}
+
+
+def _shown_default(spec: SettingSpec) -> str:
+    """The default as the docs show it (the flag's own default is None: not given)."""
+    return "" if spec.default_doc == "unset" else f"; default: {spec.default_doc.replace('`', '')}"
+
+
 def setting_params(names: Iterable[str]) -> list[click.Parameter]:
     """The CLI flags of the named settings; their values go to :class:`SettingFlags`."""
     options: list[click.Parameter] = []
@@ -82,10 +106,12 @@ def setting_params(names: Iterable[str]) -> list[click.Parameter]:
                 [spec.flag, name],
                 # A bare switch is a flag; "--x/--no-x" is one by its form; others take values.
                 is_flag=True if spec.is_switch and "/" not in spec.flag else None,
-                default=None,
+                type=_CLICK_TYPES.get(spec.validate),
+                metavar="PATH|HOST:PORT" if name == "address" else None,
+                default=None,  # None: not given, so the environment and .env still count
                 expose_value=False,
                 callback=_remember_flag,
-                help=f"{spec.help} [env: {spec.env}]",
+                help=f"{spec.help} [env: {spec.env}{_shown_default(spec)}]",
             )
         )
     return options

@@ -95,3 +95,27 @@ def test_config_shows_the_key_and_log_files_in_use(address: str) -> None:
     assert "SHAREDSTATE_LOG_FILE=/tmp/l    # --log-file\n" in given
     keyed = run_cli("config", env={"SHAREDSTATE_AUTHKEY": "s3cret-s3cret-s3cret"}).stdout
     assert "SHAREDSTATE_AUTHKEY_FILE=    # default\n" in keyed  # the key is given: no file
+
+
+def test_serve_help_shows_types_and_defaults() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # the help is wrapped to the terminal's width
+    assert "--fsync [always|everysec|no]" in text
+    assert "--log-level [debug|info|warning|error|critical]" in text
+    assert "--snapshot-interval FLOAT RANGE" in text
+    assert "--max-clients INTEGER RANGE" in text
+    assert "--snapshot FILE" in text
+    assert "--address PATH|HOST:PORT" in text
+    assert "[env: SHAREDSTATE_FSYNC; default: everysec]" in text
+    assert "[env: SHAREDSTATE_MAX_CLIENTS; default: 1000]" in text
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--fsync", "sometimes"), ("--max-clients", "0"), ("--snapshot-interval", "soon")],
+)
+def test_a_bad_server_flag_is_a_usage_error(flag: str, value: str) -> None:
+    result = run_cli("serve", flag, value)
+    assert result.returncode == 2
+    assert f"Invalid value for '{flag}'" in result.stderr
