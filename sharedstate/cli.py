@@ -5,16 +5,22 @@ so every command spells them, documents them and resolves them the same way. The
 that reach the server (``--address``, ``--authkey-file``) belong to the group and every
 command accepts them after its name too: ``sharedstate status --address X`` and
 ``sharedstate --address X status`` are the same. Exit codes: 0 ok, 1 error, 2 usage
-error, 3 no server running.
+error, 3 no server running. A reader that stops early (``sharedstate keys | head``) ends
+a command quietly with exit 1, as Python's own recipe for SIGPIPE does: no message.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import fnmatch
 import functools
 import json
+import logging
+import math
+import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -25,9 +31,18 @@ from . import __version__
 from .client.launcher import call_server_function, stop_server
 from .client.state import SharedState, connect_state
 from .client.views import SharedDict, SharedList
-from .config import SETTINGS, Settings, load_settings, settings_table_markdown
+from .config import SETTINGS, Settings, SettingSpec, load_settings, settings_table_markdown
 from .errors import ServerNotRunning, SharedStateError, WrongType
 from .persistence.dumpfile import FORMATS, check_plain_json, read_dump, write_dump
+from .validators import (
+    FSYNC_POLICIES,
+    LOG_LEVELS,
+    validate_fsync,
+    validate_interval,
+    validate_log_level,
+    validate_max_clients,
+    validate_path,
+)
 
 EXIT_ERROR = 1
 EXIT_NOT_RUNNING = 3
@@ -65,6 +80,21 @@ def _remember_flag(ctx: click.Context, param: click.Parameter, value: Any) -> No
         ctx.ensure_object(SettingFlags).given[param.name] = value
 
 
+# How the CLI checks a setting's flag (and --help shows it); config's validator still runs.
+_CLICK_TYPES: dict[Any, click.ParamType[Any]] = {
+    validate_interval: click.FloatRange(0.1, 86_400),
+    validate_max_clients: click.IntRange(min=1),
+    validate_fsync: click.Choice(FSYNC_POLICIES, case_sensitive=False),
+    validate_log_level: click.Choice(LOG_LEVELS, case_sensitive=False),
+    validate_path: click.Path(dir_okay=False),
+}
+
+
+def _shown_default(spec: SettingSpec) -> str:
+    """The default as the docs show it (the flag's own default is None: not given)."""
+    return "" if spec.default_doc == "unset" else f"; default: {spec.default_doc.replace('`', '')}"
+
+
 def setting_params(names: Iterable[str]) -> list[click.Parameter]:
     """The CLI flags of the named settings; their values go to :class:`SettingFlags`."""
     options: list[click.Parameter] = []
@@ -76,10 +106,12 @@ def setting_params(names: Iterable[str]) -> list[click.Parameter]:
                 [spec.flag, name],
                 # A bare switch is a flag; "--x/--no-x" is one by its form; others take values.
                 is_flag=True if spec.is_switch and "/" not in spec.flag else None,
-                default=None,
+                type=_CLICK_TYPES.get(spec.validate),
+                metavar="PATH|HOST:PORT" if name == "address" else None,
+                default=None,  # None: not given, so the environment and .env still count
                 expose_value=False,
                 callback=_remember_flag,
-                help=f"{spec.help} [env: {spec.env}]",
+                help=f"{spec.help} [env: {spec.env}{_shown_default(spec)}]",
             )
         )
     return options
@@ -105,6 +137,9 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # the reader stopped early (| head): not an error to report
+            _quiet_on_closed_pipe()
+            ctx.exit(EXIT_ERROR)
         except ServerNotRunning as error:
             click.echo(f"not running: {error}", err=True)
             ctx.exit(EXIT_NOT_RUNNING)
@@ -138,7 +173,32 @@ def serve(flags: SettingFlags, detach: bool, salvage: bool, lock_fd: int | None)
     """Run the server (in the foreground unless --detach) until SIGTERM or `stop`."""
     from .server.runner import run_server  # the server's imports are not needed by other commands
 
-    run_server(flags.settings, background=detach, lock_fd=lock_fd, salvage=salvage)
+    settings = flags.settings
+    logged = _StartFailureLogged()
+    server_logger = logging.getLogger("sharedstate")
+    server_logger.addFilter(logged)
+    try:
+        run_server(settings, background=detach, lock_fd=lock_fd, salvage=salvage)
+    except (SharedStateError, OSError):
+        if logged.seen and not detach and settings.log_file is None:
+            # The log is this terminal's stderr and has just said why: once is enough.
+            raise click.exceptions.Exit(EXIT_ERROR) from None
+        raise
+    finally:
+        server_logger.removeFilter(logged)
+
+
+class _StartFailureLogged(logging.Filter):
+    """Notes that the server logged why it could not start (the record is kept)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("could not start"):
+            self.seen = True
+        return True
 
 
 @cli.command()
@@ -263,11 +323,59 @@ def del_command(flags: SettingFlags, key: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @pass_flags
 def keys_command(flags: SettingFlags, pattern: str, as_json: bool) -> None:
-    """List the keys matching PATTERN (shell-style: * ? [abc]), sorted."""
+    """List the keys matching PATTERN (shell-style: * ? [abc]), sorted, one a line.
+
+    \b
+    A str key is printed as it is; a key of another type in Python notation
+    (7, ('user', 7)). A str key that would read as one of those, or that is
+    empty, has a line break or spaces at its ends, is quoted: '7' is the str,
+    7 the int. PATTERN matches the str itself, or the notation of another key.
+    With --json, str, int, float, bool and None keys are JSON's own types, a
+    tuple is a list, and another key is {"python": "<its notation>"}.
+    """
     with _connected(flags.settings) as state:
-        names = [key if isinstance(key, str) else repr(key) for key in state]
-    matching = sorted(name for name in names if fnmatch.fnmatchcase(name, pattern))
-    click.echo(json.dumps(matching) if as_json else "\n".join(matching))
+        keys = list(state)
+    matching = sorted(
+        (
+            key
+            for key in keys
+            if fnmatch.fnmatchcase(key if isinstance(key, str) else repr(key), pattern)
+        ),
+        key=_key_line,
+    )
+    if as_json:
+        click.echo(json.dumps([_json_key(key) for key in matching], ensure_ascii=False))
+    elif matching:
+        click.echo("\n".join(_key_line(key) for key in matching))
+
+
+def _key_line(key: Any) -> str:
+    """How ``keys`` prints a key: one line, telling a str from any other type."""
+    if not isinstance(key, str):
+        return repr(key)
+    if key and key.strip() == key and key.isprintable() and not _reads_as_literal(key):
+        return key
+    return repr(key)
+
+
+def _reads_as_literal(text: str) -> bool:
+    try:
+        ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return True
+
+
+def _json_key(key: Any) -> Any:
+    """A key for ``keys --json``: JSON's own type where it has one (a list can't be a key,
+    so a list is a tuple); otherwise an object holding its Python notation."""
+    if key is None or type(key) in (str, int, bool):
+        return key
+    if type(key) is float and math.isfinite(key):
+        return key
+    if type(key) is tuple:
+        return [_json_key(item) for item in key]
+    return {"python": repr(key)}
 
 
 @cli.command("incr", context_settings={"ignore_unknown_options": True})  # for "incr k -2"
@@ -309,6 +417,11 @@ def snapshot(flags: SettingFlags, timeout: float) -> None:
 @pass_flags
 def dump(flags: SettingFlags, file: str, fmt: str, force: bool) -> None:
     """Write the whole state (dict and namespace) to FILE (- for standard output)."""
+    if file == "-" and fmt == "pickle" and sys.stdout.isatty():
+        raise click.UsageError(
+            "refusing to write a binary pickle dump to the terminal; redirect it to a file "
+            "or a pipe (dump - > FILE), or pass --format json"
+        )
     with _connected(flags.settings) as state:
         contents = state.export()
     size = write_dump(file, contents, fmt, force=force)
@@ -363,11 +476,16 @@ def config(flags: SettingFlags, markdown: bool) -> None:
     settings = flags.settings
     for spec in SETTINGS:
         value = getattr(settings, spec.name)
+        source = settings.sources[spec.name]
         if spec.secret and value is not None:
             value = "(set)"
-        click.echo(
-            f"{spec.env}={'' if value is None else value}    # {settings.sources[spec.name]}"
-        )
+        elif value is None and spec.name == "authkey_file" and settings.authkey is None:
+            # Unset, these files are found beside the address: show the one in use.
+            value, source = settings.address.key_path, f"{source}: beside the address"
+        elif value is None and spec.name == "log_file":
+            value = settings.address.log_path
+            source = f"{source}: beside the address for serve --detach; stderr in the foreground"
+        click.echo(f"{spec.env}={'' if value is None else value}    # {source}")
 
 
 def _duration(seconds: float) -> str:
@@ -379,6 +497,18 @@ def _duration(seconds: float) -> str:
     return " ".join(shown[:2])
 
 
+def _quiet_on_closed_pipe() -> None:
+    """Point standard output at /dev/null: the reader has gone, and the interpreter's
+    final flush of what is still buffered must not report a broken pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main() -> None:
     """Entry point of the ``sharedstate`` console script and ``python -m sharedstate``."""
-    cli(prog_name="sharedstate")
+    try:
+        cli(prog_name="sharedstate")
+    except BrokenPipeError:  # outside a command's invoke (--help, --version): as inside it
+        _quiet_on_closed_pipe()
+        sys.exit(EXIT_ERROR)

@@ -80,3 +80,42 @@ def test_a_usage_error_is_reported_before_a_bad_setting() -> None:
     result = CliRunner().invoke(cli, ["set", "k", "not json", "--address", "host:notaport"])
     assert result.exit_code == 2
     assert "--raw" in result.output
+
+
+def test_config_shows_the_key_and_log_files_in_use(address: str) -> None:
+    result = run_cli("config")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"SHAREDSTATE_AUTHKEY_FILE={address}.key    # default: beside the address" in lines
+    assert any(
+        line.startswith(f"SHAREDSTATE_LOG_FILE={address}.log    # default: ") for line in lines
+    )
+    given = run_cli("config", "--authkey-file", "/tmp/k", "--log-file", "/tmp/l").stdout
+    assert "SHAREDSTATE_AUTHKEY_FILE=/tmp/k    # --authkey-file\n" in given
+    assert "SHAREDSTATE_LOG_FILE=/tmp/l    # --log-file\n" in given
+    keyed = run_cli("config", env={"SHAREDSTATE_AUTHKEY": "s3cret-s3cret-s3cret"}).stdout
+    assert "SHAREDSTATE_AUTHKEY_FILE=    # default\n" in keyed  # the key is given: no file
+
+
+def test_serve_help_shows_types_and_defaults() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # the help is wrapped to the terminal's width
+    assert "--fsync [always|everysec|no]" in text
+    assert "--log-level [debug|info|warning|error|critical]" in text
+    assert "--snapshot-interval FLOAT RANGE" in text
+    assert "--max-clients INTEGER RANGE" in text
+    assert "--snapshot FILE" in text
+    assert "--address PATH|HOST:PORT" in text
+    assert "[env: SHAREDSTATE_FSYNC; default: everysec]" in text
+    assert "[env: SHAREDSTATE_MAX_CLIENTS; default: 1000]" in text
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--fsync", "sometimes"), ("--max-clients", "0"), ("--snapshot-interval", "soon")],
+)
+def test_a_bad_server_flag_is_a_usage_error(flag: str, value: str) -> None:
+    result = run_cli("serve", flag, value)
+    assert result.returncode == 2
+    assert f"Invalid value for '{flag}'" in result.stderr

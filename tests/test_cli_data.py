@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from sharedstate import get_shared_state
 
-from .support.processes import run_cli
+from .support.processes import REPO_ROOT, run_cli
 from .support.servers import ServerFactory, ServerProcess
 
 
@@ -54,6 +56,32 @@ def test_keys_with_a_pattern(server: ServerProcess) -> None:
     assert run_cli("keys").stdout.split() == ["7", "session:9", "user:1", "user:2"]
     assert run_cli("keys", "user:*").stdout.split() == ["user:1", "user:2"]
     assert json.loads(run_cli("keys", "user:?", "--json").stdout) == ["user:1", "user:2"]
+
+
+def test_keys_with_no_match_print_nothing(server: ServerProcess) -> None:
+    get_shared_state(start=False)["user:1"] = 1
+    result = run_cli("keys", "zzz*")
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert run_cli("keys", "zzz*", "--json").stdout == "[]\n"
+
+
+def test_keys_tell_a_str_from_other_types(server: ServerProcess) -> None:
+    get_shared_state(start=False).update(
+        {1: "int", "1": "str", "None": "str", None: "none", ("a", 1): "tuple", " pad": "str",
+         "two\nlines": "str", "plain": "str", 2.5: "float", b"raw": "bytes"}
+    )  # fmt: skip
+    lines = run_cli("keys").stdout.splitlines()
+    assert sorted(lines) == sorted(
+        ["1", "'1'", "'None'", "None", "('a', 1)", "' pad'", "'two\\nlines'", "plain", "2.5",
+         "b'raw'"]
+    )  # fmt: skip
+    listed = json.loads(run_cli("keys", "--json").stdout)
+    assert sorted(map(json.dumps, listed)) == sorted(
+        map(json.dumps, [1, "1", "None", None, ["a", 1], " pad", "two\nlines", "plain", 2.5,
+                         {"python": "b'raw'"}])
+    )  # fmt: skip
+    assert run_cli("keys", "1").stdout.splitlines() == ["'1'", "1"]
 
 
 @pytest.mark.parametrize(
@@ -109,3 +137,47 @@ def test_commands_exit_3_when_no_server_runs(command: tuple[str, ...]) -> None:
     result = run_cli(*command)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _read_then_close(args: tuple[str, ...], size: int) -> tuple[int, bytes]:
+    """Run the CLI into a pipe whose reader takes ``size`` bytes and leaves, like ``head``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sharedstate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    if size:
+        assert len(process.stdout.read(size)) == size
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.stderr.close()
+    return process.wait(60), stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "size"),
+    [(("status",), 0), (("status", "--json"), 0), (("keys",), 0), (("get", "big"), 0),
+     (("dump", "-"), 0), (("dump", "-"), 20), (("dump", "-", "--format", "json"), 0),
+     (("--help",), 0)],
+)  # fmt: skip
+def test_a_reader_that_stops_early_ends_the_command_quietly(
+    server: ServerProcess, command: tuple[str, ...], size: int
+) -> None:
+    # With size 0 the reader has left before the command writes; the pickle dump is more
+    # than a pipe holds, so it is still writing when the reader leaves after 20 bytes.
+    state = get_shared_state(start=False)
+    state.update({f"key:{index:06}": "x" * 20 for index in range(20_000)})
+    state["big"] = "y" * 1_000_000
+    returncode, stderr = _read_then_close(command, size)
+    assert stderr == b""
+    assert returncode == 1
+
+
+def test_serve_while_a_server_runs_says_so_once(server: ServerProcess) -> None:
+    result = run_cli("serve")
+    assert result.returncode == 1
+    assert "already running" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

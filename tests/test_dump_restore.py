@@ -5,15 +5,18 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pty
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from sharedstate import get_shared_state
 
 from .support.clients import fresh_state
-from .support.processes import run_cli
+from .support.processes import REPO_ROOT, run_cli
 from .support.servers import ServerFactory, ServerProcess
 
 RICH = {
@@ -153,10 +156,51 @@ def test_restore_is_saved_in_the_snapshot(server_factory: ServerFactory, workdir
 def test_a_dump_path_that_cannot_be_written_is_one_line_and_exit_1(
     server: ServerProcess, workdir: str
 ) -> None:
-    result = run_cli("dump", os.path.join(workdir, "no-such-dir", "backup.dump"))
+    missing = os.path.join(workdir, "no-such-dir")
+    result = run_cli("dump", os.path.join(missing, "backup.dump"))
     assert result.returncode == 1
-    assert result.stderr.startswith("error: No such file or directory")
+    assert result.stderr.startswith("error: cannot write ")
+    assert f"directory {missing} does not exist" in result.stderr
+    assert ".tmp" not in result.stderr  # not the temporary file the dump is written to first
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _dump_to_a_terminal(*args: str) -> tuple[int, str, bytes]:
+    """Run ``dump - ARGS`` with a terminal as its standard output."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sharedstate", "dump", "-", *args],
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=REPO_ROOT),
+        )
+        os.close(terminal)
+        shown = b""
+        while True:  # read what reaches the terminal, so the dump never blocks on it
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            shown += chunk
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+    return process.returncode, stderr.decode(), shown
+
+
+def test_a_pickle_dump_is_not_written_to_a_terminal(server: ServerProcess) -> None:
+    get_shared_state(start=False)["n"] = 1
+    returncode, stderr, shown = _dump_to_a_terminal()
+    assert returncode == 2
+    assert "refusing to write a binary pickle dump to the terminal" in stderr
+    assert "--format json" in stderr
+    assert shown == b""
+    returncode, stderr, shown = _dump_to_a_terminal("--format", "json")
+    assert returncode == 0, stderr
+    assert json.loads(shown.replace(b"\r\n", b"\n")) == {"data": {"n": 1}, "namespace": {}}
 
 
 def test_restore_says_so_when_saving_it_fails(server_factory: ServerFactory, workdir: str) -> None:

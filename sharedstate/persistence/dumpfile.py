@@ -44,6 +44,10 @@ def write_dump(path: str, contents: Contents, fmt: str, *, force: bool = False) 
         raise ConfigError(
             f"{path} already exists; choose another name, or pass --force to replace it"
         )
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):  # else the error would name write_atomically's temp file
+        problem = "is not a directory" if os.path.lexists(directory) else "does not exist"
+        raise ConfigError(f"cannot write {path}: directory {directory} {problem}")
     return write_atomically(path, chunks)
 
 
