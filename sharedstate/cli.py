@@ -141,7 +141,14 @@ class _Commands(click.Group):
             _quiet_on_closed_pipe()
             ctx.exit(EXIT_ERROR)
         except ServerNotRunning as error:
-            click.echo(f"not running: {error}", err=True)
+            # One line, and the next step at a shell (the error's own text may suggest
+            # get_shared_state(), which is for code).
+            address = getattr(error, "address", None) or "this address"
+            click.echo(
+                f"no sharedstate server is running at {address}; start one with "
+                "`sharedstate serve` (or point --address at the one that runs)",
+                err=True,
+            )
             ctx.exit(EXIT_NOT_RUNNING)
         except SharedStateError as error:
             click.echo(f"error: {error}", err=True)

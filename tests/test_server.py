@@ -33,12 +33,15 @@ def test_status_reports_address_and_pid(server: ServerProcess) -> None:
     assert f"pid:      {server.pid}" in result.stdout
 
 
-def test_status_and_stop_exit_3_when_nothing_runs(address: str) -> None:
-    for command in ("status", "stop"):
-        result = run_cli(command)
+def test_commands_exit_3_and_say_the_next_step_when_nothing_runs(address: str) -> None:
+    for command in (("status",), ("stop",), ("get", "k"), ("keys",)):
+        result = run_cli(*command)
         assert result.returncode == 3, command
         assert address in result.stderr
         assert "Traceback" not in result.stderr
+        [line] = result.stderr.splitlines()  # once, with the next step at a shell
+        assert "start one with `sharedstate serve`" in line
+        assert "get_shared_state" not in line
 
 
 def test_stop_stops_the_server_and_waits_for_it(server_factory: ServerFactory) -> None:
