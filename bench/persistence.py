@@ -169,7 +169,12 @@ def main() -> None:
         modes: list[tuple[str, tuple[str, ...]]] = [("memory only", ())]
         for policy in ("no", "everysec", "always"):
             path = os.path.join(workdir, policy, "state.snap")
-            modes.append((f"journal, fsync={policy}", ("--snapshot", path, "--fsync", policy)))
+            modes.append(
+                (
+                    f"journal, fsync={policy}",
+                    ("--snapshot", path, "--create-snapshot-dir", "--fsync", policy),
+                )
+            )
         for name, args in modes:
             cells = []
             for clients in (1, 8):

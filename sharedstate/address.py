@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +22,15 @@ from .errors import ConfigError
 MAX_SOCKET_PATH_BYTES = 107 if sys.platform.startswith("linux") else 103
 
 DEFAULT_SOCKET_NAME = "state.sock"
+
+# Schemes a later release may accept as a backend; until then they get a plain "not yet".
+FUTURE_SCHEMES = ("redis", "rediss", "redis+unix", "valkey")
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# A bare name a user most likely meant as a host: dotted labels ending in a word that is
+# not a socket file's usual suffix (``example.com``, not ``state.sock``).
+_HOST_NAME = re.compile(r"^(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}$")
+_SOCKET_SUFFIXES = ("sock", "socket")
 
 
 def runtime_dir() -> str:
@@ -107,10 +117,14 @@ def parse_address(value: str | tuple[str, int] | Address) -> Address:
     """Read an address from a setting.
 
     ``"/run/app/state.sock"`` (anything with a ``/``, or ``unix:`` in front) is a Unix
-    socket; ``"127.0.0.1:7000"`` is TCP::
+    socket; ``"127.0.0.1:7000"`` is TCP, and ``localhost`` means ``127.0.0.1`` (the key
+    and lock files of a TCP address are named by its host, so both spellings must agree)::
 
-        >>> parse_address("127.0.0.1:7000")
+        >>> parse_address("localhost:7000")
         Address(path=None, host='127.0.0.1', port=7000)
+
+    URLs (``tcp://...``) and a host without a port (``127.0.0.1``, ``example.com``) raise
+    :class:`ConfigError` rather than naming a socket file in the working directory.
     """
     if isinstance(value, Address):
         return value
@@ -120,17 +134,63 @@ def parse_address(value: str | tuple[str, int] | Address) -> Address:
     text = value.strip()
     if not text:
         raise ConfigError("the address is empty: give a socket path or host:port")
+    url = _URL.match(text)
+    if url:
+        raise _url_refused(text, url.group(1))
     if text.startswith("unix:"):
         return _unix_address(text[len("unix:") :])
-    if "/" in text or ":" not in text:
+    if "/" in text:
         return _unix_address(text)
-    if text.startswith("["):
+    if ":" not in text:
+        if _looks_like_host(text):
+            raise ConfigError(
+                f"address {text!r} looks like a host but has no port; write HOST:PORT for "
+                f"TCP (e.g. {text}:7000), or ./{text} if you meant a Unix socket file",
+                address=text,
+            )
+        return _unix_address(text)
+    if text.startswith("[") or text.count(":") > 1:
         raise ConfigError(
             f"address {text!r}: IPv6 is not supported by multiprocessing's TCP transport; "
             "use an IPv4 address such as 127.0.0.1:PORT, or a Unix socket path"
         )
     host, _, port = text.rpartition(":")
     return _tcp_address(host, port, text)
+
+
+def _url_refused(text: str, scheme: str) -> ConfigError:
+    if scheme.lower() in FUTURE_SCHEMES:
+        return ConfigError(
+            f"address {text!r}: {scheme}:// servers are not supported yet; sharedstate "
+            "runs its own server: give a Unix socket path or HOST:PORT",
+            address=text,
+        )
+    rest = text[len(scheme) + 3 :]
+    if scheme.lower() == "unix":
+        return ConfigError(
+            f"address {text!r} is a URL, which sharedstate does not take; for a Unix socket "
+            f"write its path ({rest or '/run/app/state.sock'}), or unix:PATH",
+            address=text,
+        )
+    rest = rest.rstrip("/")
+    return ConfigError(
+        f"address {text!r} is a URL, which sharedstate does not take; write HOST:PORT for "
+        f"TCP (e.g. {rest or '127.0.0.1:7000'}) or a path for a Unix socket "
+        "(e.g. /run/app/state.sock)",
+        address=text,
+    )
+
+
+def _looks_like_host(text: str) -> bool:
+    if text.lower() == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        return True
+    return bool(_HOST_NAME.match(text)) and text.rsplit(".", 1)[1].lower() not in _SOCKET_SUFFIXES
 
 
 def _unix_address(path: str) -> Address:
@@ -157,4 +217,8 @@ def _tcp_address(host: str, port_text: str, original: str) -> Address:
             f"address {original!r}: the port must be a number from 1 to 65535",
             address=original,
         )
+    if host.lower() == "localhost":
+        # multiprocessing's TCP is IPv4, so localhost is 127.0.0.1 on the wire; one spelling
+        # keeps one set of key and lock files, so a client finds the server either way.
+        host = "127.0.0.1"
     return Address(host=host, port=port)

@@ -174,6 +174,13 @@ class Settings:
         "survives restarts. Unset: state lives in memory only.",
         default_doc="{default} (no persistence)",
     )
+    create_snapshot_dir: bool = _setting(
+        flag="--create-snapshot-dir",
+        default=False,
+        validate=validate_bool,
+        help="Create the snapshot's directory if it does not exist. Off, a missing "
+        "directory is an error, so a mistyped path can't start a server with no data.",
+    )
     snapshot_interval: float = _setting(
         flag="--snapshot-interval",
         default=60.0,

@@ -7,7 +7,6 @@ one 60 MB value at a time.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import time
@@ -19,6 +18,7 @@ from sharedstate import get_shared_state
 from sharedstate.codec import DATA, decode
 
 from .support.clients import fresh_state
+from .support.persisted import snapshot_in
 from .support.processes import run_cli
 from .support.servers import ServerFactory, ServerProcess
 
@@ -35,7 +35,7 @@ def value(index: int) -> bytes:
 
 @pytest.fixture
 def snapshot_path(workdir: str) -> str:
-    return os.path.join(workdir, "data", "state.snap")
+    return snapshot_in(workdir)
 
 
 @pytest.fixture

@@ -85,7 +85,8 @@ def test_a_bad_value_names_the_variable(
         ("/run/app/state.sock", Address(path="/run/app/state.sock")),
         ("unix:/run/x.sock", Address(path="/run/x.sock")),
         ("127.0.0.1:7000", Address(host="127.0.0.1", port=7000)),
-        ("localhost:7000", Address(host="localhost", port=7000)),
+        ("localhost:7000", Address(host="127.0.0.1", port=7000)),
+        (("localhost", 7000), Address(host="127.0.0.1", port=7000)),
         (("127.0.0.1", 7000), Address(host="127.0.0.1", port=7000)),
     ],
 )
@@ -97,10 +98,42 @@ def test_relative_socket_paths_become_absolute(workdir: str) -> None:
     assert parse_address("state.sock") == Address(path=os.path.join(workdir, "state.sock"))
 
 
-@pytest.mark.parametrize("text", ["", "[::1]:7000", ":7000", "host:port", "host:0"])
+@pytest.mark.parametrize("text", ["", "[::1]:7000", "::1", ":7000", "host:port", "host:0"])
 def test_bad_addresses_are_refused(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_address(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "advice"),
+    [
+        ("tcp://127.0.0.1:7005", r"is a URL.*write HOST:PORT for TCP \(e\.g\. 127\.0\.0\.1:7005\)"),
+        ("http://example.com:80/", "is a URL.*HOST:PORT"),
+        ("unix:///run/x.sock", r"is a URL.*write its path \(/run/x\.sock\)"),
+    ],
+)
+def test_a_url_is_refused_with_what_to_write_instead(text: str, advice: str) -> None:
+    with pytest.raises(ConfigError, match=advice):
+        parse_address(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["redis://127.0.0.1:6379", "rediss://h:1", "redis+unix:///x.sock", "valkey://h:1"]
+)
+def test_redis_and_valkey_urls_are_not_supported_yet(text: str) -> None:
+    with pytest.raises(ConfigError, match="not supported yet"):
+        parse_address(text)
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "localhost", "example.com", "10.0.0.5"])
+def test_a_host_without_a_port_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="no port; write HOST:PORT .* or ./"):
+        parse_address(text)
+
+
+@pytest.mark.parametrize("text", ["state", "state.sock", "app.socket", "./127.0.0.1"])
+def test_bare_names_that_are_not_hosts_stay_socket_files(text: str) -> None:
+    assert parse_address(text).is_unix
 
 
 def test_a_socket_path_too_long_for_the_platform_is_refused() -> None:

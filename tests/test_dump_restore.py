@@ -16,6 +16,7 @@ import pytest
 from sharedstate import get_shared_state
 
 from .support.clients import fresh_state
+from .support.persisted import snapshot_in
 from .support.processes import REPO_ROOT, run_cli
 from .support.servers import ServerFactory, ServerProcess
 
@@ -139,7 +140,7 @@ def test_a_pickle_dump_others_could_write_is_refused(server: ServerProcess, work
 
 
 def test_restore_is_saved_in_the_snapshot(server_factory: ServerFactory, workdir: str) -> None:
-    snapshot = os.path.join(workdir, "data", "state.snap")
+    snapshot = snapshot_in(workdir)
     dump = os.path.join(workdir, "backup.json")
     with open(dump, "w") as file:
         json.dump({"data": {"restored": [1, 2]}}, file)

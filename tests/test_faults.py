@@ -42,6 +42,7 @@ from sharedstate.server.store import Store
 
 from .support.clients import fresh_state
 from .support.faults import SYNCED_LOG_ENV, FailingDisk, Rule, lose_unsynced_writes
+from .support.persisted import snapshot_in
 from .support.processes import fork_context, kill_and_wait, run_cli, start_process, wait_until
 from .support.procfs import is_stopped
 from .support.servers import ServerFactory, ServerProcess, server_info
@@ -134,7 +135,7 @@ def test_a_crash_loses_only_what_the_fsync_policy_allows(
     monkeypatch: pytest.MonkeyPatch,
     policy: str,
 ) -> None:
-    snapshot = os.path.join(workdir, "data", "state.snap")
+    snapshot = snapshot_in(workdir)
     synced_log = os.path.join(workdir, "synced.log")
     monkeypatch.setenv(SYNCED_LOG_ENV, synced_log)
     args = ("--snapshot", snapshot, "--fsync", policy, "--snapshot-interval", "0.5")
@@ -219,7 +220,7 @@ def test_a_disk_error_at_any_step_loses_nothing_acknowledged(
     server_factory: ServerFactory, workdir: str, lasting: bool
 ) -> None:
     """SQLite style: fail the Nth disk call (or every call from the Nth), for every N."""
-    snapshot = os.path.join(workdir, "data", "state.snap")
+    snapshot = snapshot_in(workdir)
     args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")
     failures = 0
     for nth in range(1, 500):
@@ -260,7 +261,7 @@ def _status() -> str:
 def test_a_snapshot_failing_with_an_unexpected_error_is_reported_and_the_server_stays_up(
     server_factory: ServerFactory, workdir: str
 ) -> None:
-    snapshot = os.path.join(workdir, "data", "state.snap")
+    snapshot = snapshot_in(workdir)
     args = ("--snapshot", snapshot, "--snapshot-interval", "0.2")
     server = server_factory(*args, faults="write@state.snap.tmp:1-!ValueError").start()
     state = get_shared_state(start=False)
@@ -284,7 +285,7 @@ def test_a_snapshot_failing_with_an_unexpected_error_is_reported_and_the_server_
 def test_the_snapshot_thread_survives_unexpected_errors_and_retries(
     server_factory: ServerFactory, workdir: str
 ) -> None:
-    snapshot = os.path.join(workdir, "data", "state.snap")
+    snapshot = snapshot_in(workdir)
     args = ("--snapshot", snapshot, "--snapshot-interval", "0.2")
     server_factory(*args, faults="write@state.snap.tmp:1-2!MemoryError").start()
     get_shared_state(start=False)["a"] = 1
@@ -303,7 +304,7 @@ def test_a_journal_failing_with_an_unexpected_error_refuses_writes_and_says_so(
 ) -> None:
     # Not an OSError, yet the journal can't be trusted with the next write: refuse
     # writes until a snapshot starts a clean segment, as for a disk error.
-    snapshot = os.path.join(workdir, "data", "state.snap")
+    snapshot = snapshot_in(workdir)
     args = ("--snapshot", snapshot, "--fsync", policy, "--snapshot-interval", "3600")
     server = server_factory(*args, faults=fault).start()
     state = get_shared_state(start=False)
@@ -329,7 +330,7 @@ def test_a_journal_failing_with_an_unexpected_error_refuses_writes_and_says_so(
 def test_close_returns_why_the_final_snapshot_failed(
     workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    snapshot = os.path.join(workdir, "data", "state.snap")
+    snapshot = snapshot_in(workdir)
     settings = load_settings({"snapshot": snapshot})
     monkeypatch.setattr(durable, "disk", FailingDisk([Rule.parse("replace@state.snap:1-")]))
     persistence = Persistence(Store(), settings)
@@ -366,7 +367,7 @@ def test_a_crashed_server_restarts_and_serves_when_no_snapshot_can_be_written(
     server_factory: ServerFactory, workdir: str
 ) -> None:
     # A crash on a nearly full disk: recovery must not need room for a whole snapshot.
-    snapshot = os.path.join(workdir, "data", "state.snap")
+    snapshot = snapshot_in(workdir)
     args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "0.5")
     server = server_factory(*args).start()
     acked = fork_context.Value("q", 0)

@@ -20,6 +20,7 @@ import pytest
 from sharedstate import get_shared_state
 
 from .support.clients import fresh_state
+from .support.persisted import snapshot_in
 from .support.processes import REPO_ROOT, wait_until
 from .support.procfs import children_of, is_dead, server_pids
 from .support.servers import ServerProcess, free_tcp_port, server_info
@@ -200,7 +201,7 @@ def test_hup_reload_keeps_state_and_serves_without_errors(gunicorn: StartGunicor
 def test_the_counter_continues_after_gunicorn_restarts_with_a_snapshot(
     gunicorn: StartGunicorn, workdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SHAREDSTATE_SNAPSHOT", os.path.join(workdir, "var", "state.snap"))
+    monkeypatch.setenv("SHAREDSTATE_SNAPSHOT", snapshot_in(workdir, "var"))
     first = gunicorn("-w", "4")
     concurrent_gets(first, "/count", 25)
     assert first.stop() == 0

@@ -28,6 +28,7 @@ from sharedstate.server.reservations import LocalCaller
 from sharedstate.server.store import Store
 
 from .support.clients import fresh_state
+from .support.persisted import snapshot_in
 from .support.processes import kill_and_wait, run_in_processes
 from .support.servers import ServerFactory, ServerProcess
 from .support.stores import RecordingJournal, value_of
@@ -172,7 +173,7 @@ def test_list_errors_keep_their_kind(store: Store) -> None:
 def test_checked_writes_and_old_style_ones_survive_a_kill_and_replay(
     server_factory: ServerFactory, workdir: str
 ) -> None:
-    snapshot = f"{workdir}/data/state.snap"
+    snapshot = snapshot_in(workdir)
     args = ("--snapshot", snapshot, "--fsync", "always", "--snapshot-interval", "3600")
     server = server_factory(*args).start()
     state = get_shared_state(start=False)

@@ -23,6 +23,7 @@ from .support.persisted import (
     record_offsets,
     segments,
     serve_refused,
+    snapshot_in,
 )
 from .support.processes import fork_context, kill_and_wait, run_cli, start_process, wait_until
 from .support.procfs import server_pids
@@ -32,7 +33,7 @@ from .support.wire import store_connection
 
 @pytest.fixture
 def snapshot(workdir: str) -> str:
-    return os.path.join(workdir, "data", "state.snap")
+    return snapshot_in(workdir)
 
 
 def fill(state: Any) -> None:
@@ -203,7 +204,6 @@ def test_a_snapshot_lock_file_that_is_a_symlink_is_refused(
     snapshot: str, address: str, workdir: str
 ) -> None:
     # Someone could point the lock at a file of the user's: it must not be written.
-    os.makedirs(os.path.dirname(snapshot), mode=0o700)
     precious = os.path.join(workdir, "precious.txt")
     with open(precious, "w") as file:
         file.write("mine")
@@ -431,7 +431,6 @@ def test_a_journal_with_a_missing_segment_is_refused(
 
 
 def test_leftover_temporary_files_are_removed(server_factory: ServerFactory, snapshot: str) -> None:
-    os.makedirs(os.path.dirname(snapshot), mode=0o700)
     leftover = snapshot + ".tmp-123-abcd"
     with open(leftover, "wb") as file:
         file.write(b"half a snapshot")
@@ -474,7 +473,6 @@ def test_a_journal_others_can_write_is_refused_and_left_alone(
 
 
 def test_a_snapshot_directory_others_can_write_is_refused(snapshot: str, address: str) -> None:
-    os.makedirs(os.path.dirname(snapshot))
     os.chmod(os.path.dirname(snapshot), 0o777)
     result = run_cli("serve", "--address", address, "--snapshot", snapshot)
     assert result.returncode == 1
@@ -559,3 +557,40 @@ def test_snapshot_command_without_persistence_says_so(server: ServerProcess) -> 
     result = run_cli("snapshot")
     assert result.returncode == 1
     assert "--snapshot PATH" in result.stderr
+
+
+def test_a_snapshot_in_a_missing_directory_is_refused_and_nothing_is_created(
+    address: str, workdir: str
+) -> None:
+    missing = os.path.join(workdir, "no-such-dir", "deeper")
+    result = run_cli("serve", "--address", address, "--snapshot", os.path.join(missing, "x.snap"))
+    assert result.returncode == 1
+    assert f"the snapshot directory {missing} does not exist" in result.stderr
+    assert "--create-snapshot-dir" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(os.path.join(workdir, "no-such-dir"))
+
+
+def test_create_snapshot_dir_creates_the_missing_directory(
+    server_factory: ServerFactory, workdir: str
+) -> None:
+    snapshot = os.path.join(workdir, "new", "data", "state.snap")
+    server_factory("--snapshot", snapshot, "--create-snapshot-dir").start()
+    get_shared_state(start=False)["kept"] = True
+    assert run_cli("stop").returncode == 0
+    assert os.path.exists(snapshot)
+
+
+def test_a_worker_started_server_refuses_a_missing_snapshot_directory(
+    monkeypatch: pytest.MonkeyPatch, workdir: str, address: str
+) -> None:
+    missing = os.path.join(workdir, "typo")
+    monkeypatch.setenv("SHAREDSTATE_SNAPSHOT", os.path.join(missing, "state.snap"))
+    with pytest.raises(SharedStateError, match=f"snapshot directory {missing} does not exist"):
+        get_shared_state()["lost"] = True
+    assert not os.path.exists(missing)
+    # The socket's own directory is still created on demand, as before.
+    monkeypatch.setenv("SHAREDSTATE_CREATE_SNAPSHOT_DIR", "1")
+    get_shared_state()["kept"] = True
+    assert os.path.isdir(missing)
+    assert os.path.isdir(os.path.dirname(address))

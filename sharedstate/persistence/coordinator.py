@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Settings
-from ..errors import PersistenceError
+from ..errors import ConfigError, PersistenceError
 from ..permissions import ensure_safe_dir
 from ..server.store import Store
 from . import durable
@@ -45,6 +45,7 @@ class Persistence:
         assert settings.snapshot is not None
         self.store = store
         self.path = settings.snapshot
+        self.create_dir = settings.create_snapshot_dir
         self.address = str(settings.address)
         self.interval = settings.snapshot_interval
         self.policy = settings.fsync
@@ -69,6 +70,7 @@ class Persistence:
         anything is read), :class:`CorruptFile` for damage (unless ``salvage``), leaving
         every file as it was, and :class:`PersistenceError` if the journal can't start.
         """
+        self._check_dir_exists()
         ensure_safe_dir(os.path.dirname(self.path))
         # Before reading anything: another server's files are not ours to replay or tidy.
         self._lock = SnapshotLock.acquire(self.path, self.address)
@@ -81,6 +83,18 @@ class Persistence:
         except BaseException:
             self.abandon()
             raise
+
+    def _check_dir_exists(self) -> None:
+        # A mistyped directory would otherwise be created, and the server start with no data.
+        directory = os.path.dirname(self.path)
+        if self.create_dir or os.path.lexists(directory):
+            return
+        raise ConfigError(
+            f"the snapshot directory {directory} does not exist (snapshot {self.path}); "
+            "check the path, create the directory, or pass --create-snapshot-dir "
+            "(SHAREDSTATE_CREATE_SNAPSHOT_DIR=1) to have it created",
+            path=self.path,
+        )
 
     def start(self) -> None:
         """Attach the journal and start taking snapshots in the background."""

@@ -71,3 +71,10 @@ def serve_refused(*args: str, timeout: float = 20.0) -> subprocess.CompletedProc
             f"the server started instead of refusing (still running after {timeout:g} s): "
             f"{expired.stderr!r}"
         ) from None
+
+
+def snapshot_in(workdir: str, directory: str = "data") -> str:
+    """A snapshot path in a new ``directory`` of ``workdir`` (a server won't create it)."""
+    path = os.path.join(workdir, directory)
+    os.makedirs(path, exist_ok=True)
+    return os.path.join(path, "state.snap")
