@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pickle
 import pty
 import re
 import signal
@@ -217,3 +218,27 @@ def test_restore_says_so_when_saving_it_fails(server_factory: ServerFactory, wor
     assert snapshot in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert get_shared_state(start=False)["restored"] == 1, "applied, though not saved"
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (pickle.dumps({"a": 1}), "is a Python pickle, not a sharedstate dump"),
+        (bytes(range(200, 256)), "is binary data, not a sharedstate dump"),
+        ("naïve: not json".encode(), "is text, but not valid JSON"),
+        (b"", "is empty"),
+    ],
+    ids=["plain-pickle", "binary", "text", "empty"],
+)
+def test_restoring_a_file_that_is_not_a_dump_says_what_it_looks_like(
+    server: ServerProcess, workdir: str, content: bytes, said: str
+) -> None:
+    path = os.path.join(workdir, "not-a-dump")
+    with open(path, "wb") as file:
+        file.write(content)
+    result = run_cli("restore", path, "--merge")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert said in line, line
+    assert "what `sharedstate dump` writes" in line
+    assert "codec can't decode" not in line

@@ -12,9 +12,11 @@ Two formats:
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
+import pickle
 import sys
 from typing import Any
 
@@ -115,8 +117,12 @@ def _read_json(path: str) -> Contents:
         try:
             document = json.load(file)
         except ValueError as error:
+            file.seek(0)
             raise CorruptFile(
-                f"{path} is neither a sharedstate dump nor valid JSON: {error}", path=path
+                f"{path} is {_what_it_looks_like(file.read(64), error)}; `restore` reads "
+                "what `sharedstate dump` writes: its pickle format, or JSON of the shape "
+                '{"data": {...}, "namespace": {...}}',
+                path=path,
             ) from None
     if not isinstance(document, dict) or not set(document) <= {"data", "namespace"}:
         raise CorruptFile(
@@ -130,3 +136,19 @@ def _read_json(path: str) -> Contents:
         for key, value in entries.items():
             target[key] = encode(value, describe("state", [key]))
     return contents
+
+
+def _what_it_looks_like(start: bytes, error: ValueError) -> str:
+    """What a file that is not a dump seems to be, from its first bytes, for a message."""
+    if not start:
+        return "empty"
+    if start[0] == pickle.PROTO[0]:
+        return (
+            "a Python pickle, not a sharedstate dump (to load a dict you pickled yourself, "
+            "do it from Python: state.update(pickle.load(file)))"
+        )
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(start)  # a cut-off last character is fine
+    except UnicodeDecodeError:
+        return f"binary data, not a sharedstate dump (it starts with {start[:8]!r})"
+    return f"text, but not valid JSON ({error})"
