@@ -30,10 +30,12 @@ import click
 from . import __version__
 from .client.launcher import call_server_function, stop_server
 from .client.state import SharedState, connect_state
-from .client.views import SharedDict, SharedList
+from .codec import where_text
 from .config import SETTINGS, Settings, SettingSpec, load_settings, settings_table_markdown
-from .errors import ServerNotRunning, SharedStateError, WrongType
-from .persistence.dumpfile import FORMATS, check_plain_json, read_dump, write_dump
+from .errors import ServerNotRunning, SharedStateError
+from .persistence.dumpfile import FORMATS, read_dump, write_dump
+from .show import FORMATS as GET_FORMATS
+from .show import show, show_loaded
 from .validators import (
     FSYNC_POLICIES,
     LOG_LEVELS,
@@ -274,25 +276,32 @@ def _connected(settings: Settings) -> Iterator[SharedState]:
         state.close()
 
 
-def _show(value: Any, raw: bool) -> str:
-    if raw and isinstance(value, str):
-        return value
-    plain = value.copy() if isinstance(value, (SharedDict, SharedList)) else value
-    try:
-        check_plain_json(plain, "the value")
-    except WrongType:
-        return repr(plain)  # JSON can't hold it exactly (a tuple, a set...): Python's notation
-    return json.dumps(plain, ensure_ascii=False)
-
-
 @cli.command("get")
 @click.argument("key")
 @click.option("--raw", is_flag=True, help="Print a str value as it is, not as JSON.")
+@click.option(
+    "--format", "fmt", type=click.Choice(GET_FORMATS), default="auto", show_default=True,
+    help="auto: JSON when it holds the value exactly, else Python's notation. repr: "
+    "Python's notation, with stand-ins for classes this command can't import. type: the "
+    "type and size only. pickle: the stored bytes, to a file or a pipe.",
+)  # fmt: skip
 @pass_flags
-def get_command(flags: SettingFlags, key: str, raw: bool) -> None:
+def get_command(flags: SettingFlags, key: str, raw: bool, fmt: str) -> None:
     """Print the value of KEY (as JSON when it can be)."""
+    if fmt == "pickle" and sys.stdout.isatty():
+        raise click.UsageError(
+            "refusing to write a binary pickle to the terminal; redirect it to a file or a pipe"
+        )
     with _connected(flags.settings) as state:
-        click.echo(_show(state[key], raw))
+        data = state.pickled(key)
+    if fmt == "pickle":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    text, note = show(data, where_text((key,)), fmt, raw=raw)
+    click.echo(text)
+    if note:
+        click.echo(note, err=True)
 
 
 @cli.command("set")
@@ -399,7 +408,7 @@ def incr_command(flags: SettingFlags, key: str, amount: str) -> None:
         except ValueError:
             raise click.BadParameter(f"{amount!r} is not a number", param_hint="AMOUNT") from None
     with _connected(flags.settings) as state:
-        click.echo(_show(state.incr(key, number), raw=False))
+        click.echo(show_loaded(state.incr(key, number)))
 
 
 @cli.command()

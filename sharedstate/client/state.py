@@ -315,6 +315,18 @@ class SharedState(MutableMapping[Any, Any]):
         pairs, attributes = self._call("export_all")
         return Contents(0, dict(pairs), dict(attributes))
 
+    def pickled(self, key: Any) -> bytes:
+        """The value of ``key`` as stored: its pickle, not loaded.
+
+        For tools that show or copy values whose classes they can't import (the CLI's
+        ``get``); raises :class:`KeyNotFound` if the key is missing.
+        """
+        check_key(key)
+        data = self._call("lookup", key)
+        if data is None:
+            raise KeyNotFound(key)
+        return bytes(data)
+
     def restore(self, contents: Contents, *, replace: bool) -> None:
         """Load what :meth:`export` returned, atomically: replace everything, or merge."""
         pairs = list(contents.data.items())

@@ -78,37 +78,41 @@ def _json_chunks(contents: Contents) -> list[bytes]:
                     f"{where}: JSON keys must be strings, not {type(key).__name__}; "
                     "use --format pickle"
                 )
-            value = decode(data, where)
+            value = decode(
+                data, where, hint="run where the app's modules import, or use --format pickle"
+            )
             check_plain_json(value, where)
             document[section][key] = value
     return [json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False).encode() + b"\n"]
 
 
-def check_plain_json(value: Any, where: str) -> None:
-    """Raise :class:`WrongType`, naming the place, unless JSON holds ``value`` exactly."""
+def check_plain_json(value: Any, where: str, instead: str = "--format pickle") -> None:
+    """Raise :class:`WrongType`, naming the place, unless JSON holds ``value`` exactly.
+
+    The message ends by suggesting ``instead``, the format that would hold it.
+    """
     kind = type(value)
     if kind in (str, int, bool) or value is None:
         return
     if kind is float:
         if math.isfinite(value):
             return
-        raise WrongType(f"{where} is {value!r}, which JSON can't hold; use --format pickle")
+        raise WrongType(f"{where} is {value!r}, which JSON can't hold; use {instead}")
     if kind is list:
         for index, item in enumerate(value):
-            check_plain_json(item, f"{where}[{index}]")
+            check_plain_json(item, f"{where}[{index}]", instead)
         return
     if kind is dict:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise WrongType(
                     f"{where} has the {type(key).__name__} key {key!r}; JSON keys are strings. "
-                    "Use --format pickle"
+                    f"Use {instead}"
                 )
-            check_plain_json(item, f"{where}[{key!r}]")
+            check_plain_json(item, f"{where}[{key!r}]", instead)
         return
     raise WrongType(
-        f"{where} holds a {kind.__name__}, which JSON can't represent faithfully; "
-        "use --format pickle"
+        f"{where} holds a {kind.__name__}, which JSON can't represent faithfully; use {instead}"
     )
 
 

@@ -88,7 +88,7 @@ def run_cli(
         text=True,
         timeout=timeout,
         check=False,
-        env=dict(os.environ, PYTHONPATH=REPO_ROOT, **(env or {})),
+        env={**os.environ, "PYTHONPATH": REPO_ROOT, **(env or {})},
     )
 
 
