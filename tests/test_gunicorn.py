@@ -313,3 +313,33 @@ def test_a_preload_app_that_starts_the_server_makes_it_gunicorns(
 def _ignore_errors(call: Any, *args: Any) -> None:
     with contextlib.suppress(OSError, http.client.HTTPException):
         call(*args)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_no_server_outlives_a_gunicorn_stopped_under_load(
+    gunicorn: StartGunicorn, workdir: str, worker_class: str
+) -> None:
+    # Workers serve requests until the master stops them; none may start a new server
+    # after the master's on_exit stopped the one it owns.
+    first = gunicorn("-w", "4", "-k", worker_class, "--threads", "4")
+    stopping = threading.Event()
+
+    def keep_requesting() -> None:
+        while not stopping.is_set():
+            _ignore_errors(first.get, "/count", "GET", 5)
+
+    load = [threading.Thread(target=keep_requesting) for _ in range(8)]
+    for thread in load:
+        thread.start()
+    try:
+        wait_until(lambda: fresh_state().get("hits", 0) >= 50)
+        assert first.stop() == 0
+    finally:
+        stopping.set()
+        for thread in load:
+            thread.join(30)
+    wait_until(lambda: server_pids(workdir) == [])
+    time.sleep(1.0)  # a worker that outlived the master would have started one by now
+    assert server_pids(workdir) == [], first.log()
+    assert not os.path.exists(os.path.join(workdir, "run", "state.sock"))
