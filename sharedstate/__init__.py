@@ -36,6 +36,7 @@ from .errors import KeyNotFound as KeyNotFound
 from .errors import LeaseExpired as LeaseExpired
 from .errors import LockError as LockError
 from .errors import LockLost as LockLost
+from .errors import MemoryLimitReached as MemoryLimitReached
 from .errors import PersistenceError as PersistenceError
 from .errors import ServerError as ServerError
 from .errors import ServerNotRunning as ServerNotRunning

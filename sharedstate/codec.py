@@ -12,13 +12,14 @@ tuples of them): they are compared and hashed inside the server, where a custom
 
 from __future__ import annotations
 
+import math
 import pickle
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidKey, ValueNotLoadable, ValueNotPicklable
+from .errors import InvalidArgument, InvalidKey, ValueNotLoadable, ValueNotPicklable
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -38,6 +39,8 @@ class Contents:
     seq: int = 0
     data: dict[Any, bytes] = field(default_factory=dict)
     namespace: dict[str, bytes] = field(default_factory=dict)
+    # When keys of ``data`` expire: wall-clock times (time.time()); the others don't.
+    expires: dict[Any, float] = field(default_factory=dict)
 
 
 # Where a value is going or coming from, for error messages: a description, the key path
@@ -92,6 +95,22 @@ def decode(data: bytes, where: Where, hint: str = _CLIENT_HINT, what: str = "the
         raise ValueNotLoadable(
             f"{what} {place} can't be unpickled ({error!r}); {hint}", where=place
         ) from error
+
+
+def check_ttl(ttl: Any, what: str = "ttl") -> float:
+    """``ttl`` as seconds, or :class:`InvalidArgument` unless it is a positive, finite
+    int or float (no expiry is ``ttl=None``, checked by the caller)."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise InvalidArgument(
+            f"{what} must be a number of seconds (int or float), not {type(ttl).__name__} "
+            f"{ttl!r}; pass None for no expiry"
+        )
+    if not 0 < ttl < math.inf:
+        raise InvalidArgument(
+            f"{what} must be more than 0 seconds and finite, not {ttl!r}; pass None for no "
+            "expiry, or delete the key"
+        )
+    return float(ttl)
 
 
 def check_key(key: Any, where: Where = "state") -> None:

@@ -171,6 +171,11 @@ class ValueTooLarge(SharedStateError, ValueError):
     """A value pickles to more bytes than ``max_value_bytes``; it was not sent."""
 
 
+class MemoryLimitReached(SharedStateError, MemoryError):
+    """A write would take the server past ``SHAREDSTATE_MAX_MEMORY`` and the eviction
+    policy can't make room; nothing was written."""
+
+
 class ValueNotFound(SharedStateError, ValueError):
     """``remove(x)`` on a nested list that does not contain ``x``."""
 

@@ -93,10 +93,11 @@ def test_a_missing_key_or_an_unloadable_value_is_a_clear_error() -> None:
     assert keyspace.encoded("junk") == b"not a pickle", "left as it was"
 
 
-def test_an_entry_has_room_for_expiry_and_access_data_and_nothing_else() -> None:
+def test_an_entry_holds_its_value_pickle_and_size_and_nothing_else() -> None:
     entry = Entry([1])
-    assert (entry.value, entry.encoded, entry.expires_at, entry.access) == ([1], None, None, 0)
+    assert (entry.value, entry.encoded, entry.size) == ([1], None, 0)
     assert entry.pickled() == p([1])
+    assert Entry([1], p([1])).size == len(p([1]))
     with pytest.raises(AttributeError):
         entry.other = 1  # type: ignore[attr-defined]
 

@@ -140,18 +140,18 @@ def test_a_record_whose_fields_do_not_fit_its_kind_stops_recovery_naming_file_an
     assert store.export().data == {"a": p(1)}, "salvage keeps what precedes it"
 
 
-def test_the_journal_writes_format_2_and_refuses_a_version_it_does_not_know(
+def test_the_journal_writes_format_3_and_refuses_a_version_it_does_not_know(
     workdir: str,
 ) -> None:
     snapshot = os.path.join(workdir, "state.snap")
     Journal(snapshot, "always", first_seq=1).close()
     [segment] = list_segments(snapshot)
     with open(segment, "rb") as file:
-        assert file.read() == preamble(journal_format.MAGIC, 2)
+        assert file.read() == preamble(journal_format.MAGIC, 3)
     newer = os.path.join(workdir, "newer.snap.journal.000000000001")
     with open(newer, "wb") as file:
-        file.write(preamble(journal_format.MAGIC, 3) + frame(records.dump(1, "clear", ())))
-    with pytest.raises(CorruptFile, match="journal format version 3; this sharedstate reads"):
+        file.write(preamble(journal_format.MAGIC, 4) + frame(records.dump(1, "clear", ())))
+    with pytest.raises(CorruptFile, match="journal format version 4; this sharedstate reads"):
         read_segment(newer)
 
 

@@ -11,7 +11,8 @@ The store emits a record per write (:meth:`sharedstate.server.store.Store._recor
 replays one through its table of kinds (:data:`sharedstate.server.store.APPLY`): the
 method signatures of the store are not part of the format.
 
-Format version 2, the one written::
+Format version 3, the one written (version 2 without the ``*_expiring``, ``expire_at``
+and ``persist`` kinds)::
 
     kind         fields                          what replaying it does
     set          (key, value)                    state[key] = the pickled value
@@ -24,6 +25,19 @@ Format version 2, the one written::
     restore      (pairs, attributes, replace)    load a dump; replace: empty both first
     ns_set       (name, value)                   set a namespace attribute
     ns_delete    (name,)                         remove a namespace attribute
+    set_expiring (key, value, expires_at)        set, expiring at a wall-clock time
+    update_expiring (pairs, expires_at)          update, every key expiring then
+    incr_expiring (key, amount, expires_at)      incr; a key it creates expires then
+    expire_at    (key, expires_at)               make a stored key expire then
+    persist      (key,)                          make a stored key never expire
+    restore_expiring (pairs, attributes, replace, expires)
+                                                 restore, then set each (key, time)
+
+A key whose time has passed is removed by a ``delete`` or ``delete_many`` record, written
+when the server removed it (on a write that needed to, by the background reaper, or to
+make room under the memory bound): replaying lets no time pass, so the journal alone
+says what expired before each write. Keys whose time passed while the server was down
+are hidden from the moment it starts.
 
 ``space`` is ``"data"`` or ``"namespace"``; ``path`` a tuple, the key of the value
 first, then the steps into it; ``method`` a method of :mod:`sharedstate.server.nested`;
@@ -53,6 +67,7 @@ How a format change stays readable:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +76,8 @@ from ..codec import DATA, NAMESPACE, is_plain_key
 from ..errors import CorruptFile
 from .frames import dump_plain, load_plain
 
-VERSION = 2  # written; the version in the journal's preamble
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # written; the version in the journal's preamble
+READABLE_VERSIONS = (1, 2, 3)
 
 SET = "set"
 DELETE = "delete"
@@ -74,6 +89,12 @@ CLEAR = "clear"
 RESTORE = "restore"
 NS_SET = "ns_set"
 NS_DELETE = "ns_delete"
+SET_EXPIRING = "set_expiring"
+UPDATE_EXPIRING = "update_expiring"
+INCR_EXPIRING = "incr_expiring"
+EXPIRE_AT = "expire_at"
+PERSIST = "persist"
+RESTORE_EXPIRING = "restore_expiring"
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,12 @@ KINDS = _table(
     Kind(RESTORE, ("pairs", "attributes", "replace")),
     Kind(NS_SET, ("name", "value")),
     Kind(NS_DELETE, ("name",)),
+    Kind(SET_EXPIRING, ("key", "value", "expires_at")),
+    Kind(UPDATE_EXPIRING, ("pairs", "expires_at")),
+    Kind(INCR_EXPIRING, ("key", "amount", "expires_at")),
+    Kind(EXPIRE_AT, ("key", "expires_at")),
+    Kind(PERSIST, ("key",)),
+    Kind(RESTORE_EXPIRING, ("pairs", "attributes", "replace", "expires")),
 )
 
 # Version 1 named store methods; the kind each one's arguments are the fields of.
@@ -186,6 +213,17 @@ def _is_pairs(value: Any) -> bool:
     )
 
 
+def _is_time(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _is_deadlines(value: Any) -> bool:
+    return _is_sequence(value) and all(
+        _is_sequence(pair) and len(pair) == 2 and _is_key(pair[0]) and _is_time(pair[1])
+        for pair in value
+    )
+
+
 def _is_attributes(value: Any) -> bool:
     return _is_pairs(value) and all(type(name) is str for name, _ in value)
 
@@ -203,4 +241,6 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "attributes": _is_attributes,
     "replace": lambda value: type(value) is bool,
     "name": lambda value: type(value) is str,
+    "expires_at": _is_time,
+    "expires": _is_deadlines,
 }

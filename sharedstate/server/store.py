@@ -20,27 +20,43 @@ calls, and :data:`APPLY` says how each kind is replayed.
 from __future__ import annotations
 
 import functools
+import math
 import pickle
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-from ..codec import DATA, NAMESPACE, PROTOCOL, Contents, decode, place
-from ..errors import KeyNotFound, ServerStopping, SharedStateError, ValueNotLoadable
+from ..codec import DATA, NAMESPACE, PROTOCOL, Contents, check_ttl, decode, place
+from ..errors import (
+    Conflict,
+    KeyNotFound,
+    MemoryLimitReached,
+    ServerStopping,
+    SharedStateError,
+    ValueNotLoadable,
+)
 from ..persistence.records import (
     CLEAR,
     DELETE,
     DELETE_MANY,
+    EXPIRE_AT,
     INCR,
+    INCR_EXPIRING,
     NESTED,
     NS_DELETE,
     NS_SET,
+    PERSIST,
     RESTORE,
+    RESTORE_EXPIRING,
     SET,
+    SET_EXPIRING,
     UPDATE,
+    UPDATE_EXPIRING,
 )
 from ..protocol import OPERATIONS
-from .entries import SERVER_HINT, Keyspace
+from .entries import DEADLINE_OVERHEAD, SERVER_HINT, Keyspace
+from .eviction import ALLKEYS_LRU, NOEVICTION, VOLATILE_LRU, VOLATILE_TTL, Recency
 from .nested import apply_method, check_method, check_nesting, check_number, unpack_call, walk
 from .reservations import Caller, LocalCaller, Reservations
 
@@ -57,12 +73,17 @@ REPLAY = LocalCaller(0)
 
 
 class Store:
-    """All shared data of one server. Thread-safe: one condition guards everything."""
+    """All shared data of one server. Thread-safe: one condition guards everything.
+
+    With ``max_memory`` (bytes), a write that would take the data past it first makes
+    room as ``eviction`` says (:mod:`sharedstate.server.eviction`), or is refused with
+    :class:`MemoryLimitReached`.
+    """
 
     #: The methods a client may call over the wire.
     EXPOSED = frozenset(OPERATIONS)
 
-    def __init__(self) -> None:
+    def __init__(self, max_memory: int | None = None, eviction: str = NOEVICTION) -> None:
         self._data = Keyspace(DATA)
         self._namespace = Keyspace(NAMESPACE)
         self._spaces = {DATA: self._data, NAMESPACE: self._namespace}
@@ -71,25 +92,45 @@ class Store:
         self.seq = 0  # the number of the last write
         self.journal: Recorder | None = None
         self._frozen = False
+        self.max_memory = max_memory
+        self.eviction = eviction
+        if eviction in (ALLKEYS_LRU, VOLATILE_LRU):
+            self._data.recency = Recency()
+            self._data.recency_of_all = eviction == ALLKEYS_LRU
+        # The deadline a key had when its edit began: the write-back keeps it.
+        self._edit_deadlines: dict[Any, float] = {}
+        self.hits = self.misses = self.expired = self.evicted = 0
+        self._largest_size = 0  # the most keys seen by remove_expired, to know to compact
 
     # -- reads ---------------------------------------------------------------------
 
     def lookup(self, caller: Caller, key: Any) -> bytes | None:
         """The pickled value of ``key``, or ``None`` when it is missing."""
         with self._cond:
-            return self._data.encoded(key)
+            data = self._data.encoded(key)
+            if data is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return data
 
     def get_many(self, caller: Caller, keys: list[Any]) -> list[bytes | None]:
         """The pickled values of ``keys`` (``None`` where missing), at one moment."""
         with self._cond:
             encoded = self._data.encoded
-            return [encoded(key) for key in keys]
+            found = [encoded(key) for key in keys]
+            misses = found.count(None)
+            self.misses += misses
+            self.hits += len(found) - misses
+            return found
 
     def contains(self, caller: Caller, key: Any) -> bool:
-        return key in self._data
+        with self._cond:
+            return key in self._data
 
     def length(self, caller: Caller) -> int:
-        return len(self._data)
+        with self._cond:
+            return len(self._data)
 
     def keys(self, caller: Caller) -> list[Any]:
         with self._cond:
@@ -107,20 +148,46 @@ class Store:
         with self._cond:
             return self._data.encoded_dict()
 
+    def ttl(self, caller: Caller, key: Any) -> float | None:
+        """Seconds until ``key`` expires; None if it doesn't. Raises :class:`KeyNotFound`."""
+        with self._cond:
+            if key not in self._data:
+                raise KeyNotFound(key)
+            deadline = self._data.deadline(key)
+            return None if deadline is None else max(0.0, deadline - time.time())
+
     # -- writes --------------------------------------------------------------------
 
-    def set(self, caller: Caller, key: Any, data: bytes) -> None:
+    def set(self, caller: Caller, key: Any, data: bytes, ttl: float | None = None) -> None:
+        self._set(caller, key, data, _deadline(ttl))
+
+    def _set(self, caller: Caller, key: Any, data: bytes, expires_at: float | None) -> None:
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
-            self._record(SET, key, data)
-            self._data.put(key, data)
+            self._make_room(self._data.growth(key, data, expires_at))
+            self._record_set(key, data, expires_at)
+            self._data.put(key, data, expires_at)
+
+    def add(self, caller: Caller, key: Any, data: bytes, ttl: float | None = None) -> bool:
+        """Set ``key`` only if it is missing (or expired); say whether it did."""
+        expires_at = _deadline(ttl)
+        with self._cond:
+            self._reservations.wait_until_not_edited(caller, key)
+            if key in self._data:
+                return False
+            self._make_room(self._data.growth(key, data, expires_at))
+            self._record_set(key, data, expires_at)  # what it did: replay needs no check
+            self._data.put(key, data, expires_at)
+            return True
 
     def delete(self, caller: Caller, key: Any) -> bool:
-        """Remove ``key``; False if it was not there."""
+        """Remove ``key``; False if it was not there (or had expired)."""
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
+            present = key in self._data
             self._record(DELETE, key)
-            return self._data.discard(key)
+            self._data.discard(key)
+            return present
 
     def setdefault(self, caller: Caller, key: Any, data: bytes) -> bytes:
         with self._cond:
@@ -128,6 +195,7 @@ class Store:
             found = self._data.encoded(key)
             if found is not None:
                 return found
+            self._make_room(self._data.growth(key, data))
             self._record(SET, key, data)  # what it did: replay needs no check
             self._data.put(key, data)
             return data
@@ -140,12 +208,24 @@ class Store:
             self._record(DELETE, key)  # what it did: replay needs no check
             return self._data.pop(key)
 
-    def update(self, caller: Caller, pairs: list[tuple[Any, bytes]]) -> None:
+    def update(
+        self, caller: Caller, pairs: list[tuple[Any, bytes]], ttl: float | None = None
+    ) -> None:
+        self._update(caller, pairs, _deadline(ttl))
+
+    def _update(
+        self, caller: Caller, pairs: list[tuple[Any, bytes]], expires_at: float | None
+    ) -> None:
         with self._cond:
             for key, _ in pairs:
                 self._reservations.wait_until_not_edited(caller, key)
-            self._record(UPDATE, pairs)
-            self._data.put_many(pairs)
+            growth = self._data.growth
+            self._make_room(sum(growth(key, data, expires_at) for key, data in pairs))
+            if expires_at is None:
+                self._record(UPDATE, pairs)
+            else:
+                self._record(UPDATE_EXPIRING, pairs, expires_at)
+            self._data.put_many(pairs, expires_at)
 
     def delete_many(self, caller: Caller, keys: list[Any]) -> int:
         """Remove ``keys``; return how many were there."""
@@ -166,21 +246,70 @@ class Store:
             self._record(CLEAR)
             self._data.clear()
 
-    def incr(self, caller: Caller, key: Any, amount: int | float) -> int | float:
-        """Add ``amount`` to the number at ``key`` (missing counts as 0); return the sum."""
+    def incr(
+        self, caller: Caller, key: Any, amount: int | float, ttl: float | None = None
+    ) -> int | float:
+        """Add ``amount`` to the number at ``key`` (missing counts as 0); return the sum.
+
+        A key it creates expires after ``ttl`` seconds (a fixed-window counter); an
+        existing key keeps its expiry.
+        """
+        return self._incr(caller, key, amount, _deadline(ttl))
+
+    def _incr(
+        self, caller: Caller, key: Any, amount: int | float, expires_at: float | None
+    ) -> int | float:
         check_number(amount, "the amount to add")
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
             if key not in self._data:
-                self._record(INCR, key, amount)
-                self._data.put_object(key, amount)
+                data = pickle.dumps(amount, protocol=PROTOCOL)
+                self._make_room(self._data.growth(key, data, expires_at))
+                if self._data.hidden(key):
+                    # Replay keeps the expired value: record the new one, not the sum.
+                    self._record_set(key, data, expires_at)
+                elif expires_at is None:
+                    self._record(INCR, key, amount)
+                else:
+                    self._record(INCR_EXPIRING, key, amount, expires_at)
+                self._data.put_object(key, amount, expires_at)
                 return amount
             entry = self._data.live(key)
             check_number(entry.value, (key,))
             self._record(INCR, key, amount)
+            self._data.changed(key, entry)
             entry.value += amount
-            entry.changed()
             return entry.value  # type: ignore[no-any-return]
+
+    def expire(self, caller: Caller, key: Any, ttl: float) -> bool:
+        """Make ``key`` expire ``ttl`` seconds from now; False if it is missing.
+
+        A ``ttl`` of 0 or less removes the key now, as Redis's EXPIRE does.
+        """
+        if not isinstance(ttl, bool) and isinstance(ttl, (int, float)) and ttl <= 0:
+            return self.delete(caller, key)
+        return self._expire_at(caller, key, _deadline(check_ttl(ttl)))
+
+    def _expire_at(self, caller: Caller, key: Any, expires_at: float | None) -> bool:
+        with self._cond:
+            self._reservations.wait_until_not_edited(caller, key)
+            if key not in self._data:
+                return False
+            if expires_at is None:
+                self._record(PERSIST, key)
+            else:
+                if self._data.deadline(key) is None:
+                    self._make_room(DEADLINE_OVERHEAD)
+                self._record(EXPIRE_AT, key, expires_at)
+            self._data.set_deadline(key, expires_at)
+            return True
+
+    def persist(self, caller: Caller, key: Any) -> bool:
+        """Make ``key`` never expire; False if it is missing or had no expiry."""
+        with self._cond:
+            if self._data.deadline(key) is None:
+                return False
+            return self._expire_at(caller, key, None)
 
     def nested(
         self, caller: Caller, space: str, path: tuple[Any, ...], method: str, call_data: bytes
@@ -191,21 +320,23 @@ class Store:
         expectations)`` when the write names list positions: what the client read there,
         checked on the way down (:func:`sharedstate.server.nested.walk`) before anything is
         recorded. ``method`` must be one of the methods :mod:`sharedstate.server.nested` allows
-        for the container.
+        for the container. The value keeps its expiry.
         """
         where = functools.partial(place, space, path)  # formatted only if needed
         what = f"the value passed to {method}() on"
         call = decode(call_data, where, SERVER_HINT, what)
         args, kwargs, expectations = unpack_call(call, lambda: f"{where()}.{method}()")
+        keyspace = self._spaces[space]
         with self._cond:
             if space == DATA:
                 self._reservations.wait_until_not_edited(caller, path[0])
-            entry = self._spaces[space].live(path[0])
+            entry = keyspace.live(path[0])
             container = walk(entry.value, space, path, expectations)
             check_method(container, method, where)
             check_nesting(path, args, kwargs, where)
+            self._make_room(len(call_data))  # what it adds, about
             self._record(NESTED, space, path, method, call_data)
-            entry.changed()
+            keyspace.changed(path[0], entry)
             result = apply_method(container, method, args, kwargs, where)
             return pickle.dumps(result, protocol=PROTOCOL)
 
@@ -217,6 +348,7 @@ class Store:
 
     def ns_set(self, caller: Caller, name: str, data: bytes) -> None:
         with self._cond:
+            self._make_room(self._namespace.growth(name, data))
             self._record(NS_SET, name, data)
             self._namespace.put(name, data)
 
@@ -268,28 +400,53 @@ class Store:
             if found is None and default is None:
                 raise KeyNotFound(key)
             self._reservations.start_edit(caller, key)
+            self._edit_deadlines.pop(key, None)
+            deadline = self._data.deadline(key) if found is not None else None
+            if deadline is not None:
+                self._edit_deadlines[key] = deadline
             return default if found is None else found  # type: ignore[return-value]
 
     def edit_commit(self, caller: Caller, key: Any, data: bytes) -> None:
-        """Write the edited value and end the edit (it ends even if the write is refused)."""
+        """Write the edited value and end the edit (it ends even if the write is refused).
+
+        The value keeps the expiry the key had when the edit began; if that time has
+        passed meanwhile, nothing is written and :class:`Conflict` says so.
+        """
         with self._cond:
             self._reservations.check_editing(caller, key)
             try:
-                self._record(SET, key, data)
-                self._data.put(key, data)
+                deadline = self._edit_deadlines.pop(key, None)
+                if deadline is not None and deadline <= time.time():
+                    raise Conflict(
+                        f"state[{key!r}] expired while it was being edited, so the edit was "
+                        "not written; give the key a longer ttl, or edit it again"
+                    )
+                self._make_room(self._data.growth(key, data, deadline))
+                self._record_set(key, data, deadline)
+                self._data.put(key, data, deadline)
             finally:
                 self._reservations.end_edit(caller, key)
 
     def edit_abort(self, caller: Caller, key: Any) -> None:
         with self._cond:
+            self._edit_deadlines.pop(key, None)
             self._reservations.end_edit(caller, key)
 
     # -- whole-state operations: dump, restore, snapshots, recovery ----------------------
 
-    def export_all(self, caller: Caller) -> tuple[list[tuple[Any, bytes]], list[tuple[str, bytes]]]:
-        """Every key and namespace attribute with its pickled value, at one moment."""
+    def export_all(
+        self, caller: Caller, with_expires: bool = False
+    ) -> (
+        tuple[list[tuple[Any, bytes]], list[tuple[str, bytes]]]
+        | tuple[list[tuple[Any, bytes]], list[tuple[str, bytes]], list[tuple[Any, float]]]
+    ):
+        """Every key and namespace attribute with its pickled value, at one moment, and
+        (``with_expires``) when the expiring keys expire."""
         contents = self.export()
-        return list(contents.data.items()), list(contents.namespace.items())
+        pairs, attributes = list(contents.data.items()), list(contents.namespace.items())
+        if with_expires:
+            return pairs, attributes, list(contents.expires.items())
+        return pairs, attributes
 
     def restore(
         self,
@@ -297,20 +454,37 @@ class Store:
         pairs: list[tuple[Any, bytes]],
         attributes: list[tuple[str, bytes]],
         replace: bool,
+        expires: list[tuple[Any, float]] | None = None,
     ) -> None:
-        """Load a dump: replace everything with it, or merge it into what is there."""
+        """Load a dump: replace everything with it, or merge it into what is there.
+
+        ``expires`` gives the keys that expire (wall-clock times); a key whose time has
+        passed is loaded hidden, as if it had expired in the server.
+        """
         with self._cond:
             self._reservations.wait_until_no_edits_but(caller)
             replace = bool(replace)  # the record's field is a bool
-            self._record(RESTORE, pairs, attributes, replace)
+            deadlines = dict(expires or ())
+            growth = sum(
+                self._data.growth(key, data, deadlines.get(key)) for key, data in pairs
+            ) + sum(self._namespace.growth(name, data) for name, data in attributes)
+            if replace:
+                growth -= self._data.measure() + self._namespace.measure()
+            self._make_room(growth)
+            if expires:
+                self._record(RESTORE_EXPIRING, pairs, attributes, replace, list(expires))
+            else:
+                self._record(RESTORE, pairs, attributes, replace)
             if replace:
                 self._data.clear()
                 self._namespace.clear()
-            self._data.put_many(pairs)
+            for key, data in pairs:
+                self._data.put(key, data, deadlines.get(key))
             self._namespace.put_many(attributes)
 
     def export(self, while_locked: Callable[[], None] | None = None) -> Contents:
-        """A consistent copy of the whole state, taken under the lock.
+        """A consistent copy of the whole state, taken under the lock (expired keys left
+        out).
 
         The lock is held only for a shallow copy (the values are immutable bytes) plus
         pickling the few values held live; ``while_locked`` runs at that same moment
@@ -319,14 +493,15 @@ class Store:
         with self._cond:
             data = self._data.encoded_dict()
             namespace = self._namespace.encoded_dict()
+            expires = self._data.expiring()
             if while_locked is not None:
                 while_locked()
-            return Contents(self.seq, data, namespace)
+            return Contents(self.seq, data, namespace, expires)
 
     def load(self, contents: Contents) -> None:
         """Replace the whole state (at start-up, before any client connects)."""
         with self._cond:
-            self._data.load(contents.data)
+            self._data.load(contents.data, contents.expires)
             self._namespace.load(contents.namespace)
             self.seq = contents.seq
 
@@ -334,18 +509,24 @@ class Store:
         """Repeat journal record ``seq``, of ``kind`` with ``fields`` (checked beforehand
         with :func:`sharedstate.persistence.records.problem`).
 
-        Writes that failed when made fail again, harmlessly; a value that can't be loaded
-        here (an import missing) stops recovery.
+        No time passes while a record is replayed: what expired before it, the journal
+        says with delete records. Writes that failed when made fail again, harmlessly;
+        a value that can't be loaded here (an import missing) stops recovery.
         """
         apply = APPLY.get(kind)
         if apply is None:
             raise ValueError(f"journal record {seq} is of an unknown kind {kind!r}")
+        self._data.stop_clock()
+        limit, self.max_memory = self.max_memory, None  # what was written fitted then
         try:
             apply(self, *fields)
         except ValueNotLoadable:
             raise
         except SharedStateError:
             pass
+        finally:
+            self._data.start_clock()
+            self.max_memory = limit
         self.seq = seq
 
     def freeze(self) -> None:
@@ -374,7 +555,30 @@ class Store:
                 "lock_holder": self._reservations.lock_owner,
                 "open_edits": len(self._reservations.editors),
                 "seq": self.seq,
+                "expiring_keys": len(self._data.expiring()),
+                "expired": self.expired,
+                "evicted": self.evicted,
+                "hits": self.hits,
+                "misses": self.misses,
+                "memory_used": self._data.measure() + self._namespace.measure(),
+                "max_memory": self.max_memory,
+                "eviction": self.eviction,
             }
+
+    def remove_expired(self, limit: int = 500) -> int:
+        """Remove up to ``limit`` keys whose time has passed, soonest first, in one
+        journaled write; return how many (the background reaper calls this)."""
+        with self._cond:
+            taken = self._data.take_passed(limit)
+            if taken:
+                self._remove_taken(taken)
+                self.expired += len(taken)
+            size = len(self._data)
+            self._largest_size = max(self._largest_size, size)
+            if not taken and self._largest_size > _COMPACT_FROM and size < self._largest_size // 4:
+                self._data.compact()  # the dicts shrink only when copied
+                self._largest_size = size
+            return len(taken)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -387,6 +591,105 @@ class Store:
         if self.journal is not None:
             self.journal.append(seq, kind, fields)
         self.seq = seq
+
+    def _record_set(self, key: Any, data: bytes, expires_at: float | None) -> None:
+        if expires_at is None:
+            self._record(SET, key, data)
+        else:
+            self._record(SET_EXPIRING, key, data, expires_at)
+
+    def _remove_taken(self, taken: list[tuple[Any, float]]) -> None:
+        """Remove the keys :meth:`Keyspace.take_passed` gave, in one journaled write; if
+        the journal refuses it, give them their deadlines back (they stay hidden)."""
+        keys = [key for key, _ in taken]
+        try:
+            self._record(DELETE_MANY, keys)
+        except BaseException:
+            for key, deadline in taken:
+                self._data.set_deadline(key, deadline)
+            raise
+        for key in keys:
+            self._data.discard(key)
+
+    def _make_room(self, growth: int) -> None:
+        """Before a write that adds ``growth`` bytes: evict keys as the policy says until
+        it fits under ``max_memory``, or raise :class:`MemoryLimitReached`."""
+        if self.max_memory is None or growth <= 0:
+            return
+        used = self._data.measure() + self._namespace.measure()
+        if used + growth <= self.max_memory:
+            return
+        taken = self._data.take_passed(_EVICTION_BATCH)  # expired keys go first
+        while taken:
+            self._remove_taken(taken)
+            self.expired += len(taken)
+            used = self._data.used + self._namespace.used
+            if used + growth <= self.max_memory:
+                return
+            taken = self._data.take_passed(_EVICTION_BATCH)
+        victims: list[tuple[Any, float | None]] = []  # with the deadlines taken from them
+        while used + growth > self.max_memory:
+            found, key, deadline = self._victim()
+            if not found:
+                break
+            victims.append((key, deadline))
+            used -= self._data.size_of(key) + (DEADLINE_OVERHEAD if deadline is not None else 0)
+        try:
+            if used + growth > self.max_memory:
+                raise MemoryLimitReached(self._full_message(used, growth))
+            if victims:
+                self._record(DELETE_MANY, [key for key, _ in victims])
+        except BaseException:
+            self._give_back(victims)
+            raise
+        for key, _ in victims:
+            self._data.discard(key)
+        self.evicted += len(victims)
+
+    def _victim(self) -> tuple[bool, Any, float | None]:
+        """The next key the eviction policy removes, taken from the policy's order:
+        ``(True, key, the deadline taken from it)``, or ``(False, None, None)``."""
+        if self.eviction == VOLATILE_TTL:
+            taken = self._data.take_passed(1, now=math.inf)  # the soonest deadline
+            return (True, *taken[0]) if taken else (False, None, None)
+        if self._data.recency is not None:
+            found, key = self._data.recency.pop_least_recent()
+            return found, key, None
+        return False, None, None
+
+    def _give_back(self, victims: list[tuple[Any, float | None]]) -> None:
+        """Undo :meth:`_victim` for keys that stay after all."""
+        for key, deadline in reversed(victims):
+            if deadline is not None:
+                self._data.set_deadline(key, deadline)
+            elif self._data.recency is not None:
+                self._data.recency.put_back(key)
+
+    def _full_message(self, used: int, growth: int) -> str:
+        limit = self.max_memory or 0
+        if self.eviction == NOEVICTION:
+            advice = (
+                "delete keys, give keys a ttl, raise SHAREDSTATE_MAX_MEMORY, or set "
+                "SHAREDSTATE_EVICTION (allkeys-lru, volatile-lru, volatile-ttl) to make room"
+            )
+        else:
+            advice = (
+                f"the {self.eviction} policy found nothing more to evict; raise "
+                "SHAREDSTATE_MAX_MEMORY, or choose a policy that can evict these keys"
+            )
+        return (
+            f"the write was refused: it needs {growth:,} more bytes and the server uses "
+            f"{used:,} of its SHAREDSTATE_MAX_MEMORY={limit:,} bytes; {advice}"
+        )
+
+
+def _deadline(ttl: float | None) -> float | None:
+    """The wall-clock time ``ttl`` seconds from now (None: no expiry)."""
+    return None if ttl is None else time.time() + check_ttl(ttl)
+
+
+_EVICTION_BATCH = 100
+_COMPACT_FROM = 50_000  # keys: below this, a dict's unused slots are not worth a copy
 
 
 # How a journal record of each kind is applied on replay: by the store operation that
@@ -408,4 +711,14 @@ APPLY: dict[str, Callable[..., object]] = {
     ),
     NS_SET: lambda store, name, value: store.ns_set(REPLAY, name, value),
     NS_DELETE: lambda store, name: store.ns_delete(REPLAY, name),
+    SET_EXPIRING: lambda store, key, value, expires_at: store._set(REPLAY, key, value, expires_at),
+    UPDATE_EXPIRING: lambda store, pairs, expires_at: store._update(REPLAY, pairs, expires_at),
+    INCR_EXPIRING: lambda store, key, amount, expires_at: store._incr(
+        REPLAY, key, amount, expires_at
+    ),
+    EXPIRE_AT: lambda store, key, expires_at: store._expire_at(REPLAY, key, expires_at),
+    PERSIST: lambda store, key: store._expire_at(REPLAY, key, None),
+    RESTORE_EXPIRING: lambda store, pairs, attributes, replace, expires: store.restore(
+        REPLAY, pairs, attributes, replace, expires
+    ),
 }
