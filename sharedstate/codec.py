@@ -33,11 +33,16 @@ MAX_KEY_DEPTH = 100
 
 @dataclass
 class Contents:
-    """The whole state at one moment, values pickled: what snapshots and dumps hold."""
+    """The whole state at one moment, values pickled: what snapshots and dumps hold.
+
+    ``expires`` maps keys of ``data`` that expire to the wall-clock time they expire at
+    (a :func:`time.time` value); a key not in it never expires.
+    """
 
     seq: int = 0
     data: dict[Any, bytes] = field(default_factory=dict)
     namespace: dict[str, bytes] = field(default_factory=dict)
+    expires: dict[Any, float] = field(default_factory=dict)
 
 
 # Where a value is going or coming from, for error messages: a description, the key path
