@@ -34,12 +34,15 @@ MAX_KEY_DEPTH = 100
 
 @dataclass
 class Contents:
-    """The whole state at one moment, values pickled: what snapshots and dumps hold."""
+    """The whole state at one moment, values pickled: what snapshots and dumps hold.
+
+    ``expires`` maps keys of ``data`` that expire to the wall-clock time they expire at
+    (a :func:`time.time` value); a key not in it never expires.
+    """
 
     seq: int = 0
     data: dict[Any, bytes] = field(default_factory=dict)
     namespace: dict[str, bytes] = field(default_factory=dict)
-    # When keys of ``data`` expire: wall-clock times (time.time()); the others don't.
     expires: dict[Any, float] = field(default_factory=dict)
 
 

@@ -109,6 +109,24 @@ PIECES_STATE = (
     {"huge": list(range(200)), "mode": "m"},
 )
 
+EXPIRING_STATE = (
+    7,
+    {
+        "session:alice": {"user": "alice"},
+        "session:bob": {"user": "bob"},
+        ("rate", 1): 3,
+        "config": {"a": 1},
+        "stale": "old",
+    },
+    {"mode": "m"},
+)
+EXPIRING_TIMES = {
+    "session:alice": 4102444800.0,
+    "session:bob": 4102444800.25,
+    ("rate", 1): 4133980800.5,
+    "stale": 1000000000.5,  # long past: kept as written
+}
+
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_snapshot_of_format_1_loads_to_its_exact_state(version: int) -> None:
@@ -176,6 +194,16 @@ def test_a_snapshot_of_format_2_with_values_in_pieces_loads_to_its_exact_state()
     assert state(contents) == PIECES_STATE
 
 
+def test_a_snapshot_of_format_3_with_expiry_times_loads_to_its_exact_state() -> None:
+    snapshot = os.path.join(REFERENCE, "expiring-snapshot3.snap")
+    assert format_version(snapshot, snapshot_format.MAGIC) == 3
+    contents, damage = read_snapshot(snapshot)
+    assert damage is None
+    assert state(contents) == EXPIRING_STATE
+    assert contents.expires == EXPIRING_TIMES
+    assert all(type(when) is float for when in contents.expires.values())
+
+
 def test_every_format_version_today_reads_has_a_reference_file() -> None:
     for version in journal_format.READABLE_VERSIONS:
         assert all(map(os.path.exists, writes(version))), f"journal format {version}"
@@ -199,3 +227,5 @@ def test_the_script_that_wrote_the_reference_files_still_writes_the_same_states(
     recover(store := Store(), snapshot)
     assert state(store.export()) == FINAL_STATE
     assert state(read_snapshot(os.path.join(out, "pieces-snapshot2.snap"))[0]) == PIECES_STATE
+    expiring, _ = read_snapshot(os.path.join(out, "expiring-snapshot3.snap"))
+    assert (state(expiring), expiring.expires) == (EXPIRING_STATE, EXPIRING_TIMES)

@@ -3,11 +3,15 @@
 Two formats:
 
 - ``pickle``: the snapshot format (:mod:`sharedstate.persistence.snapshot`), checksummed, holding
-  every value exactly as stored, whatever its type. A dump can also serve as a
-  ``--snapshot`` file.
-- ``json``: ``{"data": {...}, "namespace": {...}}`` for plain data only: str keys;
-  dicts, lists, str, int, finite floats, bools and None. Anything else is refused,
-  naming the key, rather than written as something that would load differently.
+  every value exactly as stored, whatever its type, and the keys' expiry times. A dump
+  can also serve as a ``--snapshot`` file.
+- ``json``: ``{"data": {...}, "namespace": {...}, "expires": {...}}`` for plain data
+  only: str keys; dicts, lists, str, int, finite floats, bools and None. Anything else
+  is refused, naming the key, rather than written as something that would load
+  differently. ``"expires"`` is written only when keys expire: ``{"key": time, ...}``,
+  the wall-clock time (seconds since the epoch, a float) each of those keys of
+  ``"data"`` expires at. Reading, it is optional; a time that is not a finite number,
+  or one for a key ``"data"`` does not hold, is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ..codec import Contents, decode, describe, encode
 from ..errors import ConfigError, CorruptFile, WrongType
 from ..permissions import check_not_writable_by_others
 from .durable import write_atomically
-from .snapshot import MAGIC, read_snapshot, snapshot_bytes
+from .snapshot import MAGIC, expiry_problem, read_snapshot, snapshot_bytes
 
 FORMATS = ("pickle", "json")
 
@@ -83,6 +87,12 @@ def _json_chunks(contents: Contents) -> list[bytes]:
             )
             check_plain_json(value, where)
             document[section][key] = value
+    if contents.expires:
+        document["expires"] = {}
+        for key, when in contents.expires.items():
+            if problem := expiry_problem(key, when, contents.data):
+                raise ValueError(f"can't write this dump: {problem}")  # a bug, not the data
+            document["expires"][key] = float(when)
     return [json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False).encode() + b"\n"]
 
 
@@ -128,18 +138,29 @@ def _read_json(path: str) -> Contents:
                 '{"data": {...}, "namespace": {...}}',
                 path=path,
             ) from None
-    if not isinstance(document, dict) or not set(document) <= {"data", "namespace"}:
+    if not isinstance(document, dict) or not set(document) <= {"data", "namespace", "expires"}:
         raise CorruptFile(
-            f'{path}: expected a JSON object with "data" and/or "namespace" objects', path=path
+            f'{path}: expected a JSON object with "data" and/or "namespace" objects '
+            '(and optionally "expires")',
+            path=path,
         )
     contents = Contents()
     for section, target in (("data", contents.data), ("namespace", contents.namespace)):
-        entries = document.get(section, {})
-        if not isinstance(entries, dict):
-            raise CorruptFile(f'{path}: "{section}" must be a JSON object', path=path)
+        entries = _section(document, section, path)
         for key, value in entries.items():
             target[key] = encode(value, describe("state", [key]))
+    for key, when in _section(document, "expires", path).items():
+        if problem := expiry_problem(key, when, contents.data):
+            raise CorruptFile(f'{path}: in "expires", {problem}', path=path)
+        contents.expires[key] = float(when)
     return contents
+
+
+def _section(document: dict[str, Any], section: str, path: str) -> dict[str, Any]:
+    entries = document.get(section, {})
+    if not isinstance(entries, dict):
+        raise CorruptFile(f'{path}: "{section}" must be a JSON object', path=path)
+    return entries
 
 
 def _what_it_looks_like(start: bytes, error: ValueError) -> str:

@@ -14,7 +14,10 @@ It writes, through the store, the journal and the snapshot writer of that versio
   are the same in every version that wrote one, so the state they make is the same);
 - ``pieces-snapshot2.snap``: a snapshot of format 2, the one with values split into
   pieces. Only values over 1 GiB are split, so the limit is lowered here to a few
-  hundred bytes (as tests/test_files.py does): the reader does not look at the limit.
+  hundred bytes (as tests/test_files.py does): the reader does not look at the limit;
+- ``expiring-snapshot3.snap`` (versions with snapshot format 3 only): a snapshot of
+  format 3, the one with keys' expiry times. The times are written as given, most far
+  in the future (the year 2100) and one long past: a file keeps whatever it holds.
 
 The expected states are written out in tests/test_reference_files.py.
 """
@@ -26,7 +29,7 @@ import pickle
 import sys
 from typing import Any
 
-from sharedstate.codec import DATA, NAMESPACE
+from sharedstate.codec import DATA, NAMESPACE, Contents
 from sharedstate.persistence import journal as journal_format
 from sharedstate.persistence import snapshot as snapshot_format
 from sharedstate.persistence.journal import Journal
@@ -90,14 +93,36 @@ def write_pieces_snapshot(path: str) -> None:
     write_snapshot(path, store.export())  # seq 5
 
 
+def write_expiring_snapshot(path: str) -> None:
+    """A snapshot of format 3: some keys of the dict with expiry times, one long past."""
+    data = {
+        "session:alice": p({"user": "alice"}),
+        "session:bob": p({"user": "bob"}),
+        ("rate", 1): p(3),
+        "config": p({"a": 1}),  # never expires
+        "stale": p("old"),
+    }
+    expires = {
+        "session:alice": 4102444800.0,  # 2100-01-01 00:00:00 UTC
+        "session:bob": 4102444800.25,
+        ("rate", 1): 4133980800.5,  # 2101-01-01 00:00:00.5 UTC
+        "stale": 1000000000.5,  # 2001-09-09: expired long ago, kept as written
+    }
+    # Contents directly: the store has no expiry operations yet.
+    write_snapshot(path, Contents(7, data, {"mode": p("m")}, expires))
+
+
 def main(directory: str) -> None:
     writes = os.path.join(directory, f"writes-journal{journal_format.VERSION}.snap")
     pieces = os.path.join(directory, "pieces-snapshot2.snap")
-    for path in (writes, pieces):
+    expiring = os.path.join(directory, "expiring-snapshot3.snap")
+    for path in (writes, pieces, expiring):
         if os.path.exists(path):
             sys.exit(f"{path} exists; write into an empty directory")
     write_every_kind_of_write(writes)
-    write_pieces_snapshot(pieces)
+    if snapshot_format.VERSION >= 3:
+        write_expiring_snapshot(expiring)
+    write_pieces_snapshot(pieces)  # last: it lowers the snapshot writer's limits
     for name in sorted(os.listdir(directory)):
         print(os.path.join(directory, name))
 
