@@ -1,4 +1,4 @@
-"""The ``sharedstate`` command: serve, stop, status, config.
+"""The ``sharedstate`` command: serve, stop, status, config, and the operator's data commands.
 
 Options that are settings come from their single definition in :mod:`sharedstate.config`,
 so every command spells them, documents them and resolves them the same way. The flags
@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import click
@@ -31,18 +31,28 @@ from . import __version__
 from .client.launcher import call_server_function, stop_server
 from .client.state import SharedState, connect_state
 from .codec import where_text
-from .config import SETTINGS, Settings, SettingSpec, load_settings, settings_table_markdown
-from .errors import ServerNotRunning, SharedStateError
+from .config import (
+    SETTINGS,
+    Settings,
+    SettingSpec,
+    Validator,
+    load_settings,
+    settings_table_markdown,
+)
+from .errors import ConfigError, KeyNotFound, ServerNotRunning, SharedStateError
 from .persistence.dumpfile import FORMATS, read_dump, write_dump
 from .show import FORMATS as GET_FORMATS
 from .show import show, show_loaded
 from .validators import (
+    EVICTION_POLICIES,
     FSYNC_POLICIES,
     LOG_LEVELS,
+    validate_eviction,
     validate_fsync,
     validate_interval,
     validate_log_level,
     validate_max_clients,
+    validate_memory_size,
     validate_path,
 )
 
@@ -82,12 +92,31 @@ def _remember_flag(ctx: click.Context, param: click.Parameter, value: Any) -> No
         ctx.ensure_object(SettingFlags).given[param.name] = value
 
 
+class _CheckedBy(click.ParamType[Any]):
+    """A flag checked by its setting's own validator, for settings click has no type for,
+    so a bad value is a usage error (exit 2) like any other bad flag. The value passes on
+    as given; config validates it again, as it does every flag."""
+
+    def __init__(self, name: str, validate: Validator) -> None:
+        self.name = name
+        self.validate = validate
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            self.validate(value)
+        except ConfigError as error:
+            self.fail(str(error), param, ctx)
+        return value
+
+
 # How the CLI checks a setting's flag (and --help shows it); config's validator still runs.
 _CLICK_TYPES: dict[Any, click.ParamType[Any]] = {
     validate_interval: click.FloatRange(0.1, 86_400),
     validate_max_clients: click.IntRange(min=1),
     validate_fsync: click.Choice(FSYNC_POLICIES, case_sensitive=False),
     validate_log_level: click.Choice(LOG_LEVELS, case_sensitive=False),
+    validate_eviction: click.Choice(EVICTION_POLICIES, case_sensitive=False),
+    validate_memory_size: _CheckedBy("size", validate_memory_size),
     validate_path: click.Path(dir_okay=False),
 }
 
@@ -237,17 +266,83 @@ def status(flags: SettingFlags, as_json: bool, timeout: float) -> None:
     if as_json:
         click.echo(json.dumps({"running": True, **info}, indent=2))
         return
-    click.echo(f"running at {info['address']}")
-    click.echo(f"pid:      {info['pid']}")
-    click.echo(f"version:  {info['version']}")
-    click.echo(f"uptime:   {_duration(info['uptime'])}")
-    click.echo(f"keys:     {info['keys']}")
-    click.echo(
-        f"clients:  {len(info['clients'])} ({info['waiting']} waiting for the lock or an edit)"
-    )
-    if info.get("memory_bytes"):
-        click.echo(f"memory:   {info['memory_bytes'] / 1e6:.1f} MB")
-    click.echo(f"persistence: {_persistence_summary(info['persistence'])}")
+    click.echo("\n".join(status_lines(info)))
+
+
+def status_lines(info: Mapping[str, Any]) -> list[str]:
+    """What ``status`` prints of the server's ``server_info()``.
+
+    The counts of expiry, eviction, memory and reads are shown when the server has them
+    (an older server has none)::
+
+        keys:     1,204 (310 with a TTL; 52 expired, 0 evicted since start)
+        memory:   12.3 MiB of 512 MiB (allkeys-lru); server process 80 MiB
+        reads:    95.1% hits (9,510 of 10,000)
+    """
+    lines = [
+        f"running at {info['address']}",
+        f"pid:      {info['pid']}",
+        f"version:  {info['version']}",
+        f"uptime:   {_duration(info['uptime'])}",
+        f"keys:     {_keys_summary(info)}",
+        f"clients:  {len(info['clients'])} ({info['waiting']} waiting for the lock or an edit)",
+    ]
+    memory = _memory_summary(info)
+    if memory:
+        lines.append(f"memory:   {memory}")
+    reads = _reads_summary(info)
+    if reads:
+        lines.append(f"reads:    {reads}")
+    lines.append(f"persistence: {_persistence_summary(info['persistence'])}")
+    return lines
+
+
+def _keys_summary(info: Mapping[str, Any]) -> str:
+    notes = []
+    if info.get("expiring_keys") is not None:
+        notes.append(f"{info['expiring_keys']:,} with a TTL")
+    since_start = [
+        f"{info[name]:,} {name}" for name in ("expired", "evicted") if info.get(name) is not None
+    ]
+    if since_start:
+        notes.append(", ".join(since_start) + " since start")
+    return f"{info['keys']:,}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _memory_summary(info: Mapping[str, Any]) -> str:
+    """The stored data's size against the bound, and the server process's (resident) size."""
+    process = info.get("memory_bytes")
+    used = info.get("memory_used")
+    if used is None:
+        return f"{_size(process)} (the server process)" if process else ""
+    bound = info.get("max_memory")
+    policy = info.get("eviction")
+    text = f"{_size(used)} of {_size(bound)}" if bound else f"{_size(used)} (no bound)"
+    if bound and policy:
+        text += f" ({policy})"
+    return text + (f"; server process {_size(process)}" if process else "")
+
+
+def _reads_summary(info: Mapping[str, Any]) -> str:
+    hits, misses = info.get("hits"), info.get("misses")
+    if hits is None or misses is None:
+        return ""
+    reads = hits + misses
+    if not reads:
+        return "none by key yet"
+    return f"{hits / reads:.1%} hits ({hits:,} of {reads:,})"
+
+
+def _size(size: int) -> str:
+    """``12.3 MiB``, ``512 MiB``, ``4 GiB``, ``900 B``: one decimal at most, none if .0."""
+    amount, unit = float(size), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if amount < 1024:
+            break
+        amount, unit = amount / 1024, bigger
+    if unit == "B":
+        return f"{size} B"
+    return f"{amount:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def _persistence_summary(persistence: dict[str, Any] | None) -> str:
@@ -304,12 +399,34 @@ def get_command(flags: SettingFlags, key: str, raw: bool, fmt: str) -> None:
         click.echo(note, err=True)
 
 
+class _Seconds(click.ParamType[float]):
+    """A time to live: a positive, finite number of seconds (``click.FloatRange`` would
+    let ``inf`` and ``nan`` through)."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not 0 < seconds < math.inf:
+            self.fail(f"{value!r} is not a positive number of seconds", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
+
+
 @cli.command("set")
 @click.argument("key")
 @click.argument("value")
 @click.option("--raw", is_flag=True, help="Store VALUE as a plain string.")
+@click.option("--ttl", type=SECONDS, help="Delete KEY after this many seconds.")
 @pass_flags
-def set_command(flags: SettingFlags, key: str, value: str, raw: bool) -> None:
+def set_command(flags: SettingFlags, key: str, value: str, raw: bool, ttl: float | None) -> None:
     """Set KEY to VALUE, read as JSON (or a plain string with --raw)."""
     if raw:
         parsed: Any = value
@@ -322,7 +439,50 @@ def set_command(flags: SettingFlags, key: str, value: str, raw: bool) -> None:
                 param_hint="VALUE",
             ) from None
     with _connected(flags.settings) as state:
-        state[key] = parsed
+        if ttl is None:
+            state[key] = parsed
+        else:
+            state.set(key, parsed, ttl=ttl)  # type: ignore[attr-defined]  # client API lands with the expiry core
+
+
+# For "expire k -5": a usage error saying why, not "no such option -5".
+@cli.command("expire", context_settings={"ignore_unknown_options": True})
+@click.argument("key")
+@click.argument("seconds", type=SECONDS)
+@pass_flags
+def expire_command(flags: SettingFlags, key: str, seconds: float) -> None:
+    """Delete KEY after SECONDS (replacing any time it had); exit 1 if there is no such key."""
+    with _connected(flags.settings) as state:
+        if not state.expire(key, seconds):  # type: ignore[attr-defined]  # client API lands with the expiry core
+            raise KeyNotFound(key)
+
+
+@cli.command("ttl")
+@click.argument("key")
+@pass_flags
+def ttl_command(flags: SettingFlags, key: str) -> None:
+    """Print the seconds KEY has left, or `none` if it doesn't expire (exit 1 if no such key)."""
+    with _connected(flags.settings) as state:
+        left = state.ttl(key)  # type: ignore[attr-defined]  # client API lands with the expiry core
+    click.echo("none" if left is None else _seconds_text(left))
+
+
+def _seconds_text(seconds: float) -> str:
+    """``59.8``, ``60``, ``0.001``: at most 3 decimals, no trailing zeros."""
+    return f"{max(seconds, 0.0):.3f}".rstrip("0").rstrip(".")
+
+
+@cli.command("persist")
+@click.argument("key")
+@pass_flags
+def persist_command(flags: SettingFlags, key: str) -> None:
+    """Make KEY never expire (exit 1 if there is no such key)."""
+    with _connected(flags.settings) as state:
+        if state.persist(key):  # type: ignore[attr-defined]  # client API lands with the expiry core
+            return
+        if key not in state:
+            raise KeyNotFound(key)
+    click.echo(f"key {key!r} had no expiry; nothing changed", err=True)
 
 
 @cli.command("del")

@@ -31,11 +31,13 @@ from .validators import (
     _either,
     validate_bool,
     validate_call_timeout,
+    validate_eviction,
     validate_fsync,
     validate_interval,
     validate_key,
     validate_log_level,
     validate_max_clients,
+    validate_memory_size,
     validate_path,
     validate_pid,
     validate_size,
@@ -243,6 +245,23 @@ class Settings:
         validate=validate_size,
         help="Largest value a worker sends, pickled (e.g. `64M`); larger ones raise "
         "ValueTooLarge before anything is sent. At most `1G`.",
+    )
+    max_memory: int | None = _setting(
+        flag="--max-memory",
+        validate=validate_memory_size,
+        help="Most memory the stored data may use (values' pickled sizes plus a per-key "
+        "overhead), e.g. 512M; unset: no bound. What happens at the bound: "
+        "SHAREDSTATE_EVICTION.",
+        default_doc="{default} (no bound)",
+    )
+    eviction: str = _setting(
+        flag="--eviction",
+        default="noeviction",
+        validate=validate_eviction,
+        help="What to do when a write would pass SHAREDSTATE_MAX_MEMORY: noeviction "
+        "refuses the write; allkeys-lru removes the least recently used keys; volatile-lru "
+        "the least recently used keys that have a TTL; volatile-ttl the keys with a TTL "
+        "that expire soonest.",
     )
     log_file: str | None = _setting(
         flag="--log-file",

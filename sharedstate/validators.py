@@ -109,22 +109,37 @@ def validate_call_timeout(value: Any) -> float | None:
     return seconds or None
 
 
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _parse_size(value: Any) -> int:
+    """Bytes written ``65536``, ``64K``, ``64M``, ``1G``, ``1.5G`` (``64MB``, ``64MiB``
+    too); 0 for what is not a size, so callers refuse it with their own range."""
+    text = str(value).strip().lower().removesuffix("b").removesuffix("i")
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _SIZE_UNITS else (text, "")
+    try:
+        return int(float(number) * _SIZE_UNITS[unit])
+    except (ValueError, OverflowError):  # OverflowError: "inf"
+        return 0
 
 
 def validate_size(value: Any) -> int:
     """A number of bytes from 1 to :data:`MAX_REQUEST_BYTES`, written ``65536``, ``64K``,
     ``64M``, ``1G`` (``64MB``, ``64MiB`` too)."""
-    text = str(value).strip().lower().removesuffix("b").removesuffix("i")
-    number, unit = (text[:-1], text[-1]) if text[-1:] in _SIZE_UNITS else (text, "")
-    try:
-        size = int(float(number) * _SIZE_UNITS[unit])
-    except ValueError:
-        size = 0
+    size = _parse_size(value)
     if not 1 <= size <= MAX_REQUEST_BYTES:
         raise ConfigError(
             f"{value!r} is not a size from 1 byte to 1 GiB; write bytes, or e.g. 64M or 1G"
         )
+    return size
+
+
+def validate_memory_size(value: Any) -> int:
+    """A positive number of bytes, in :func:`validate_size`'s syntax but with no 1 GiB cap
+    (a bound on the whole store, not on one message): ``512M``, ``4G``."""
+    size = _parse_size(value)
+    if size < 1:
+        raise ConfigError(f"{value!r} is not a positive size; write bytes, or e.g. 512M or 4G")
     return size
 
 
@@ -146,3 +161,13 @@ def validate_log_level(value: Any) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
     return level
+
+
+EVICTION_POLICIES = ("noeviction", "allkeys-lru", "volatile-lru", "volatile-ttl")
+
+
+def validate_eviction(value: Any) -> str:
+    policy = str(value).strip().lower()
+    if policy not in EVICTION_POLICIES:
+        raise ConfigError(f"{value!r} is not an eviction policy; use {_either(EVICTION_POLICIES)}")
+    return policy

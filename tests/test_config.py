@@ -201,3 +201,64 @@ def test_the_settings_table_in_the_docs_is_generated_from_the_definitions() -> N
         "the settings table in docs/configuration.md is stale; "
         "regenerate it with: sharedstate config --markdown"
     )
+
+
+def test_max_memory_and_eviction_are_unset_and_noeviction_by_default() -> None:
+    settings = load_settings(environ={})
+    assert settings.max_memory is None
+    assert settings.eviction == "noeviction"
+
+
+def test_max_memory_and_eviction_from_flag_environment_and_dotenv(
+    workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open(os.path.join(workdir, ".env"), "w") as file:
+        file.write("SHAREDSTATE_MAX_MEMORY=64M\nSHAREDSTATE_EVICTION=volatile-ttl\n")
+    settings = load_settings()
+    assert (settings.max_memory, settings.eviction) == (64 << 20, "volatile-ttl")
+    assert settings.sources["max_memory"].endswith(".env")
+
+    monkeypatch.setenv("SHAREDSTATE_MAX_MEMORY", "512M")
+    monkeypatch.setenv("SHAREDSTATE_EVICTION", "ALLKEYS-LRU")
+    settings = load_settings()
+    assert (settings.max_memory, settings.eviction) == (512 << 20, "allkeys-lru")
+    assert settings.sources["eviction"] == "SHAREDSTATE_EVICTION (environment)"
+
+    settings = load_settings({"max_memory": "1.5G", "eviction": "volatile-lru"})
+    assert (settings.max_memory, settings.eviction) == (3 << 29, "volatile-lru")
+    assert settings.sources["max_memory"] == "--max-memory"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("536870912", 512 << 20), ("512M", 512 << 20), ("512MB", 512 << 20),
+     ("512MiB", 512 << 20), ("64k", 64 << 10), ("4G", 4 << 30), ("2T", 2 << 40)],
+)  # fmt: skip
+def test_max_memory_takes_the_size_syntax_of_max_value_bytes_without_its_1g_cap(
+    text: str, size: int
+) -> None:
+    assert load_settings(environ={"SHAREDSTATE_MAX_MEMORY": text}).max_memory == size
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "-512M", "lots", "512X", "inf", "nan", "0.1"])
+def test_a_max_memory_that_is_not_a_positive_size_is_refused_with_an_example(text: str) -> None:
+    with pytest.raises(
+        ConfigError, match="is not a positive size; write bytes, or e.g. 512M"
+    ) as raised:
+        load_settings(environ={"SHAREDSTATE_MAX_MEMORY": text})
+    assert "SHAREDSTATE_MAX_MEMORY" in str(raised.value)
+
+
+@pytest.mark.parametrize("text", ["lru", "allkeys", "volatile_lru", "none"])
+def test_an_unknown_eviction_policy_is_refused_with_the_choices(text: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"SHAREDSTATE_EVICTION": text})
+    assert str(raised.value) == (
+        f"SHAREDSTATE_EVICTION (environment): {text!r} is not an eviction policy; "
+        "use noeviction, allkeys-lru, volatile-lru or volatile-ttl"
+    )
+
+
+def test_an_infinite_max_value_bytes_is_a_config_error_not_a_crash() -> None:
+    with pytest.raises(ConfigError, match="not a size from 1 byte to 1 GiB"):
+        load_settings(environ={"SHAREDSTATE_MAX_VALUE_BYTES": "inf"})
