@@ -442,7 +442,7 @@ def set_command(flags: SettingFlags, key: str, value: str, raw: bool, ttl: float
         if ttl is None:
             state[key] = parsed
         else:
-            state.set(key, parsed, ttl=ttl)  # type: ignore[attr-defined]  # client API lands with the expiry core
+            state.set(key, parsed, ttl=ttl)
 
 
 # For "expire k -5": a usage error saying why, not "no such option -5".
@@ -453,7 +453,7 @@ def set_command(flags: SettingFlags, key: str, value: str, raw: bool, ttl: float
 def expire_command(flags: SettingFlags, key: str, seconds: float) -> None:
     """Delete KEY after SECONDS (replacing any time it had); exit 1 if there is no such key."""
     with _connected(flags.settings) as state:
-        if not state.expire(key, seconds):  # type: ignore[attr-defined]  # client API lands with the expiry core
+        if not state.expire(key, seconds):
             raise KeyNotFound(key)
 
 
@@ -463,7 +463,7 @@ def expire_command(flags: SettingFlags, key: str, seconds: float) -> None:
 def ttl_command(flags: SettingFlags, key: str) -> None:
     """Print the seconds KEY has left, or `none` if it doesn't expire (exit 1 if no such key)."""
     with _connected(flags.settings) as state:
-        left = state.ttl(key)  # type: ignore[attr-defined]  # client API lands with the expiry core
+        left = state.ttl(key)
     click.echo("none" if left is None else _seconds_text(left))
 
 
@@ -478,7 +478,7 @@ def _seconds_text(seconds: float) -> str:
 def persist_command(flags: SettingFlags, key: str) -> None:
     """Make KEY never expire (exit 1 if there is no such key)."""
     with _connected(flags.settings) as state:
-        if state.persist(key):  # type: ignore[attr-defined]  # client API lands with the expiry core
+        if state.persist(key):
             return
         if key not in state:
             raise KeyNotFound(key)

@@ -109,6 +109,33 @@ PIECES_STATE = (
     {"huge": list(range(200)), "mode": "m"},
 )
 
+EXPIRING_JOURNAL = os.path.join(REFERENCE, "expiring-journal3.snap")
+
+# The journal of expiring writes (format 3), after a snapshot two writes in.
+EXPIRING_RECORDS = [
+    (3, "set_expiring", ("s", p("session"), 4102444800.5)),
+    (4, "update_expiring", ([("u1", p(1)), ("u2", p(2))], 4102444801.0)),
+    (5, "incr_expiring", ("hits", 1, 4102444802.0)),
+    (6, "expire_at", ("b", 4102444803.0)),
+    (7, "persist", ("u2",)),
+    (8, "restore_expiring", ([("r", p("r"))], [], False, [("r", 4102444804.0)])),
+    (9, "set_expiring", ("gone", p("x"), 1000000000.0)),
+    (10, "delete_many", (["gone"],)),
+]
+EXPIRING_FINAL_STATE = (
+    10,
+    {"a": 1, "b": 2, "s": "session", "u1": 1, "u2": 2, "hits": 1, "r": "r"},
+    {},
+)
+EXPIRING_FINAL_TIMES = {
+    "a": 4102444800.0,
+    "s": 4102444800.5,
+    "u1": 4102444801.0,
+    "hits": 4102444802.0,
+    "b": 4102444803.0,
+    "r": 4102444804.0,
+}
+
 EXPIRING_STATE = (
     7,
     {
@@ -128,7 +155,7 @@ EXPIRING_TIMES = {
 }
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_a_snapshot_of_format_1_loads_to_its_exact_state(version: int) -> None:
     snapshot, _ = writes(version)
     assert format_version(snapshot, snapshot_format.MAGIC) == 1
@@ -137,7 +164,7 @@ def test_a_snapshot_of_format_1_loads_to_its_exact_state(version: int) -> None:
     assert state(contents) == SNAPSHOT_STATE
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_a_journal_of_each_format_reads_as_the_same_records(version: int) -> None:
     _, segment = writes(version)
     assert format_version(segment, journal_format.MAGIC) == version
@@ -147,8 +174,27 @@ def test_a_journal_of_each_format_reads_as_the_same_records(version: int) -> Non
     assert all(records.problem(r.kind, r.fields) is None for r in found.records)
 
 
-def test_the_journal_of_format_2_holds_a_record_of_every_kind() -> None:
-    assert {kind for _, kind, _ in RECORDS} == set(records.KINDS)
+def test_the_journals_of_format_3_hold_a_record_of_every_kind() -> None:
+    kinds = {kind for _, kind, _ in RECORDS} | {kind for _, kind, _ in EXPIRING_RECORDS}
+    assert kinds == set(records.KINDS)
+
+
+def test_the_journal_of_expiring_writes_reads_as_its_records() -> None:
+    found = read_segment(segment_path(EXPIRING_JOURNAL, 3))
+    assert format_version(segment_path(EXPIRING_JOURNAL, 3), journal_format.MAGIC) == 3
+    assert (found.torn, found.damage) == (None, None)
+    assert [(r.seq, r.kind, r.fields) for r in found.records] == EXPIRING_RECORDS
+    assert all(records.problem(r.kind, r.fields) is None for r in found.records)
+
+
+def test_recovery_of_expiring_writes_gives_the_exact_state_and_expiry_times(
+    workdir: str,
+) -> None:
+    snapshot = copied((EXPIRING_JOURNAL, segment_path(EXPIRING_JOURNAL, 3)), workdir)
+    recover(store := Store(), snapshot)
+    contents = store.export()
+    assert state(contents) == EXPIRING_FINAL_STATE
+    assert contents.expires == EXPIRING_FINAL_TIMES
 
 
 def test_format_1_journals_named_methods_now_read_as_kinds() -> None:
@@ -162,7 +208,7 @@ def test_format_1_journals_named_methods_now_read_as_kinds() -> None:
     assert names[15:17] == ["setdefault", "pop"], "what format 1 wrote for records 19 and 20"
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_recovery_from_a_snapshot_and_journal_of_each_format_gives_the_exact_state(
     workdir: str, version: int
 ) -> None:

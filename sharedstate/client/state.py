@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NoReturn
 
 from ..address import Address
-from ..codec import DATA, NAMESPACE, Contents, check_key, checked_pairs, decode
+from ..codec import DATA, NAMESPACE, Contents, check_key, check_ttl, checked_pairs, decode
 from ..config import Settings, load_settings
 from ..errors import (
     AttributeNotFound,
@@ -242,9 +242,15 @@ class SharedState(MutableMapping[Any, Any]):
             if data is not None
         }
 
-    def set_many(self, mapping: Mapping[Any, Any]) -> None:
-        """Set every key of ``mapping`` in one round trip, atomically (same as update)."""
-        self.update(mapping)
+    def set_many(self, mapping: Mapping[Any, Any], ttl: float | None = None) -> None:
+        """Set every key of ``mapping`` in one round trip, atomically (same as update);
+        with ``ttl``, every one of them expires ``ttl`` seconds from now."""
+        if ttl is None:
+            self.update(mapping)
+            return
+        changes = dict(checked_pairs(mapping, {}))
+        pairs = [(key, self._transport.encode(value, (key,))) for key, value in changes.items()]
+        self._call("update", pairs, check_ttl(ttl))
 
     def delete_many(self, keys: Iterable[Any]) -> int:
         """Delete ``keys`` in one round trip, atomically; return how many existed."""
@@ -262,15 +268,68 @@ class SharedState(MutableMapping[Any, Any]):
 
     # -- beyond dict ----------------------------------------------------------------
 
-    def incr(self, key: Any, amount: int | float = 1) -> Any:
+    def incr(self, key: Any, amount: int | float = 1, ttl: float | None = None) -> Any:
         """Atomically add ``amount`` to the number at ``key`` and return the new value.
 
         A missing key counts as 0; ``incr(key, -1)`` decrements::
 
             ticket = state.incr("tickets")   # 1, 2, 3... each worker gets its own
+
+        With ``ttl``, a key this call creates expires ``ttl`` seconds later (an existing
+        key keeps its expiry): a fixed-window rate limit in one round trip::
+
+            if state.incr(f"hits:{ip}:{int(time.time() // 60)}", ttl=60) > 100: ...
         """
         check_key(key)
-        return self._call("incr", key, amount)
+        if ttl is None:
+            return self._call("incr", key, amount)
+        return self._call("incr", key, amount, check_ttl(ttl))
+
+    # -- expiry ---------------------------------------------------------------------
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        """``state[key] = value``; with ``ttl``, the key expires ``ttl`` seconds from now.
+
+        Like every plain set, it replaces an expiry the key had.
+        """
+        check_key(key)
+        data = self._transport.encode(value, (key,))
+        if ttl is None:
+            self._call("set", key, data)
+        else:
+            self._call("set", key, data, check_ttl(ttl))
+
+    def add(self, key: Any, value: Any, ttl: float | None = None) -> bool:
+        """Set ``key`` only if it is missing (or expired), atomically; True if it did.
+
+        Exactly one of any number of workers adding the same key wins: a lock, an
+        idempotency key, a first-come claim.
+        """
+        check_key(key)
+        data = self._transport.encode(value, (key,))
+        return bool(self._call("add", key, data, None if ttl is None else check_ttl(ttl)))
+
+    def expire(self, key: Any, ttl: float) -> bool:
+        """Make ``key`` expire ``ttl`` seconds from now; False if it is missing.
+
+        A ``ttl`` of 0 or less deletes the key now (as Redis's EXPIRE does).
+        """
+        check_key(key)
+        if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl <= 0:
+            return bool(self._call("expire", key, ttl))
+        return bool(self._call("expire", key, check_ttl(ttl)))
+
+    def ttl(self, key: Any) -> float | None:
+        """Seconds until ``key`` expires; None if it never does. Raises
+        :class:`KeyNotFound` if it is missing (or expired)."""
+        check_key(key)
+        seconds = self._call("ttl", key)
+        return None if seconds is None else float(seconds)
+
+    def persist(self, key: Any) -> bool:
+        """Make ``key`` never expire; False if it is missing or had no expiry."""
+        check_key(key)
+        return bool(self._call("persist", key))
 
     @contextlib.contextmanager
     def edit(
@@ -312,8 +371,8 @@ class SharedState(MutableMapping[Any, Any]):
 
         This is what dump files and snapshots hold; see :mod:`sharedstate.persistence.dumpfile`.
         """
-        pairs, attributes = self._call("export_all")
-        return Contents(0, dict(pairs), dict(attributes))
+        pairs, attributes, expires = self._call("export_all", True)
+        return Contents(0, dict(pairs), dict(attributes), dict(expires))
 
     def pickled(self, key: Any) -> bytes:
         """The value of ``key`` as stored: its pickle, not loaded.
@@ -332,7 +391,9 @@ class SharedState(MutableMapping[Any, Any]):
         pairs = list(contents.data.items())
         for key, _ in pairs:
             check_key(key)
-        self._call("restore", pairs, list(contents.namespace.items()), replace)
+        attributes = list(contents.namespace.items())
+        expires = list(contents.expires.items())
+        self._call("restore", pairs, attributes, replace, expires)
 
     def close(self) -> None:
         """Close this process's connections; the next operation reconnects."""

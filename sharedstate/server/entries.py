@@ -242,13 +242,14 @@ class Keyspace:
 
     def put(self, key: Any, data: bytes, expires_at: float | None = None) -> None:
         """Set ``key`` to the pickled value ``data``, expiring at ``expires_at``."""
+        size = len(data)  # first: what isn't bytes is refused before anything changes
         entries = self._entries
         old = entries.get(key)
         entries[key] = data
         if old is None:
-            self.used += len(data) + KEY_OVERHEAD
+            self.used += size + KEY_OVERHEAD
         else:
-            self.used += len(data) - _value_size(old)
+            self.used += size - _value_size(old)
             if self._boxed and isinstance(old, Entry):
                 self._boxed.discard(key)
                 self._dirty.discard(key)

@@ -122,7 +122,7 @@ def _start(
         lock.write_pid()
         key = settings.load_key(create=True)
         assert key is not None
-        store = Store()
+        store = Store(settings.max_memory, settings.eviction)
         if settings.snapshot is not None:
             persistence = Persistence(store, settings)
             persistence.recover(salvage=salvage)

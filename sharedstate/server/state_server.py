@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import DEFAULT_MAX_CLIENTS
-from ..errors import PersistenceError
+from ..errors import PersistenceError, SharedStateError
 from ..persistence.coordinator import Persistence
 from ..pidlock import is_running
 from ..protocol import RETURN, STORE, dump_reply, frame_header
@@ -39,6 +39,12 @@ from .store import Store
 logger = logging.getLogger("sharedstate")
 
 _STOP_REPLY_TIMEOUT = 10.0
+# The reaper of expired keys: keys per batch, seconds between batches while many have
+# expired, between looks when none has, and after the journal refused a removal.
+REAP_BATCH = 500
+REAP_PAUSE = 0.001
+REAP_INTERVAL = 0.1
+REAP_RETRY = 5.0
 
 
 class StateServer:
@@ -95,6 +101,8 @@ class StateServer:
         snapshot: it returns an error message or None) and tell who asked for the stop."""
         loop = threading.Thread(target=self.loop.run, name="clients", daemon=True)
         loop.start()
+        reaper = threading.Thread(target=self._remove_expired_keys, name="reaper", daemon=True)
+        reaper.start()
         while not self.stop_event.wait(0.5):
             pass
         self.loop.stop()
@@ -105,6 +113,29 @@ class StateServer:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _remove_expired_keys(self) -> None:
+        """Give back the memory of expired keys nobody reads, soon after they expire.
+
+        Keys go in batches, each one journaled write under the store's lock for about a
+        millisecond, with a pause between batches so clients' calls get in: a million
+        keys expiring at once take a few seconds to go, and no call waits long for them.
+        """
+        failing = False
+        while not self.stop_event.is_set():
+            try:
+                removed = self.store.remove_expired(REAP_BATCH)
+            except (SharedStateError, OSError) as error:  # the journal refused: retry later
+                if not failing:
+                    logger.warning("could not remove expired keys (will retry): %s", error)
+                failing = True
+                self.stop_event.wait(REAP_RETRY)
+                continue
+            failing = False
+            if removed < REAP_BATCH:
+                self.stop_event.wait(REAP_INTERVAL)
+            else:
+                time.sleep(REAP_PAUSE)
 
     def function(self, name: str) -> tuple[Callable[..., Any], str] | None:
         return self._functions.get(name)

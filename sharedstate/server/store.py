@@ -164,7 +164,7 @@ class Store:
     def _set(self, caller: Caller, key: Any, data: bytes, expires_at: float | None) -> None:
         with self._cond:
             self._reservations.wait_until_not_edited(caller, key)
-            self._make_room(self._data.growth(key, data, expires_at))
+            self._make_room(lambda: self._data.growth(key, data, expires_at))
             self._record_set(key, data, expires_at)
             self._data.put(key, data, expires_at)
 
@@ -175,7 +175,7 @@ class Store:
             self._reservations.wait_until_not_edited(caller, key)
             if key in self._data:
                 return False
-            self._make_room(self._data.growth(key, data, expires_at))
+            self._make_room(lambda: self._data.growth(key, data, expires_at))
             self._record_set(key, data, expires_at)  # what it did: replay needs no check
             self._data.put(key, data, expires_at)
             return True
@@ -195,7 +195,7 @@ class Store:
             found = self._data.encoded(key)
             if found is not None:
                 return found
-            self._make_room(self._data.growth(key, data))
+            self._make_room(lambda: self._data.growth(key, data))
             self._record(SET, key, data)  # what it did: replay needs no check
             self._data.put(key, data)
             return data
@@ -220,7 +220,7 @@ class Store:
             for key, _ in pairs:
                 self._reservations.wait_until_not_edited(caller, key)
             growth = self._data.growth
-            self._make_room(sum(growth(key, data, expires_at) for key, data in pairs))
+            self._make_room(lambda: sum(growth(key, data, expires_at) for key, data in pairs))
             if expires_at is None:
                 self._record(UPDATE, pairs)
             else:
@@ -264,7 +264,7 @@ class Store:
             self._reservations.wait_until_not_edited(caller, key)
             if key not in self._data:
                 data = pickle.dumps(amount, protocol=PROTOCOL)
-                self._make_room(self._data.growth(key, data, expires_at))
+                self._make_room(lambda: self._data.growth(key, data, expires_at))
                 if self._data.hidden(key):
                     # Replay keeps the expired value: record the new one, not the sum.
                     self._record_set(key, data, expires_at)
@@ -299,7 +299,7 @@ class Store:
                 self._record(PERSIST, key)
             else:
                 if self._data.deadline(key) is None:
-                    self._make_room(DEADLINE_OVERHEAD)
+                    self._make_room(lambda: DEADLINE_OVERHEAD)
                 self._record(EXPIRE_AT, key, expires_at)
             self._data.set_deadline(key, expires_at)
             return True
@@ -334,7 +334,7 @@ class Store:
             container = walk(entry.value, space, path, expectations)
             check_method(container, method, where)
             check_nesting(path, args, kwargs, where)
-            self._make_room(len(call_data))  # what it adds, about
+            self._make_room(lambda: len(call_data))  # what it adds, about
             self._record(NESTED, space, path, method, call_data)
             keyspace.changed(path[0], entry)
             result = apply_method(container, method, args, kwargs, where)
@@ -348,7 +348,7 @@ class Store:
 
     def ns_set(self, caller: Caller, name: str, data: bytes) -> None:
         with self._cond:
-            self._make_room(self._namespace.growth(name, data))
+            self._make_room(lambda: self._namespace.growth(name, data))
             self._record(NS_SET, name, data)
             self._namespace.put(name, data)
 
@@ -421,7 +421,7 @@ class Store:
                         f"state[{key!r}] expired while it was being edited, so the edit was "
                         "not written; give the key a longer ttl, or edit it again"
                     )
-                self._make_room(self._data.growth(key, data, deadline))
+                self._make_room(lambda: self._data.growth(key, data, deadline))
                 self._record_set(key, data, deadline)
                 self._data.put(key, data, deadline)
             finally:
@@ -465,11 +465,15 @@ class Store:
             self._reservations.wait_until_no_edits_but(caller)
             replace = bool(replace)  # the record's field is a bool
             deadlines = dict(expires or ())
-            growth = sum(
-                self._data.growth(key, data, deadlines.get(key)) for key, data in pairs
-            ) + sum(self._namespace.growth(name, data) for name, data in attributes)
-            if replace:
-                growth -= self._data.measure() + self._namespace.measure()
+
+            def growth() -> int:
+                added = sum(
+                    self._data.growth(key, data, deadlines.get(key)) for key, data in pairs
+                ) + sum(self._namespace.growth(name, data) for name, data in attributes)
+                if replace:
+                    added -= self._data.measure() + self._namespace.measure()
+                return added
+
             self._make_room(growth)
             if expires:
                 self._record(RESTORE_EXPIRING, pairs, attributes, replace, list(expires))
@@ -611,10 +615,17 @@ class Store:
         for key in keys:
             self._data.discard(key)
 
-    def _make_room(self, growth: int) -> None:
-        """Before a write that adds ``growth`` bytes: evict keys as the policy says until
-        it fits under ``max_memory``, or raise :class:`MemoryLimitReached`."""
-        if self.max_memory is None or growth <= 0:
+    def _make_room(self, growth_of_write: Callable[[], int]) -> None:
+        """Before a write that adds ``growth_of_write()`` bytes: evict keys as the policy
+        says until it fits under ``max_memory``, or raise :class:`MemoryLimitReached`.
+
+        Without a bound, nothing is measured (the write's arguments are checked later,
+        by the journal).
+        """
+        if self.max_memory is None:
+            return
+        growth = growth_of_write()
+        if growth <= 0:
             return
         used = self._data.measure() + self._namespace.measure()
         if used + growth <= self.max_memory:

@@ -15,6 +15,9 @@ It writes, through the store, the journal and the snapshot writer of that versio
 - ``pieces-snapshot2.snap``: a snapshot of format 2, the one with values split into
   pieces. Only values over 1 GiB are split, so the limit is lowered here to a few
   hundred bytes (as tests/test_files.py does): the reader does not look at the limit;
+- ``expiring-journal3.snap`` and its journal ``.journal.000000000003`` (versions with
+  journal format 3 only): a snapshot with an expiring key, then a journal of every kind
+  of write journal format 3 added, with fixed times;
 - ``expiring-snapshot3.snap`` (versions with snapshot format 3 only): a snapshot of
   format 3, the one with keys' expiry times. The times are written as given, most far
   in the future (the year 2100) and one long past: a file keeps whatever it holds.
@@ -112,16 +115,40 @@ def write_expiring_snapshot(path: str) -> None:
     write_snapshot(path, Contents(7, data, {"mode": p("m")}, expires))
 
 
+def write_expiring_journal(path: str) -> None:
+    """A snapshot of format 3 two writes in, then a journal (format 3) of every kind of
+    write that format added, seq 3 to 10, with fixed expiry times (the store's own
+    methods that take a time, as replay does, instead of a ttl counted from now)."""
+    store = Store()
+    store._set(WRITER, "a", p(1), 4102444800.0)  # 1
+    store.set(WRITER, "b", p(2))  # 2
+    write_snapshot(path, store.export())  # seq 2
+    journal = Journal(path, "always", first_seq=3)
+    store.journal = journal
+    store._set(WRITER, "s", p("session"), 4102444800.5)  # 3: set_expiring
+    store._update(WRITER, [("u1", p(1)), ("u2", p(2))], 4102444801.0)  # 4: update_expiring
+    store._incr(WRITER, "hits", 1, 4102444802.0)  # 5: incr_expiring, creating the key
+    store._expire_at(WRITER, "b", 4102444803.0)  # 6: expire_at
+    store._expire_at(WRITER, "u2", None)  # 7: persist
+    store.restore(WRITER, [("r", p("r"))], [], False, [("r", 4102444804.0)])  # 8
+    store._set(WRITER, "gone", p("x"), 1000000000.0)  # 9: set_expiring, long past
+    store.remove_expired()  # 10: delete_many ["gone"], as the reaper writes it
+    journal.close()
+
+
 def main(directory: str) -> None:
     writes = os.path.join(directory, f"writes-journal{journal_format.VERSION}.snap")
     pieces = os.path.join(directory, "pieces-snapshot2.snap")
     expiring = os.path.join(directory, "expiring-snapshot3.snap")
-    for path in (writes, pieces, expiring):
+    expiring_journal = os.path.join(directory, "expiring-journal3.snap")
+    for path in (writes, pieces, expiring, expiring_journal):
         if os.path.exists(path):
             sys.exit(f"{path} exists; write into an empty directory")
     write_every_kind_of_write(writes)
     if snapshot_format.VERSION >= 3:
         write_expiring_snapshot(expiring)
+    if journal_format.VERSION >= 3:
+        write_expiring_journal(expiring_journal)
     write_pieces_snapshot(pieces)  # last: it lowers the snapshot writer's limits
     for name in sorted(os.listdir(directory)):
         print(os.path.join(directory, name))
