@@ -122,7 +122,7 @@ EXPIRING_RECORDS = [
     (9, "set_expiring", ("gone", p("x"), 1000000000.0)),
     (10, "delete_many", (["gone"],)),
 ]
-EXPIRING_FINAL_STATE = (
+EXPIRING_FINAL_STATE: tuple[int, dict[Any, Any], dict[str, Any]] = (
     10,
     {"a": 1, "b": 2, "s": "session", "u1": 1, "u2": 2, "hits": 1, "r": "r"},
     {},
