@@ -175,11 +175,14 @@ class _Commands(click.Group):
             # One line, and the next step at a shell (the error's own text may suggest
             # get_shared_state(), which is for code).
             address = getattr(error, "address", None) or "this address"
-            click.echo(
-                f"no sharedstate server is running at {address}; start one with "
-                "`sharedstate serve` (or point --address at the one that runs)",
-                err=True,
-            )
+            if ctx.invoked_subcommand == "stop":
+                next_step = "nothing to stop (or point --address at the one that runs)"
+            else:
+                next_step = (
+                    "start one with `sharedstate serve` (or point --address at the one "
+                    "that runs)"
+                )
+            click.echo(f"no sharedstate server is running at {address}; {next_step}", err=True)
             ctx.exit(EXIT_NOT_RUNNING)
         except SharedStateError as error:
             click.echo(f"error: {error}", err=True)
@@ -212,6 +215,12 @@ def serve(flags: SettingFlags, detach: bool, salvage: bool, lock_fd: int | None)
     from .server.runner import run_server  # the server's imports are not needed by other commands
 
     settings = flags.settings
+    if settings.snapshot is None:
+        click.echo(
+            "note: no --snapshot (SHAREDSTATE_SNAPSHOT): the state lives in memory only "
+            "and is lost when the server stops",
+            err=True,
+        )
     logged = _StartFailureLogged()
     server_logger = logging.getLogger("sharedstate")
     server_logger.addFilter(logged)

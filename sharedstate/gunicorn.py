@@ -35,6 +35,7 @@ across that, and the server keeps running. To combine them with hooks of your ow
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -129,10 +130,29 @@ def on_exit(server: Any) -> None:
 
 
 def chain(*hooks: Hook) -> Hook:
-    """One hook that calls ``hooks`` in order with the same arguments."""
+    """One hook that calls ``hooks`` in order with the same arguments::
+
+        post_fork = sharedstate.gunicorn.chain(sharedstate.gunicorn.post_fork, my_post_fork)
+
+    gunicorn checks a hook's number of arguments, so the chained hook takes as many as
+    the hooks do (which must agree).
+    """
+    if not hooks:
+        raise TypeError("chain() needs at least one hook")
+    signatures = [inspect.signature(hook) for hook in hooks]
+    counts = {_positional_count(signature) for signature in signatures}
+    if len(counts) != 1:
+        names = ", ".join(getattr(hook, "__name__", repr(hook)) for hook in hooks)
+        raise TypeError(f"chain() needs hooks that take the same arguments; got {names}")
 
     def chained(*args: Any) -> None:
         for hook in hooks:
             hook(*args)
 
+    chained.__signature__ = signatures[0]  # type: ignore[attr-defined]
     return chained
+
+
+def _positional_count(signature: inspect.Signature) -> int:
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(param.kind in positional for param in signature.parameters.values())

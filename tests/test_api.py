@@ -27,7 +27,7 @@ from sharedstate import (
 )
 
 from .support.clients import write_client_only_module
-from .support.processes import run_in_processes
+from .support.processes import REPO_ROOT, run_in_processes
 from .support.servers import requests_served
 
 
@@ -295,3 +295,15 @@ def test_batches_are_one_round_trip_each(state: SharedState) -> None:
     assert state.delete_many(["k1", "k2", "missing"]) == 2
     assert "k1" not in state
     assert len(state) == 98
+
+
+def test_the_readmes_quick_start_snippets_run_as_written(state: SharedState) -> None:
+    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as file:
+        readme = file.read()
+    start = readme.index("A few more things it does:")
+    snippet = readme[readme.index("```python\n", start) + len("```python\n") :]
+    snippet = snippet[: snippet.index("```")]
+    exec(snippet, {"state": state})  # noqa: S102 - our own README
+    assert state["cfg"] == {"db": {"port": 5432}, "hosts": ["a", "b"]}
+    assert (state["report"], state["grid"], state.namespace.maintenance) == (1, [0, 7, 0], False)
+    assert 59 < state.ttl("page:/") <= 60  # type: ignore[operator]

@@ -242,3 +242,13 @@ def test_restoring_a_file_that_is_not_a_dump_says_what_it_looks_like(
     assert said in line, line
     assert "what `sharedstate dump` writes" in line
     assert "codec can't decode" not in line
+
+
+def test_dump_to_a_bare_file_name_writes_it_in_the_working_directory(
+    server: ServerProcess, workdir: str
+) -> None:
+    get_shared_state(start=False)["k"] = 1
+    result = run_cli("dump", "backup.pickle")  # the working directory is the test's
+    assert (result.returncode, result.stderr) == (0, "")
+    assert os.path.exists(os.path.join(workdir, "backup.pickle"))
+    assert run_cli("restore", "backup.pickle", "--merge").returncode == 0

@@ -343,3 +343,29 @@ def test_no_server_outlives_a_gunicorn_stopped_under_load(
     time.sleep(1.0)  # a worker that outlived the master would have started one by now
     assert server_pids(workdir) == [], first.log()
     assert not os.path.exists(os.path.join(workdir, "run", "state.sock"))
+
+
+def test_a_hook_of_your_own_chained_with_sharedstates_runs_in_every_worker(
+    gunicorn: StartGunicorn, workdir: str
+) -> None:
+    marks = pathlib.Path(workdir, "forked")
+    config = pathlib.Path(workdir, "chained.conf.py")
+    config.write_text(
+        "from sharedstate.gunicorn import chain, child_exit, on_exit, on_starting\n"
+        "from sharedstate.gunicorn import post_fork as shared_post_fork\n\n"
+        "def my_post_fork(server, worker):\n"
+        f"    with open({str(marks)!r}, 'a') as file:\n"
+        "        file.write(f'{worker.pid}\\n')\n\n"
+        "post_fork = chain(shared_post_fork, my_post_fork)\n"
+    )
+    server = gunicorn("-w", "2", "-c", str(config))  # the last -c wins
+    assert concurrent_gets(server, "/count", 20)[-1][0] == 200
+    assert sorted(map(int, marks.read_text().split())) == sorted(server.worker_pids())
+    assert server_info()["owner_pid"] == server.pid, "sharedstate's hooks ran too"
+
+
+def test_chain_refuses_hooks_that_take_different_arguments() -> None:
+    from sharedstate.gunicorn import chain, on_exit, post_fork
+
+    with pytest.raises(TypeError, match="same arguments"):
+        chain(post_fork, on_exit)

@@ -40,7 +40,10 @@ def test_commands_exit_3_and_say_the_next_step_when_nothing_runs(address: str) -
         assert address in result.stderr
         assert "Traceback" not in result.stderr
         [line] = result.stderr.splitlines()  # once, with the next step at a shell
-        assert "start one with `sharedstate serve`" in line
+        if command == ("stop",):
+            assert "nothing to stop" in line
+        else:
+            assert "start one with `sharedstate serve`" in line
         assert "get_shared_state" not in line
 
 
@@ -120,4 +123,14 @@ def test_serve_detach_returns_once_serving(workdir: str, address: str) -> None:
     assert str(pid) in result.stdout
     assert os.getsid(pid) == pid, "a detached server leads its own session"
     assert get_shared_state(start=False).incr("n") == 1
+    assert run_cli("stop").returncode == 0
+
+
+def test_serve_says_when_the_state_lives_in_memory_only(workdir: str) -> None:
+    result = run_cli("serve", "--detach")
+    assert "in memory only" in result.stderr
+    assert run_cli("stop").returncode == 0
+    snapshot = os.path.join(workdir, "state.snap")
+    result = run_cli("serve", "--detach", "--snapshot", snapshot)
+    assert (result.returncode, result.stderr) == (0, "")
     assert run_cli("stop").returncode == 0

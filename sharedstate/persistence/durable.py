@@ -99,5 +99,5 @@ def write_atomically(path: str, chunks: Iterable[bytes]) -> int:
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
-    disk.sync_dir(os.path.dirname(path))
+    disk.sync_dir(os.path.dirname(path) or ".")  # a bare file name is in the working directory
     return size
