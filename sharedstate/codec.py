@@ -108,6 +108,8 @@ def check_ttl(ttl: Any, what: str = "ttl") -> float:
             f"{what} must be a number of seconds (int or float), not {type(ttl).__name__} "
             f"{ttl!r}; pass None for no expiry"
         )
+    if isinstance(ttl, int) and ttl > 1 << 62:
+        ttl = math.inf  # past any date; float() of a huge int would overflow
     if not 0 < ttl < math.inf:
         raise InvalidArgument(
             f"{what} must be more than 0 seconds and finite, not {ttl!r}; pass None for no "

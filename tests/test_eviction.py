@@ -162,3 +162,11 @@ def test_a_value_larger_than_the_bound_is_refused_even_with_eviction() -> None:
     with pytest.raises(MemoryLimitReached):
         store.set(ALICE, "huge", pickle.dumps("z" * (3 * PLAIN), protocol=5))
     assert keys_of(store) == ["a"], "nothing evicted for a write that can't fit"
+
+
+def test_a_repeat_in_place_counts_what_it_will_add() -> None:
+    store = bounded(4, "noeviction")
+    store.set(ALICE, "list", pickle.dumps(["x" * 50], protocol=5))
+    with pytest.raises(MemoryLimitReached):  # a tiny request that would multiply the value
+        store.nested(ALICE, DATA, ("list",), "__imul__", pickle.dumps(((100,), {})))
+    assert store.export().data["list"] == pickle.dumps(["x" * 50], protocol=5)

@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import DEFAULT_MAX_CLIENTS
-from ..errors import PersistenceError, SharedStateError
+from ..errors import PersistenceError, ServerStopping, SharedStateError
 from ..persistence.coordinator import Persistence
 from ..pidlock import is_running
 from ..protocol import RETURN, STORE, dump_reply, frame_header
@@ -125,6 +125,8 @@ class StateServer:
         while not self.stop_event.is_set():
             try:
                 removed = self.store.remove_expired(REAP_BATCH)
+            except ServerStopping:
+                return
             except (SharedStateError, OSError) as error:  # the journal refused: retry later
                 if not failing:
                     logger.warning("could not remove expired keys (will retry): %s", error)

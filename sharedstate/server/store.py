@@ -334,7 +334,7 @@ class Store:
             container = walk(entry.value, space, path, expectations)
             check_method(container, method, where)
             check_nesting(path, args, kwargs, where)
-            self._make_room(lambda: len(call_data))  # what it adds, about
+            self._make_room(lambda: _nested_growth(container, method, args, call_data))
             self._record(NESTED, space, path, method, call_data)
             keyspace.changed(path[0], entry)
             result = apply_method(container, method, args, kwargs, where)
@@ -692,6 +692,13 @@ class Store:
             f"the write was refused: it needs {growth:,} more bytes and the server uses "
             f"{used:,} of its SHAREDSTATE_MAX_MEMORY={limit:,} bytes; {advice}"
         )
+
+
+def _nested_growth(container: Any, method: str, args: Any, call_data: bytes) -> int:
+    """About how many bytes a nested write adds: what it sends, or for ``*=`` the copies."""
+    if method == "__imul__" and args and type(args[0]) is int and args[0] > 1:
+        return len(pickle.dumps(container, protocol=PROTOCOL)) * (args[0] - 1)
+    return len(call_data)
 
 
 def _deadline(ttl: float | None) -> float | None:
