@@ -294,3 +294,17 @@ def test_memory_used_is_the_sum_of_what_the_keys_hold(clock: Clock, seed: int) -
     keyspace.start_clock()
     expected = sum(len(data) + KEY_OVERHEAD for data in stored.values())
     assert used == expected + DEADLINE_OVERHEAD * len(keyspace.deadlines)
+
+
+def test_an_export_never_holds_a_key_without_the_deadline_it_had(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clock that moves on every look: a deadline passing in the middle of an export
+    # must not leave the key in the copy without its deadline (it would never expire).
+    store.set(ALICE, "k", p(1), ttl=3)
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(clock, "time", lambda: START + next(ticks))
+    store._data.start_clock()
+    for _ in range(6):
+        exported = store.export()
+        assert ("k" in exported.data) == ("k" in exported.expires)

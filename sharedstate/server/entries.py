@@ -174,23 +174,31 @@ class Keyspace:
 
     def encoded_dict(self) -> dict[Any, bytes]:
         """Every key with its pickled value: a shallow copy, plus pickling the objects."""
+        return self.export()[0]
+
+    def export(self) -> tuple[dict[Any, bytes], dict[Any, float]]:
+        """Every key with its pickled value, and the deadlines of those that expire: at
+        one moment (a key whose deadline passes meanwhile is in neither)."""
         copy = self._entries.copy()
         for key in self._boxed:
             copy[key] = copy[key].pickled()  # type: ignore[union-attr]
+        deadlines: dict[Any, float] = {}
         if self.deadlines:
             now = self.now()
-            for key in [key for key, when in self.deadlines.items() if when <= now]:
-                del copy[key]
-        return copy  # type: ignore[return-value]
+            for key, when in self.deadlines.items():
+                if when <= now:
+                    del copy[key]
+                else:
+                    deadlines[key] = when
+        return copy, deadlines  # type: ignore[return-value]
 
     def deadline(self, key: Any) -> float | None:
         """When ``key`` expires (a ``time.time()``), or None if it doesn't."""
         return self.deadlines.get(key)
 
-    def expiring(self) -> dict[Any, float]:
-        """The deadlines of the keys that are not hidden."""
-        now = self.now()
-        return {key: when for key, when in self.deadlines.items() if when > now}
+    def expiring_count(self) -> int:
+        """How many keys have a deadline that has not passed."""
+        return len(self.deadlines) - self.deadlines.count_passed(self.now())
 
     def live(self, key: Any) -> Entry:
         """The entry of ``key`` as an object, unpickling it on first use.

@@ -495,9 +495,8 @@ class Store:
         (the journal starts a new segment there).
         """
         with self._cond:
-            data = self._data.encoded_dict()
+            data, expires = self._data.export()
             namespace = self._namespace.encoded_dict()
-            expires = self._data.expiring()
             if while_locked is not None:
                 while_locked()
             return Contents(self.seq, data, namespace, expires)
@@ -559,7 +558,7 @@ class Store:
                 "lock_holder": self._reservations.lock_owner,
                 "open_edits": len(self._reservations.editors),
                 "seq": self.seq,
-                "expiring_keys": len(self._data.expiring()),
+                "expiring_keys": self._data.expiring_count(),
                 "expired": self.expired,
                 "evicted": self.evicted,
                 "hits": self.hits,
