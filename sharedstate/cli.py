@@ -215,12 +215,6 @@ def serve(flags: SettingFlags, detach: bool, salvage: bool, lock_fd: int | None)
     from .server.runner import run_server  # the server's imports are not needed by other commands
 
     settings = flags.settings
-    if settings.snapshot is None:
-        click.echo(
-            "note: no --snapshot (SHAREDSTATE_SNAPSHOT): the state lives in memory only "
-            "and is lost when the server stops",
-            err=True,
-        )
     logged = _StartFailureLogged()
     server_logger = logging.getLogger("sharedstate")
     server_logger.addFilter(logged)

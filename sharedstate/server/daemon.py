@@ -21,11 +21,12 @@ from ..permissions import open_private_file
 Report = Callable[[str | None], None]
 
 
-def detach(log_path: str, wait: float) -> Report:
+def detach(log_path: str, wait: float, started_note: str = "") -> Report:
     """Fork into the background; return, in the child only, a function to report start-up.
 
     Call the returned function once: with ``None`` when serving, or with an error
-    message. The parent exits with status 0 or 1 after relaying it.
+    message. The parent exits with status 0 or 1 after relaying it, adding
+    ``started_note`` to the line that says the server started.
     """
     read_end, write_end = os.pipe()
     sys.stdout.flush()
@@ -33,7 +34,7 @@ def detach(log_path: str, wait: float) -> Report:
     pid = os.fork()
     if pid:
         os.close(write_end)
-        _relay_report(read_end, pid, log_path, wait)
+        _relay_report(read_end, pid, log_path, wait, started_note)
     os.close(read_end)
     os.setsid()
     _redirect_standard_streams(log_path)
@@ -46,7 +47,7 @@ def detach(log_path: str, wait: float) -> Report:
     return report
 
 
-def _relay_report(read_end: int, child: int, log_path: str, wait: float) -> None:
+def _relay_report(read_end: int, child: int, log_path: str, wait: float, note: str) -> None:
     chunks = []
     deadline = time.monotonic() + wait
     while True:
@@ -63,7 +64,8 @@ def _relay_report(read_end: int, child: int, log_path: str, wait: float) -> None
         chunks.append(chunk)
     message = b"".join(chunks).decode(errors="replace")
     if message.startswith("ready "):
-        sys.stdout.write(f"sharedstate server started in the background (pid {message[6:]})\n")
+        pid = message[6:]
+        sys.stdout.write(f"sharedstate server started in the background (pid {pid}){note}\n")
         sys.stdout.flush()
         os._exit(0)
     if message.startswith("error "):

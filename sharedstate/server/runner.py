@@ -52,7 +52,9 @@ def run_server(
     log_path = settings.log_file or address.log_path
     # A server handed a lock was started by a client: our parent, until we detach.
     started_by = os.getppid() if lock_fd is not None else None
-    report: Report | None = detach(log_path, START_TIMEOUT) if background else None
+    memory_only = settings.snapshot is None
+    note = "; no --snapshot: its state lives in memory only" if memory_only else ""
+    report: Report | None = detach(log_path, START_TIMEOUT, note) if background else None
     _configure_logging(settings, to_file=None if background else settings.log_file)
     try:
         lock, server, listener = _start(settings, lock_fd, salvage, started_by)
@@ -70,6 +72,8 @@ def run_server(
     logger.info(
         "sharedstate %s serving at %s (pid %d, %s)", __version__, address, os.getpid(), key_origin
     )
+    if memory_only:
+        logger.info("no snapshot: the state lives in memory only (--snapshot FILE keeps it)")
     if report:
         report(None)
     outcome: list[str | None] = []
