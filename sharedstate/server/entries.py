@@ -31,7 +31,10 @@ A keyspace is not thread-safe: the store calls it with its lock held.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
+import gc
 import math
 import pickle
 import time
@@ -85,6 +88,29 @@ class Entry:
 # object, the bytes object's header), and per deadline (a dict slot, a heap entry).
 KEY_OVERHEAD = 100
 DEADLINE_OVERHEAD = 120
+
+
+def _return_free_memory_to_the_os() -> None:
+    """Hand memory freed by removed keys back to the system, not only to Python.
+
+    A full garbage collection empties Python's free lists, so that its memory pools
+    holding nothing else can be released (measured: after a million expiring keys went,
+    the server held 100 MiB more without it); glibc then keeps freed memory for its own
+    reuse, which ``malloc_trim`` hands back (Linux with glibc; elsewhere it is skipped).
+    """
+    gc.collect()
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except OSError:
+            _libc = False
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+_libc: Any = None
 
 
 def _value_size(entry: bytes | Entry) -> int:
@@ -148,6 +174,10 @@ class Keyspace:
         if key not in self._entries:
             return False
         return not (self.deadlines and self.deadlines.passed(key, self.now()))
+
+    def stored(self) -> int:
+        """How many keys are stored, hidden ones included."""
+        return len(self._entries)
 
     def hidden(self, key: Any) -> bool:
         """Whether ``key`` is stored but its deadline has passed."""
@@ -334,6 +364,7 @@ class Keyspace:
         """
         self._entries = dict(self._entries)
         self.deadlines.compact()
+        _return_free_memory_to_the_os()
 
     # -- internals -----------------------------------------------------------------
 

@@ -576,7 +576,7 @@ class Store:
             if taken:
                 self._remove_taken(taken)
                 self.expired += len(taken)
-            size = len(self._data)
+            size = self._data.stored()
             self._largest_size = max(self._largest_size, size)
             if not taken and self._largest_size > _COMPACT_FROM and size < self._largest_size // 4:
                 self._data.compact()  # the dicts shrink only when copied
