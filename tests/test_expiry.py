@@ -261,3 +261,32 @@ def test_allkeys_lru_keeps_the_data_under_the_bound(server_factory: ServerFactor
     assert "k0" in state
     assert "k999" in state
     assert "k1" not in state
+
+
+def test_volatile_lru_evicts_only_keys_with_a_ttl(server_factory: ServerFactory) -> None:
+    server_factory("--max-memory", "200K", "--eviction", "volatile-lru").start()
+    state = get_shared_state(start=False)
+    state.update({f"config{index}": "x" * 1000 for index in range(50)})
+    for index in range(500):
+        state.set(f"session{index}", "x" * 1000, ttl=600)
+        assert state["session0"], "read often: never evicted"
+    assert all(f"config{index}" in state for index in range(50)), "no key without a TTL goes"
+    assert "session0" in state
+    assert "session1" not in state
+    info = server_info()
+    assert info["memory_used"] <= 200 * 1024
+    assert info["evicted"] > 300
+
+
+def test_volatile_ttl_evicts_the_keys_that_expire_soonest(server_factory: ServerFactory) -> None:
+    server_factory("--max-memory", "200K", "--eviction", "volatile-ttl").start()
+    state = get_shared_state(start=False)
+    state["config"] = "x" * 1000
+    for index in range(500):
+        state.set(f"k{index}", "x" * 1000, ttl=1000 - index)  # later keys expire sooner
+    kept = [index for index in range(500) if f"k{index}" in state]
+    # The longest-lived keys stay, and the one just written (evictions come before it).
+    assert kept == [*range(len(kept) - 1), 499]
+    assert len(kept) > 100
+    assert "config" in state
+    assert server_info()["memory_used"] <= 200 * 1024
