@@ -6,8 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from sharedstate import __version__
-from sharedstate.cli import cli, status_lines
+from sharedstate.cli import cli
 from sharedstate.config import settings_table_markdown
+from sharedstate.statustext import status_lines
 
 from .support.processes import run_cli
 
