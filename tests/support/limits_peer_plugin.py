@@ -1,0 +1,58 @@
+"""A pytest plugin that runs ``limits``' own storage tests against sharedstate's storage.
+
+Loaded by tests/test_limits_suite.py into a pytest run inside limits' unpacked source
+release (``-p limits_peer_plugin``, with this folder on ``PYTHONPATH``; it can't be
+imported as ``tests.support...`` there, where ``tests`` is limits' package). limits'
+tests are parametrized by storage URI; the in-memory case (``memory://``) is the one
+that needs no Redis or memcached, so here ``memory://`` makes a
+:class:`sharedstate.limits.SharedStateStorage` on the server that ``SHAREDSTATE_ADDRESS``
+names, emptied before each test as a new memory storage would be. Every other
+storage's cases are deselected, and the tests that can't apply are skipped by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from limits.storage import SCHEMES
+
+from sharedstate import get_shared_state
+from sharedstate.limits import SharedStateStorage
+
+SCHEMES["memory"] = SharedStateStorage
+
+# Test name -> why it can't run against our storage.
+SKIPPED = {
+    "test_storage_string": "asserts the storage is limits' MemoryStorage class itself",
+}
+ASYNC = "async+memory:// is limits' own asyncio storage: sharedstate has no asyncio storage yet"
+# Marks limits' tests use, registered so that the run needs none of limits' plugins.
+MARKS = ["flaky", "integration", "asyncio", "memory", "redis", "redis_cluster"]
+MARKS += ["redis_sentinel", "memcached", "mongodb", "valkey", "valkey_cluster"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for mark in MARKS:
+        config.addinivalue_line("markers", f"{mark}: a mark of limits' own tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        in_memory = callspec is not None and callspec.id.startswith("in-memory")
+        (kept if in_memory else dropped).append(item)
+        reason = SKIPPED.get(getattr(item, "originalname", item.name))
+        if inspect.iscoroutinefunction(getattr(item, "obj", None)):
+            reason = ASYNC
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
+
+
+@pytest.fixture(autouse=True)
+def _empty_state() -> None:
+    get_shared_state(start=False).clear()
