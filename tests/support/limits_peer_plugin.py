@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from limits.storage import SCHEMES
+from limits._storage_scheme import SCHEMES  # the registry storage_from_string reads
 
 from sharedstate import get_shared_state
 from sharedstate.limits import SharedStateStorage
