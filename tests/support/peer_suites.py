@@ -23,7 +23,9 @@ import tempfile
 from .processes import REPO_ROOT
 
 # Project name on PyPI -> the version whose tests we run.
-PINNED: dict[str, str] = {}
+PINNED: dict[str, str] = {
+    "cachelib": "0.17.0",  # tests/test_cachelib_suite.py
+}
 
 
 def cache_dir() -> str:
