@@ -22,6 +22,7 @@ cachelib.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import typing as t
 from collections.abc import Callable
 
@@ -90,7 +91,9 @@ class SharedStateCache(BaseCache):
     def _ttl(self, timeout: int | dt.timedelta | None) -> float | None:
         """cachelib's timeout as sharedstate's TTL: None never expires, and a negative
         number means the entry is already expired (as in SimpleCache and FileSystemCache)."""
-        seconds = self._normalize_timeout(timeout)
+        seconds: float | dt.timedelta = self._normalize_timeout(timeout)
+        if isinstance(seconds, dt.timedelta):  # cachelib < 0.17 leaves it to the backend
+            seconds = math.ceil(seconds.total_seconds())
         if seconds == 0:
             return None
         return float(seconds) if seconds > 0 else -1.0
