@@ -25,6 +25,7 @@ from .processes import REPO_ROOT
 # Project name on PyPI -> the version whose tests we run.
 PINNED: dict[str, str] = {
     "limits": "5.8.0",  # tests/test_limits_suite.py
+    "cachelib": "0.17.0",  # tests/test_cachelib_suite.py
 }
 
 
