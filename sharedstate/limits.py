@@ -122,10 +122,9 @@ class SharedStateStorage(
             del entries[limit:]  # older ones can never count again
             return True
 
-        if not self._edit(MOVING + key, [], take):
-            return False
-        self.state.expire(MOVING + key, expiry)  # the newest entry's lifetime
-        return True
+        # The key lives as long as its newest entry can count (the ttl is set by the
+        # same write-back).
+        return self._edit(MOVING + key, [], take, ttl=expiry)
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         """(time of the oldest entry inside the window, how many entries are inside)."""
@@ -158,10 +157,8 @@ class SharedStateStorage(
                 del counts[number]
             return True
 
-        if not self._edit(SLIDING + key, {}, count):
-            return False
-        self.state.expire(SLIDING + key, 2 * expiry)  # the current window's count, as limits'
-        return True
+        # The current window's count must outlive it by one window, as in limits' own.
+        return self._edit(SLIDING + key, {}, count, ttl=2 * expiry)
 
     def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
         """(previous window's count, its weight in s, current window's count, its TTL)."""
@@ -189,13 +186,14 @@ class SharedStateStorage(
         keys = [key for key in self.state if isinstance(key, str) and key.startswith(PREFIX)]
         return self.state.delete_many(keys)
 
-    def _edit(self, key: str, default: Any, change: Callable[[Any], bool]) -> bool:
-        """``change(value)`` inside one ``edit()`` of ``key``: atomic for that key."""
+    def _edit(self, key: str, default: Any, change: Callable[[Any], bool], ttl: float) -> bool:
+        """``change(value)`` inside one ``edit()`` of ``key``, written back to expire in
+        ``ttl`` seconds: atomic for that key."""
         # An edit of a key whose TTL runs out before it ends raises Conflict and writes
         # nothing: the window emptied meanwhile, so decide again from what is there now.
         for attempt in range(3):
             try:
-                with self.state.edit(key, default=default) as value:
+                with self.state.edit(key, default=default, ttl=ttl) as value:
                     done = change(value)
                 return done
             except Conflict:

@@ -290,3 +290,11 @@ def test_volatile_ttl_evicts_the_keys_that_expire_soonest(server_factory: Server
     assert len(kept) > 100
     assert "config" in state
     assert server_info()["memory_used"] <= 200 * 1024
+
+
+def test_an_edit_writes_back_with_the_ttl_it_is_given(state: Any) -> None:
+    with state.edit("window", default=[], ttl=0.5) as window:
+        window.append(1)
+    assert state["window"] == [1]
+    assert 0 < state.ttl("window") <= 0.5
+    wait_until(lambda: "window" not in state)

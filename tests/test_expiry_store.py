@@ -308,3 +308,14 @@ def test_an_export_never_holds_a_key_without_the_deadline_it_had(
     for _ in range(6):
         exported = store.export()
         assert ("k" in exported.data) == ("k" in exported.expires)
+
+
+def test_an_edit_can_write_back_with_a_new_ttl(store: Store, clock: Clock) -> None:
+    store.edit_begin(ALICE, "window", p([]), None)  # created by the edit
+    store.edit_commit(ALICE, "window", p([1]), ttl=60)
+    assert store.ttl(ALICE, "window") == pytest.approx(60)
+    clock.advance(30)
+    store.edit_begin(ALICE, "window", None, None)
+    store.edit_commit(ALICE, "window", p([1, 2]), ttl=60)  # counted again from now
+    assert store.ttl(ALICE, "window") == pytest.approx(60)
+    assert journal_of(store)[-1][1] == "set_expiring"

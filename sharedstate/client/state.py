@@ -333,7 +333,12 @@ class SharedState(MutableMapping[Any, Any]):
 
     @contextlib.contextmanager
     def edit(
-        self, key: Any, default: Any = _MISSING, *, timeout: float | None = None
+        self,
+        key: Any,
+        default: Any = _MISSING,
+        *,
+        timeout: float | None = None,
+        ttl: float | None = None,
     ) -> Iterator[Any]:
         """Read-modify-write any picklable value, atomically against other edits and incr.
 
@@ -344,10 +349,13 @@ class SharedState(MutableMapping[Any, Any]):
                 matrix[1] = 0
 
         A missing key raises :class:`KeyNotFound` unless a ``default`` is given.
-        ``timeout`` bounds the wait for another client's edit of the same key.
+        ``timeout`` bounds the wait for another client's edit of the same key. The value
+        keeps the key's TTL, or with ``ttl`` expires that many seconds after it is
+        written back (in the same operation: a rate-limit window, a session).
         """
         check_key(key)
         wait = seconds_to_wait(timeout, "edit timeout")
+        commit_ttl = () if ttl is None else (check_ttl(ttl),)
         where = (key,)
         default_data = None if default is _MISSING else self._transport.encode(default, where)
         data = self._transport.call("edit_begin", key, default_data, wait, waits=wait)
@@ -359,7 +367,7 @@ class SharedState(MutableMapping[Any, Any]):
             with contextlib.suppress(SharedStateError):
                 self._call("edit_abort", key)
             raise
-        self._call("edit_commit", key, new_data)
+        self._call("edit_commit", key, new_data, *commit_ttl)
 
     def to_dict(self) -> dict[Any, Any]:
         """A plain deep copy of the whole dict."""

@@ -406,17 +406,19 @@ class Store:
                 self._edit_deadlines[key] = deadline
             return default if found is None else found  # type: ignore[return-value]
 
-    def edit_commit(self, caller: Caller, key: Any, data: bytes) -> None:
+    def edit_commit(self, caller: Caller, key: Any, data: bytes, ttl: float | None = None) -> None:
         """Write the edited value and end the edit (it ends even if the write is refused).
 
-        The value keeps the expiry the key had when the edit began; if that time has
-        passed meanwhile, nothing is written and :class:`Conflict` says so.
+        The value keeps the expiry the key had when the edit began, or with ``ttl``
+        expires that many seconds from now; if the key's time passed during the edit,
+        nothing is written and :class:`Conflict` says so.
         """
         with self._cond:
             self._reservations.check_editing(caller, key)
             try:
-                deadline = self._edit_deadlines.pop(key, None)
-                if deadline is not None and deadline <= time.time():
+                began_with = self._edit_deadlines.pop(key, None)
+                deadline = began_with if ttl is None else _deadline(ttl)
+                if began_with is not None and began_with <= time.time():
                     raise Conflict(
                         f"state[{key!r}] expired while it was being edited, so the edit was "
                         "not written; give the key a longer ttl, or edit it again"
