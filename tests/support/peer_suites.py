@@ -23,7 +23,9 @@ import tempfile
 from .processes import REPO_ROOT
 
 # Project name on PyPI -> the version whose tests we run.
-PINNED: dict[str, str] = {}
+PINNED: dict[str, str] = {
+    "Django": "5.2.19",
+}
 
 
 def cache_dir() -> str:

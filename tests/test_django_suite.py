@@ -1,0 +1,53 @@
+"""Django's own cache backend tests (``BaseCacheTests``), run against SharedStateCache.
+
+They come from Django's source release at the version pinned in
+tests/support/peer_suites.py, unpacked outside this repository; nothing of theirs is
+copied here. Their ``tests/`` folder goes on ``sys.path``, as Django's ``runtests.py``
+puts it, so their module is ``cache.tests`` and their app ``cache`` (its ``Poll``
+model is used by a few tests). Each test gets its own real server (the ``server``
+fixture), which the backend finds through ``SHAREDSTATE_ADDRESS`` (an empty LOCATION).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import django
+import pytest
+from django.conf import settings
+
+from .support.peer_suites import source_of
+
+sys.path.insert(0, os.path.join(source_of("Django"), "tests"))
+if not settings.configured:
+    settings.configure(
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "cache"],
+        ALLOWED_HOSTS=["testserver"],  # the host of RequestFactory's requests
+        USE_TZ=True,
+    )
+    django.setup()
+
+from cache.models import Poll
+from cache.tests import BaseCacheTests, caches_setting_for_tests
+from django.db import connection
+from django.test import TestCase, override_settings
+
+with connection.schema_editor() as editor:  # the in-memory database lives with the process
+    editor.create_model(Poll)
+
+# Django's suite skips its culling tests for a backend configured without the "cull" and
+# "zero_cull" caches, as it does for Redis: sharedstate has no MAX_ENTRIES/CULL_FREQUENCY
+# (its memory bound is SHAREDSTATE_MAX_MEMORY with an eviction policy).
+CACHES = caches_setting_for_tests(
+    BACKEND="sharedstate.django.SharedStateCache",
+    LOCATION="",
+    exclude={"cull", "zero_cull"},
+)
+
+
+@pytest.mark.usefixtures("server")
+@override_settings(CACHES=CACHES)
+class SharedStateCacheTests(BaseCacheTests, TestCase):  # type: ignore[misc]
+    """Every test of BaseCacheTests, on a real sharedstate server."""
