@@ -37,9 +37,10 @@ from django.test import TestCase, override_settings
 with connection.schema_editor() as editor:  # the in-memory database lives with the process
     editor.create_model(Poll)
 
-# Django's suite skips its culling tests for a backend configured without the "cull" and
-# "zero_cull" caches, as it does for Redis: sharedstate has no MAX_ENTRIES/CULL_FREQUENCY
-# (its memory bound is SHAREDSTATE_MAX_MEMORY with an eviction policy).
+# Skipped, by Django itself ("Culling isn't implemented."): test_cull, test_zero_cull and
+# test_cull_delete_when_store_empty, because the "cull" and "zero_cull" caches are left
+# out, as Django's suite leaves them out for Redis. sharedstate has no MAX_ENTRIES or
+# CULL_FREQUENCY; its memory bound is SHAREDSTATE_MAX_MEMORY with an eviction policy.
 CACHES = caches_setting_for_tests(
     BACKEND="sharedstate.django.SharedStateCache",
     LOCATION="",
