@@ -26,6 +26,7 @@ from .processes import REPO_ROOT
 PINNED: dict[str, str] = {
     "limits": "5.8.0",  # tests/test_limits_suite.py
     "cachelib": "0.17.0",  # tests/test_cachelib_suite.py
+    "Django": "5.2.19",
 }
 
 
