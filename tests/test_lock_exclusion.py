@@ -346,3 +346,40 @@ def test_lock_lost_is_a_shared_state_error_and_survives_pickling() -> None:
     assert str(again) == "lost"
     assert vars(again)["address"] == "x"  # context is kept as attributes
     assert not isinstance(Timeout("t"), LockLost)
+
+
+@pytest.mark.parametrize("write", ["incr", "set", "delete"])
+def test_an_editor_writes_its_own_key_though_others_wait_to_edit_it(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    # The others wait for the edit to end; the editor's own write must not wait behind
+    # them (it used to, until the call timed out and the edit was lost).
+    monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "5")
+    state = get_shared_state(start=False)
+    state["k"] = 1
+    other_waits = threading.Event()
+    other_edited = threading.Event()
+
+    def edit_after_the_first() -> None:
+        other = get_shared_state(start=False)  # this thread's own connection
+        other_waits.set()
+        with other.edit("k", default=0):
+            other_edited.set()
+
+    with state.edit("k") as value:
+        other = threading.Thread(target=edit_after_the_first)
+        other.start()
+        assert other_waits.wait(10)
+        wait_until(lambda: server_info()["waiting"] >= 1)
+        started = time.monotonic()
+        if write == "incr":
+            state.incr("k", 5)
+        elif write == "set":
+            state["k"] = 6
+        else:
+            del state["k"]
+        assert time.monotonic() - started < 4, "the write waited for the waiting editor"
+        assert not other_edited.is_set()
+    other.join(10)
+    assert other_edited.is_set()
+    del value

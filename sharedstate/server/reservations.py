@@ -193,6 +193,11 @@ class Reservations:
 
     def wait_until_not_edited(self, caller: Caller, key: Any) -> None:
         """Writes of a key wait while another caller edits it."""
+        if self.editors.get(key, None) == caller.id:
+            # The editor's own write of the key it edits: never behind the callers that
+            # wait for that edit to end (they would wait for it, and it for them).
+            self._queue.pop(caller.id, None)
+            return
         if self.editors:
             self.wait(
                 lambda: self.editors.get(key, caller.id) == caller.id,
