@@ -260,10 +260,11 @@ class Keyspace:
         old = self._entries.get(key)
         return change + KEY_OVERHEAD if old is None else change - _value_size(old)
 
-    def size_of(self, key: Any) -> int:
-        """The bytes ``key`` (which is stored) counts for, with its deadline."""
+    def size_of(self, key: Any, deadline_taken: bool = False) -> int:
+        """The bytes ``key`` (which is stored) counts for, with its deadline (also when
+        :meth:`take_passed` has just taken it: ``deadline_taken``)."""
         size = _value_size(self._entries[key]) + KEY_OVERHEAD
-        return size + (DEADLINE_OVERHEAD if key in self.deadlines else 0)
+        return size + (DEADLINE_OVERHEAD if deadline_taken or key in self.deadlines else 0)
 
     def measure(self) -> int:
         """Bring :attr:`used` up to date for values changed in place, and return it."""

@@ -20,7 +20,6 @@ calls, and :data:`APPLY` says how each kind is replayed.
 from __future__ import annotations
 
 import functools
-import math
 import pickle
 import threading
 import time
@@ -31,7 +30,6 @@ from ..codec import DATA, NAMESPACE, PROTOCOL, Contents, check_ttl, decode, plac
 from ..errors import (
     Conflict,
     KeyNotFound,
-    MemoryLimitReached,
     ServerStopping,
     SharedStateError,
     ValueNotLoadable,
@@ -56,7 +54,7 @@ from ..persistence.records import (
 )
 from ..protocol import OPERATIONS
 from .entries import DEADLINE_OVERHEAD, SERVER_HINT, Keyspace
-from .eviction import ALLKEYS_LRU, NOEVICTION, VOLATILE_LRU, VOLATILE_TTL, Recency
+from .eviction import NOEVICTION, MemoryBound
 from .nested import apply_method, check_method, check_nesting, check_number, unpack_call, walk
 from .reservations import Caller, LocalCaller, Reservations
 
@@ -92,11 +90,7 @@ class Store:
         self.seq = 0  # the number of the last write
         self.journal: Recorder | None = None
         self._frozen = False
-        self.max_memory = max_memory
-        self.eviction = eviction
-        if eviction in (ALLKEYS_LRU, VOLATILE_LRU):
-            self._data.recency = Recency()
-            self._data.recency_of_all = eviction == ALLKEYS_LRU
+        self._bound = MemoryBound(self._data, self._namespace, max_memory, eviction)
         # The deadline a key had when its edit began: the write-back keeps it.
         self._edit_deadlines: dict[Any, float] = {}
         self.hits = self.misses = self.expired = self.evicted = 0
@@ -522,7 +516,7 @@ class Store:
         if apply is None:
             raise ValueError(f"journal record {seq} is of an unknown kind {kind!r}")
         self._data.stop_clock()
-        limit, self.max_memory = self.max_memory, None  # what was written fitted then
+        limit, self._bound.max_memory = self._bound.max_memory, None  # it fitted then
         try:
             apply(self, *fields)
         except ValueNotLoadable:
@@ -531,7 +525,7 @@ class Store:
             pass
         finally:
             self._data.start_clock()
-            self.max_memory = limit
+            self._bound.max_memory = limit
         self.seq = seq
 
     def freeze(self) -> None:
@@ -566,8 +560,8 @@ class Store:
                 "hits": self.hits,
                 "misses": self.misses,
                 "memory_used": self._data.measure() + self._namespace.measure(),
-                "max_memory": self.max_memory,
-                "eviction": self.eviction,
+                "max_memory": self._bound.max_memory,
+                "eviction": self._bound.policy,
             }
 
     def remove_expired(self, limit: int = 500) -> int:
@@ -617,82 +611,19 @@ class Store:
             self._data.discard(key)
 
     def _make_room(self, growth_of_write: Callable[[], int]) -> None:
-        """Before a write that adds ``growth_of_write()`` bytes: evict keys as the policy
-        says until it fits under ``max_memory``, or raise :class:`MemoryLimitReached`.
+        """Before a write that adds ``growth_of_write()`` bytes: keep under the memory
+        bound (:class:`~sharedstate.server.eviction.MemoryBound`)."""
+        self._bound.make_room(growth_of_write, self._remove_expired_keys, self._evict)
 
-        Without a bound, nothing is measured (the write's arguments are checked later,
-        by the journal).
-        """
-        if self.max_memory is None:
-            return
-        growth = growth_of_write()
-        if growth <= 0:
-            return
-        used = self._data.measure() + self._namespace.measure()
-        if used + growth <= self.max_memory:
-            return
-        taken = self._data.take_passed(_EVICTION_BATCH)  # expired keys go first
-        while taken:
-            self._remove_taken(taken)
-            self.expired += len(taken)
-            used = self._data.used + self._namespace.used
-            if used + growth <= self.max_memory:
-                return
-            taken = self._data.take_passed(_EVICTION_BATCH)
-        victims: list[tuple[Any, float | None]] = []  # with the deadlines taken from them
-        while used + growth > self.max_memory:
-            found, key, deadline = self._victim()
-            if not found:
-                break
-            victims.append((key, deadline))
-            used -= self._data.size_of(key) + (DEADLINE_OVERHEAD if deadline is not None else 0)
-        try:
-            if used + growth > self.max_memory:
-                raise MemoryLimitReached(self._full_message(used, growth))
-            if victims:
-                self._record(DELETE_MANY, [key for key, _ in victims])
-        except BaseException:
-            self._give_back(victims)
-            raise
-        for key, _ in victims:
+    def _remove_expired_keys(self, taken: list[tuple[Any, float]]) -> None:
+        self._remove_taken(taken)
+        self.expired += len(taken)
+
+    def _evict(self, keys: list[Any]) -> None:
+        self._record(DELETE_MANY, keys)
+        for key in keys:
             self._data.discard(key)
-        self.evicted += len(victims)
-
-    def _victim(self) -> tuple[bool, Any, float | None]:
-        """The next key the eviction policy removes, taken from the policy's order:
-        ``(True, key, the deadline taken from it)``, or ``(False, None, None)``."""
-        if self.eviction == VOLATILE_TTL:
-            taken = self._data.take_passed(1, now=math.inf)  # the soonest deadline
-            return (True, *taken[0]) if taken else (False, None, None)
-        if self._data.recency is not None:
-            found, key = self._data.recency.pop_least_recent()
-            return found, key, None
-        return False, None, None
-
-    def _give_back(self, victims: list[tuple[Any, float | None]]) -> None:
-        """Undo :meth:`_victim` for keys that stay after all."""
-        for key, deadline in reversed(victims):
-            if deadline is not None:
-                self._data.set_deadline(key, deadline)
-            elif self._data.recency is not None:
-                self._data.recency.put_back(key)
-
-    def _full_message(self, used: int, growth: int) -> str:
-        limit = self.max_memory or 0
-        if self.eviction == NOEVICTION:
-            advice = (
-                "delete keys, give keys a ttl, raise SHAREDSTATE_MAX_MEMORY, or set "
-                "SHAREDSTATE_EVICTION (allkeys-lru, volatile-lru, volatile-ttl) to make room"
-            )
-        else:
-            advice = (
-                f"the {self.eviction} policy found nothing more to evict; raise "
-                "SHAREDSTATE_MAX_MEMORY, or choose a policy that can evict these keys"
-            )
-        return (
-            f"the write was refused: it needs {growth:,} more bytes and the server uses "
-            f"{used:,} of its SHAREDSTATE_MAX_MEMORY={limit:,} bytes; {advice}"
-        )
+        self.evicted += len(keys)
 
 
 def _nested_growth(container: Any, method: str, args: Any, call_data: bytes) -> int:
@@ -707,7 +638,6 @@ def _deadline(ttl: float | None) -> float | None:
     return None if ttl is None else time.time() + check_ttl(ttl)
 
 
-_EVICTION_BATCH = 100
 _COMPACT_FROM = 50_000  # keys: below this, a dict's unused slots are not worth a copy
 
 
