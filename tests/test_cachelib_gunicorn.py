@@ -13,8 +13,8 @@ import pytest
 
 from sharedstate import get_shared_state
 
+from .support.gunicorns import Gunicorn
 from .support.processes import REPO_ROOT
-from .test_gunicorn import Gunicorn
 
 EXAMPLE = os.path.join(REPO_ROOT, "examples", "flask-cache-session")
 WORKERS = 4

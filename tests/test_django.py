@@ -19,9 +19,9 @@ import pytest
 from sharedstate import SharedState, get_shared_state
 from sharedstate.django import NAMESPACE, SharedStateCache
 
+from .support.gunicorns import Gunicorn
 from .support.processes import wait_until
 from .support.servers import ServerProcess
-from .test_gunicorn import Gunicorn
 
 APP = "tests.support.django_app:application"
 

@@ -8,10 +8,9 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,78 +19,11 @@ import pytest
 from sharedstate import get_shared_state
 
 from .support.clients import fresh_state
+from .support.gunicorns import Gunicorn, StartGunicorn, concurrent_gets
 from .support.persisted import snapshot_in
-from .support.processes import REPO_ROOT, wait_until
-from .support.procfs import children_of, is_dead, server_pids
-from .support.servers import ServerProcess, free_tcp_port, server_info
-
-CONFIG = os.path.join(REPO_ROOT, "examples", "gunicorn", "gunicorn.conf.py")
-
-
-def _control_socket_args(workdir: str) -> list[str]:
-    help_text = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--help"], capture_output=True, text=True, check=False
-    ).stdout
-    return ["--no-control-socket"] if "--no-control-socket" in help_text else []
-
-
-class Gunicorn:
-    """A real gunicorn master serving tests/support/gunicorn_app.py with the example config."""
-
-    def __init__(self, workdir: str, *args: str) -> None:
-        self.port = free_tcp_port()
-        self.log_path = os.path.join(workdir, f"gunicorn-{self.port}.log")
-        self.argv = [
-            sys.executable, "-m", "gunicorn", "-c", CONFIG, "--chdir", REPO_ROOT,
-            "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5",
-            *_control_socket_args(workdir), *args, "tests.support.gunicorn_app:app",
-        ]  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Gunicorn:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.process.poll() is None, self.log()
-            try:
-                if self.get("/pid")[0] == 200:
-                    return self
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, self.log()
-            time.sleep(0.05)
-
-    def get(self, path: str, method: str = "GET", timeout: float = 30) -> tuple[int, str]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            connection.request(method, path)
-            response = connection.getresponse()
-            return response.status, response.read().decode()
-        finally:
-            connection.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def worker_pids(self) -> set[int]:
-        return children_of(self.pid)
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        return self.process.wait(60)
-
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as file:
-            return file.read()
-
-
-# gunicorn(*args): a started gunicorn master with these extra arguments, killed after the test.
-StartGunicorn = Callable[..., Gunicorn]
+from .support.processes import wait_until
+from .support.procfs import is_dead, server_pids
+from .support.servers import ServerProcess, server_info
 
 
 @pytest.fixture
@@ -108,11 +40,6 @@ def gunicorn(workdir: str) -> Iterator[StartGunicorn]:
         if server.process is not None and server.process.poll() is None:
             server.process.kill()
             server.process.wait(30)
-
-
-def concurrent_gets(server: Gunicorn, path: str, count: int) -> list[tuple[int, str]]:
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        return list(pool.map(lambda _: server.get(path), range(count)))
 
 
 @pytest.mark.timeout(120)

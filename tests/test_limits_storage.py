@@ -17,9 +17,9 @@ from limits.strategies import STRATEGIES
 from sharedstate import get_shared_state
 from sharedstate.limits import SharedStateStorage
 
+from .support.gunicorns import Gunicorn, concurrent_gets
 from .support.processes import REPO_ROOT, run_in_processes
 from .support.servers import ServerProcess, free_tcp_port
-from .test_gunicorn import Gunicorn, concurrent_gets
 
 STRATEGY_NAMES = ["fixed-window", "moving-window", "sliding-window-counter"]
 

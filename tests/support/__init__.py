@@ -14,6 +14,9 @@ Helpers the tests import:
 - ``persisted``: looking at snapshot and journal files (fingerprints, damage, segments)
 - ``faults``: injected disk errors and cut-off replies, for real server processes
 - ``users``: a second Unix user, for tests where the attacker is someone else
+- ``gunicorns``: a real gunicorn master with the example config (``Gunicorn``), and
+  concurrent HTTP requests to it
+- ``peer_suites``: other projects' test suites, fetched from their pinned source releases
 
 Programs the tests start as processes of their own:
 
