@@ -24,10 +24,12 @@ class CacheAppGunicorn(Gunicorn):
     """gunicorn with the example's config, serving tests/support/flask_cache_app.py."""
 
     def __init__(self, workdir: str, *args: str) -> None:
-        super().__init__(workdir, *args)
-        config = self.argv.index("-c") + 1
-        self.argv[config] = os.path.join(EXAMPLE, "gunicorn.conf.py")
-        self.argv[-1] = "tests.support.flask_cache_app:app"
+        super().__init__(
+            workdir,
+            *args,
+            app="tests.support.flask_cache_app:app",
+            config=os.path.join(EXAMPLE, "gunicorn.conf.py"),
+        )
 
     def request(
         self, method: str, path: str, cookie: str | None = None

@@ -136,17 +136,10 @@ def test_close_keeps_the_connection(state: SharedState) -> None:
 # -- a Django project under real gunicorn -----------------------------------------------
 
 
-class DjangoGunicorn(Gunicorn):
-    """test_gunicorn's master, with the example config, serving tests/support/django_app.py."""
-
-    def __init__(self, workdir: str, *args: str) -> None:
-        super().__init__(workdir, *args)
-        self.argv[-1] = APP  # the app is the last argument
-
-
 @pytest.fixture
-def django_gunicorn(workdir: str) -> Iterator[DjangoGunicorn]:
-    master = DjangoGunicorn(workdir, "-w", "4")
+def django_gunicorn(workdir: str) -> Iterator[Gunicorn]:
+    """gunicorn with the example config, serving tests/support/django_app.py."""
+    master = Gunicorn(workdir, "-w", "4", app=APP)
     try:
         master.start()
         yield master
@@ -156,7 +149,7 @@ def django_gunicorn(workdir: str) -> Iterator[DjangoGunicorn]:
 
 
 @pytest.mark.timeout(120)
-def test_100_concurrent_counts_get_1_to_100_each_once(django_gunicorn: DjangoGunicorn) -> None:
+def test_100_concurrent_counts_get_1_to_100_each_once(django_gunicorn: Gunicorn) -> None:
     with ThreadPoolExecutor(max_workers=20) as pool:
         responses = list(pool.map(lambda _: django_gunicorn.get("/count"), range(100)))
     assert {status for status, _ in responses} == {200}
@@ -164,7 +157,7 @@ def test_100_concurrent_counts_get_1_to_100_each_once(django_gunicorn: DjangoGun
 
 
 @pytest.mark.timeout(120)
-def test_a_session_is_seen_by_every_worker(django_gunicorn: DjangoGunicorn) -> None:
+def test_a_session_is_seen_by_every_worker(django_gunicorn: Gunicorn) -> None:
     wait_until(lambda: len(django_gunicorn.worker_pids()) == 4)
     jar = http.cookiejar.CookieJar()
     browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from limits import RateLimitItemPerSecond, parse
@@ -105,16 +105,15 @@ def test_8_processes_hitting_one_limit_get_exactly_the_limit(
 
 
 @pytest.fixture
-def limited_gunicorn(workdir: str) -> Iterator[type[Gunicorn]]:
+def limited_gunicorn(workdir: str) -> Iterator[Callable[..., Gunicorn]]:
     started: list[Gunicorn] = []
 
-    class LimitedGunicorn(Gunicorn):
-        def __init__(self, workdir: str, *args: str) -> None:
-            super().__init__(workdir, *args)
-            self.argv[-1] = "tests.support.limiter_app:app"
-            started.append(self)
+    def start(*args: str) -> Gunicorn:
+        master = Gunicorn(workdir, *args, app="tests.support.limiter_app:app")
+        started.append(master)
+        return master.start()
 
-    yield LimitedGunicorn
+    yield start
     for master in started:
         if master.process is not None and master.process.poll() is None:
             master.process.kill()
@@ -125,12 +124,12 @@ def limited_gunicorn(workdir: str) -> Iterator[type[Gunicorn]]:
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_flask_limiter_in_4_gunicorn_workers_lets_exactly_10_of_40_through(
     strategy: str,
-    limited_gunicorn: type[Gunicorn],
+    limited_gunicorn: Callable[..., Gunicorn],
     workdir: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LIMITER_STRATEGY", strategy)
-    server = limited_gunicorn(workdir, "-w", "4").start()
+    server = limited_gunicorn("-w", "4")
     well_inside_a_minute()
     responses = concurrent_gets(server, "/limited", 40)
     assert Counter(status for status, _ in responses) == {200: 10, 429: 30}

@@ -570,8 +570,7 @@ class Store:
         with self._cond:
             taken = self._data.take_passed(limit)
             if taken:
-                self._remove_taken(taken)
-                self.expired += len(taken)
+                self._remove_expired_keys(taken)
             size = self._data.stored()
             self._largest_size = max(self._largest_size, size)
             if not taken and self._largest_size > _COMPACT_FROM and size < self._largest_size // 4:
@@ -597,7 +596,12 @@ class Store:
         else:
             self._record(SET_EXPIRING, key, data, expires_at)
 
-    def _remove_taken(self, taken: list[tuple[Any, float]]) -> None:
+    def _make_room(self, growth_of_write: Callable[[], int]) -> None:
+        """Before a write that adds ``growth_of_write()`` bytes: keep under the memory
+        bound (:class:`~sharedstate.server.eviction.MemoryBound`)."""
+        self._bound.make_room(growth_of_write, self._remove_expired_keys, self._evict)
+
+    def _remove_expired_keys(self, taken: list[tuple[Any, float]]) -> None:
         """Remove the keys :meth:`Keyspace.take_passed` gave, in one journaled write; if
         the journal refuses it, give them their deadlines back (they stay hidden)."""
         keys = [key for key, _ in taken]
@@ -609,15 +613,7 @@ class Store:
             raise
         for key in keys:
             self._data.discard(key)
-
-    def _make_room(self, growth_of_write: Callable[[], int]) -> None:
-        """Before a write that adds ``growth_of_write()`` bytes: keep under the memory
-        bound (:class:`~sharedstate.server.eviction.MemoryBound`)."""
-        self._bound.make_room(growth_of_write, self._remove_expired_keys, self._evict)
-
-    def _remove_expired_keys(self, taken: list[tuple[Any, float]]) -> None:
-        self._remove_taken(taken)
-        self.expired += len(taken)
+        self.expired += len(keys)
 
     def _evict(self, keys: list[Any]) -> None:
         self._record(DELETE_MANY, keys)

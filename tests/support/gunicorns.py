@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import signal
@@ -18,7 +19,9 @@ from .servers import free_tcp_port
 CONFIG = os.path.join(REPO_ROOT, "examples", "gunicorn", "gunicorn.conf.py")
 
 
-def _control_socket_args(workdir: str) -> list[str]:
+@functools.cache
+def _control_socket_args() -> list[str]:
+    """gunicorn 23's control socket, turned off where this gunicorn has one (asked once)."""
     help_text = subprocess.run(
         [sys.executable, "-m", "gunicorn", "--help"], capture_output=True, text=True, check=False
     ).stdout
@@ -26,15 +29,22 @@ def _control_socket_args(workdir: str) -> list[str]:
 
 
 class Gunicorn:
-    """A real gunicorn master serving tests/support/gunicorn_app.py with the example config."""
+    """A real gunicorn master serving ``app`` (default: tests/support/gunicorn_app.py)
+    with ``config`` (default: the example's)."""
 
-    def __init__(self, workdir: str, *args: str) -> None:
+    def __init__(
+        self,
+        workdir: str,
+        *args: str,
+        app: str = "tests.support.gunicorn_app:app",
+        config: str = CONFIG,
+    ) -> None:
         self.port = free_tcp_port()
         self.log_path = os.path.join(workdir, f"gunicorn-{self.port}.log")
         self.argv = [
-            sys.executable, "-m", "gunicorn", "-c", CONFIG, "--chdir", REPO_ROOT,
+            sys.executable, "-m", "gunicorn", "-c", config, "--chdir", REPO_ROOT,
             "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5",
-            *_control_socket_args(workdir), *args, "tests.support.gunicorn_app:app",
+            *_control_socket_args(), *args, app,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
