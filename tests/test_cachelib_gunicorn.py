@@ -14,7 +14,7 @@ import pytest
 from sharedstate import get_shared_state
 
 from .support.gunicorns import Gunicorn
-from .support.processes import REPO_ROOT
+from .support.processes import REPO_ROOT, wait_until
 
 EXAMPLE = os.path.join(REPO_ROOT, "examples", "flask-cache-session")
 WORKERS = 4
@@ -86,6 +86,7 @@ def test_a_login_in_one_worker_is_seen_by_every_worker(example: CacheAppGunicorn
     logged_in_by = response.headers["X-Worker-Pid"]
 
     # Which worker accepts a connection is the kernel's choice: ask until each has answered.
+    wait_until(lambda: len(example.worker_pids()) == WORKERS)  # all booted, not just some
     workers = {str(pid) for pid in example.worker_pids()}
     seen_by: set[str] = set()
     deadline = time.monotonic() + 60
