@@ -23,6 +23,7 @@ from sharedstate import (
     Timeout,
     ValueNotPicklable,
     ValueTooLarge,
+    WrongEventLoop,
     WrongType,
     get_shared_state,
 )
@@ -399,3 +400,28 @@ def test_views_conflict_rules_are_the_sync_clients(server: ServerProcess, loop: 
     with pytest.raises(Conflict):
         users[0]["name"] = "ann2"  # the view read ann at position 0: that moved
     assert sync["users"] == [{"name": "BOB"}]
+
+
+def test_a_state_used_in_another_event_loop_says_so(server: ServerProcess, loop: str) -> None:
+    made: list[AsyncSharedState] = []
+
+    async def first() -> None:
+        made.append(await aio_state(start=False))
+        await made[0].set("a", 1)
+
+    run_on(loop, first)
+
+    async def second() -> None:
+        state = await aio_state(start=False)
+        assert state is not made[0]  # each loop gets its own
+        await state.get("a")
+
+        def use_in_another_loop() -> None:
+            with pytest.raises(WrongEventLoop, match="get_shared_state"):
+                asyncio.run(state.get("a"))
+
+        await asyncio.to_thread(use_in_another_loop)  # while this loop still runs
+        assert await made[0].get("a") == 1  # its own loop is closed: it moves on
+        await made[0].aclose()
+
+    run_on(loop, second)

@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -374,3 +375,87 @@ def test_a_write_cut_off_by_a_restart_is_reported_not_silently_lost(
         assert await state.incr("n") == 1  # the next call reconnects
 
     run_on("asyncio", main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_calls_sent_behind_one_the_server_holds_back_are_answered_in_order(
+    server: ServerProcess, loop: str
+) -> None:
+    # One connection: the write of a key another client edits waits for that edit, and
+    # the calls sent behind it on the same connection wait with it, then all answer.
+    sync = get_shared_state(start=False)
+    sync["x"] = "x"
+    editing = threading.Event()
+    done = threading.Event()
+
+    def edit_for_a_while() -> None:
+        with sync.edit("k", default=0):
+            editing.set()
+            done.wait(10)
+
+    editor = threading.Thread(target=edit_for_a_while)
+    editor.start()
+    try:
+        assert editing.wait(10)
+
+        async def main() -> list[Any]:
+            state = await aio_state(start=False, max_connections=1)
+            calls = asyncio.gather(
+                state.set("k", "from async"),
+                state.get("x"),
+                state.incr("n"),
+                *(state.get_many(["x", "n"]) for _ in range(100)),
+                state.incr("k2"),
+            )
+            await asyncio.sleep(0.3)
+            assert not calls.done()  # held back behind the edit, not refused
+            done.set()
+            return list(await calls)
+
+        results = run_on(loop, main)
+    finally:
+        done.set()
+        editor.join(10)
+    assert results[:3] == [None, "x", 1]
+    assert all(result == {"x": "x", "n": 1} for result in results[3:-1])
+    assert results[-1] == 1
+    assert sync["k"] == "from async"
+
+
+def test_a_client_flooding_behind_a_held_back_call_does_not_stop_the_server(
+    server: ServerProcess,
+) -> None:
+    # Past MAX_HELD_BACK_BYTES the server stops reading that client; everyone else is
+    # served meanwhile, and the flood is answered once the call goes on.
+    sync = get_shared_state(start=False)
+    blob = b"x" * 100_000
+    editing = threading.Event()
+    done = threading.Event()
+
+    def edit_for_a_while() -> None:
+        with sync.edit("k", default=0):
+            editing.set()
+            done.wait(20)
+
+    editor = threading.Thread(target=edit_for_a_while)
+    editor.start()
+    try:
+        assert editing.wait(10)
+
+        async def main() -> int:
+            state = await aio_state(start=False, max_connections=1)
+            flood = asyncio.gather(
+                state.set("k", 1), *(state.set(f"blob{i}", blob) for i in range(30))
+            )
+            await asyncio.sleep(0.3)
+            other = get_shared_state(start=False)
+            other["still served"] = True  # another client, while the flood waits
+            assert not flood.done()
+            done.set()
+            await flood
+            return await state.len()
+
+        assert run_on("asyncio", main) == 30 + 2  # the blobs (3 MB), "k", "still served"
+    finally:
+        done.set()
+        editor.join(10)

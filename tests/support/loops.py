@@ -42,9 +42,9 @@ async def _closing(main: Callable[[], Awaitable[T]]) -> T:
         return await main()
     finally:
         made = sharedstate.aio.state._states.get(asyncio.get_running_loop(), {})
-        for connecting in made.values():
-            if connecting.done() and not connecting.cancelled() and not connecting.exception():
-                await connecting.result().aclose()
+        for state in made.values():
+            if isinstance(state, sharedstate.aio.state.AsyncSharedState):
+                await state.aclose()
 
 
 def run_async(main: Callable[[], Awaitable[Any]]) -> Any:
