@@ -113,22 +113,27 @@ def handshake(
             instance = authenticate(conn, authkey)
     except HandshakeFailed as failure:
         conn.close()
-        if failure.wrong_key:
-            raise AuthenticationFailed(
-                f"the server at {address} and this process use different keys; give both "
-                "the same SHAREDSTATE_AUTHKEY_FILE (or SHAREDSTATE_AUTHKEY), or let clients "
-                f"read the server's key file {address.key_path}",
-                address=str(address),
-            ) from None
-        raise AuthenticationFailed(
-            f"the program listening at {address} is not a sharedstate server holding our "
-            f"key: {failure}. Nothing it sent was loaded",
-            address=str(address),
-        ) from None
+        raise refused_handshake(failure, address) from None
     except BaseException as error:
         conn.close()
-        raise _handshake_error(error, address, timeout) from None
+        raise connecting_error(error, address, timeout) from None
     return conn, instance
+
+
+def refused_handshake(failure: HandshakeFailed, address: Address) -> AuthenticationFailed:
+    """What to tell the caller when the server at ``address`` failed the handshake."""
+    if failure.wrong_key:
+        return AuthenticationFailed(
+            f"the server at {address} and this process use different keys; give both "
+            "the same SHAREDSTATE_AUTHKEY_FILE (or SHAREDSTATE_AUTHKEY), or let clients "
+            f"read the server's key file {address.key_path}",
+            address=str(address),
+        )
+    return AuthenticationFailed(
+        f"the program listening at {address} is not a sharedstate server holding our "
+        f"key: {failure}. Nothing it sent was loaded",
+        address=str(address),
+    )
 
 
 def check_listener(sock: socket.socket, address: Address, trusted_uids: frozenset[int]) -> None:
@@ -165,7 +170,7 @@ def server_request(
             kind, result = load_reply(conn.recv_bytes())
     except BaseException as error:
         conn.close()
-        raise _handshake_error(error, address, timeout) from None
+        raise connecting_error(error, address, timeout) from None
     if kind == ERROR:
         conn.close()
         raise result
@@ -175,8 +180,9 @@ def server_request(
     return result
 
 
-def _handshake_error(error: BaseException, address: Address, timeout: float) -> BaseException:
-    if isinstance(error, BlockingIOError):
+def connecting_error(error: BaseException, address: Address, timeout: float) -> BaseException:
+    """What to raise for ``error`` met while connecting to ``address`` (or ``error``)."""
+    if isinstance(error, (BlockingIOError, TimeoutError)):
         return Timeout(
             f"the server at {address} accepted the connection but did not answer within "
             f"{timeout:g} s; is it stopped or overloaded?",
