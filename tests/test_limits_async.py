@@ -9,6 +9,7 @@ loop per run, as a storage meets in each worker (and no asyncio plugin for pytes
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -25,11 +26,11 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import STRATEGIES
 
-from sharedstate import ServerNotRunning, SharedState
+from sharedstate import ServerNotRunning, SharedState, get_shared_state
 from sharedstate.limits import AsyncSharedStateStorage, SharedStateStorage
 
 from .support.processes import run_in_processes
-from .support.servers import ServerProcess
+from .support.servers import ServerFactory, ServerProcess
 
 STRATEGY_NAMES = ["fixed-window", "moving-window", "sliding-window-counter"]
 T = TypeVar("T")
@@ -70,16 +71,23 @@ def well_inside_a_minute(margin: float = 20.0) -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("uri", ["async+sharedstate://", "async+sharedstate:///{address}"])
-def test_the_async_uri_names_the_server(uri: str, state: SharedState, address: str) -> None:
-    storage = async_storage(uri.format(address=address.lstrip("/")))
+def test_the_async_uri_names_the_server(
+    state: SharedState, server_factory: ServerFactory, workdir: str
+) -> None:
+    other_address = os.path.join(workdir, "other.sock")
+    server_factory(address=other_address).start()
+    default = async_storage("async+sharedstate://")
+    other = async_storage("async+sharedstate:///" + other_address.lstrip("/"))
 
     async def use() -> None:
-        assert await storage.check()
-        assert await storage.incr("k", 60) == 1
+        assert await default.check()
+        assert await other.check()
+        assert await default.incr("k", 60) == 1
+        assert await other.incr("k", 60, amount=5) == 5
 
     run(use)
-    assert state["limits:counter:k"] == 1
+    assert state["limits:counter:k"] == 1, "sharedstate:// is the settings' address"
+    assert get_shared_state(other_address, start=False)["limits:counter:k"] == 5
 
 
 @pytest.mark.timeout(30)
