@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..address import Address
-from ..codec import Where, encode, where_text
+from ..codec import Where, encode_within
 from ..config import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_VALUE_BYTES
 from ..errors import (
     AuthenticationFailed,
@@ -197,6 +197,21 @@ def connecting_error(error: BaseException, address: Address, timeout: float) -> 
     return error
 
 
+def lock_lost(address: Address, what_happened: object, holds: set[Any], holder: str) -> LockLost:
+    """The error of every call of a ``holder`` (thread, task) whose lock or edit was lost."""
+    what = " and ".join(
+        sorted(LOCK if held == LOCK else f"the edit of state[{held[1]!r}]" for held in holds)
+    )
+    block = "`with` block" if holder == "thread" else "`async with` block"
+    return LockLost(
+        f"this {holder}'s connection to the server at {address} {what_happened} while "
+        f"it held {what or 'the lock'}; the server freed it, and another process may hold "
+        f"it now. Leave the {block} (or call release()): until then, every call of this "
+        f"{holder} raises LockLost",
+        address=str(address),
+    )
+
+
 class _CutOff(Exception):
     """A call's connection broke after the request may have reached the server."""
 
@@ -248,16 +263,7 @@ class Transport:
 
     def encode(self, value: Any, where: Where) -> bytes:
         """Pickle a value to send; refuse it if it is larger than ``max_value_bytes``."""
-        data = encode(value, where)
-        if len(data) > self.max_value_bytes:
-            place = where_text(where)
-            raise ValueTooLarge(
-                f"the value for {place} is {len(data):,} bytes pickled, over the limit of "
-                f"{self.max_value_bytes:,} (SHAREDSTATE_MAX_VALUE_BYTES); it was not sent. "
-                "Store it in smaller pieces, or raise the limit",
-                where=place,
-            )
-        return data
+        return encode_within(value, where, self.max_value_bytes)
 
     def call(self, method: str, *args: Any, waits: float | None = 0.0) -> Any:
         """Run ``Store.<method>(client, *args)`` on the server and return its result.
@@ -472,18 +478,7 @@ class Transport:
         raise error
 
     def _lock_lost(self, local: _ThreadState) -> LockLost:
-        what = " and ".join(
-            sorted(
-                LOCK if held == LOCK else f"the edit of state[{held[1]!r}]" for held in local.holds
-            )
-        )
-        return LockLost(
-            f"this thread's connection to the server at {self.address} {local.lost} while "
-            f"it held {what}; the server freed it, and another process may hold it now. "
-            "Leave the `with` block (or call release()): until then, every call of this "
-            "thread raises LockLost",
-            address=str(self.address),
-        )
+        return lock_lost(self.address, local.lost, local.holds, "thread")
 
     # -- connections -------------------------------------------------------------------
 
