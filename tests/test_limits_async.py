@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import STRATEGIES
 
+import sharedstate.aio.state
 from sharedstate import ServerNotRunning, SharedState, get_shared_state
 from sharedstate.limits import AsyncSharedStateStorage, SharedStateStorage
 
@@ -51,9 +53,21 @@ def run(coroutine: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
     """``coroutine()`` in a new event loop, failing if it takes longer than ``timeout`` s."""
 
     async def bounded() -> T:
-        return await asyncio.wait_for(coroutine(), timeout)
+        try:
+            return await asyncio.wait_for(coroutine(), timeout)
+        finally:
+            await close_this_loops_clients()
 
     return asyncio.run(bounded())
+
+
+async def close_this_loops_clients() -> None:
+    """Close the asyncio clients the storages opened in this loop, as an app would
+    before its loop ends (else their sockets outlive the loop)."""
+    opened = sharedstate.aio.state._states.get(asyncio.get_running_loop(), {})
+    for connecting in list(opened.values()):
+        if connecting.done() and not connecting.cancelled() and not connecting.exception():
+            await connecting.result().aclose()
 
 
 def async_storage(uri: str = "async+sharedstate://", **options: Any) -> AsyncSharedStateStorage:
@@ -158,7 +172,7 @@ def _hit_from_a_process(strategy: str, tasks: int) -> list[bool]:
 def test_4_processes_of_20_tasks_and_a_sync_one_get_exactly_the_limit(
     strategy: str, server: ServerProcess
 ) -> None:
-    well_inside_a_minute(margin=40)
+    well_inside_a_minute()
     results = run_in_processes(
         _hit_from_a_process, [(strategy, 20)] * 4 + [(f"sync {strategy}", 20)], timeout=60
     )
@@ -240,3 +254,43 @@ def test_without_a_server_the_async_storage_fails_on_use_not_on_creation(
 def test_both_storages_are_registered_by_importing_sharedstate_limits() -> None:
     assert isinstance(storage_from_string("sharedstate://"), SharedStateStorage)
     assert isinstance(storage_from_string("async+sharedstate://"), AsyncSharedStateStorage)
+
+
+def _hold_an_edit(key: str, ready: threading.Event, seconds: float) -> None:
+    with get_shared_state(start=False).edit(key, default=[], ttl=60):
+        ready.set()
+        time.sleep(seconds)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sharedstate.aio pipelines calls behind one the server holds back (a delete of a "
+    "key another client is editing): the server then drops the connection (ConnectionLost) "
+    "or never answers the calls behind it (Timeout)",
+)
+@pytest.mark.timeout(30)
+def test_clear_while_another_worker_acquires_holds_back_no_other_call(
+    state: SharedState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "3")  # a stalled call fails in 3 s
+    storage = async_storage()
+    ready = threading.Event()
+    # Another worker in the middle of a (slow) acquisition of "k": an edit of its window.
+    holder = threading.Thread(target=_hold_an_edit, args=("limits:moving:k", ready, 1.0))
+
+    async def use() -> list[object]:
+        await storage.check()  # connected before the edit starts
+        holder.start()
+        assert ready.wait(5)
+        # clear() waits for that edit to end; reads of other limits must not wait with it.
+        return await asyncio.gather(
+            storage.clear("k"),
+            *(storage.get_moving_window(f"other-{n}", 5, 60) for n in range(30)),
+            return_exceptions=True,
+        )
+
+    try:
+        results = run(use)
+    finally:
+        holder.join(10)
+    assert [result for result in results if isinstance(result, BaseException)] == []
