@@ -1,13 +1,14 @@
 """limits' own storage and strategy tests, run against sharedstate's limits storages.
 
 limits' tests are parametrized by storage URI; their in-memory case runs here with
-``memory://`` meaning our storage (``async+memory://`` our asyncio storage, for limits'
-``tests/aio/`` and its asyncio concurrency tests), on a real server (tests/support/limits_peer_plugin.py
-says how, and which tests are skipped and why). They run in a pytest of their own, in
-limits' source release (tests/support/peer_suites.py fetches it at its pinned version),
-without limits' conftest, which needs Docker containers of Redis, memcached and MongoDB.
-As in limits' own CI, the `flaky` plugin reruns the timing-sensitive tests limits marks
-``@pytest.mark.flaky`` (up to 3 runs where it says so).
+``memory://`` meaning our storage (and ``async+memory://`` our asyncio storage, for
+limits' ``tests/aio/`` and its asyncio concurrency tests), on a real server
+(tests/support/limits_peer_plugin.py says how, and which tests are skipped and why).
+They run in a pytest of their own, in limits' source release (tests/support/peer_suites.py
+fetches it at its pinned version), without limits' conftest, which needs Docker
+containers of Redis, memcached and MongoDB. As in limits' own CI, the `flaky` plugin
+reruns the timing-sensitive tests limits marks ``@pytest.mark.flaky`` (up to 3 runs
+where it says so).
 """
 
 from __future__ import annotations
