@@ -94,9 +94,19 @@ class Channel:
     def usable(self) -> bool:
         return self.protocol is not None and self.protocol.broken is None
 
+    @property
+    def opening(self) -> bool:
+        return self.connecting is not None and not self.connecting.done()
+
     def close(self, why: str) -> None:
         if self.protocol is not None:
             self.protocol.close(why)
+
+    def discard(self) -> None:
+        """Close it, now or (if it is being opened for a caller that gave up) once open."""
+        if self.connecting is not None and not self.connecting.done():
+            self.connecting.add_done_callback(lambda _: self.close("was not needed any more"))
+        self.close("was not needed any more")
 
 
 class Hold:
@@ -392,10 +402,11 @@ class Pool:
         self._holds.discard(hold)
         if self._hold.get() is hold:
             self._hold.set(None)
-        if hold.channel.usable and len(self._spare) < self.max_connections:
-            self._spare.append(hold.channel)
+        channel = hold.channel
+        if (channel.usable or channel.opening) and len(self._spare) < self.max_connections:
+            self._spare.append(channel)
         else:
-            hold.channel.close("was not needed any more")
+            channel.discard()
         if self._hold_slots is not None:
             self._hold_slots.release()
 
