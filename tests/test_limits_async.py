@@ -2,8 +2,9 @@
 every strategy through ``limits.aio.strategies``, counts shared with the sync storage,
 many tasks and processes on one limit, and what ``reset()`` and ``clear()`` touch.
 
-The tests are plain functions that run their coroutine with ``asyncio.run``: a new event
-loop per run, as a storage meets in each worker (and no asyncio plugin for pytest).
+The tests are plain functions that run their coroutine in a new event loop
+(tests/support/loops.py), as a storage meets one in each worker; the strategies and the
+concurrency are tested on asyncio's loop and on uvloop's, which uvicorn picks when installed.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import STRATEGIES
 
-import sharedstate.aio.state
 from sharedstate import ServerNotRunning, SharedState, get_shared_state
 from sharedstate.limits import AsyncSharedStateStorage, SharedStateStorage
 
+from .support.loops import LOOPS, run_async, run_on
 from .support.processes import run_in_processes
 from .support.servers import ServerFactory, ServerProcess
 
@@ -49,25 +50,9 @@ ASYNC_STRATEGIES: dict[
 }
 
 
-def run(coroutine: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
-    """``coroutine()`` in a new event loop, failing if it takes longer than ``timeout`` s."""
-
-    async def bounded() -> T:
-        try:
-            return await asyncio.wait_for(coroutine(), timeout)
-        finally:
-            await close_this_loops_clients()
-
-    return asyncio.run(bounded())
-
-
-async def close_this_loops_clients() -> None:
-    """Close the asyncio clients the storages opened in this loop, as an app would
-    before its loop ends (else their sockets outlive the loop)."""
-    opened = sharedstate.aio.state._states.get(asyncio.get_running_loop(), {})
-    for connecting in list(opened.values()):
-        if connecting.done() and not connecting.cancelled() and not connecting.exception():
-            await connecting.result().aclose()
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    """``main()`` on a new asyncio loop, failing after 20 s (tests/support/loops.py)."""
+    return run_on("asyncio", main, timeout=20.0)
 
 
 def async_storage(uri: str = "async+sharedstate://", **options: Any) -> AsyncSharedStateStorage:
@@ -105,9 +90,10 @@ def test_the_async_uri_names_the_server(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_each_async_strategy_allows_the_limit_then_refuses_until_the_window_passes(
-    strategy: str, server: ServerProcess
+    strategy: str, loop: str, server: ServerProcess
 ) -> None:
     limiter = ASYNC_STRATEGIES[strategy](async_storage())
     limit = RateLimitItemPerSecond(5, 1)
@@ -122,7 +108,7 @@ def test_each_async_strategy_allows_the_limit_then_refuses_until_the_window_pass
         await limiter.clear(limit, "ip")
         assert (await limiter.get_window_stats(limit, "ip")).remaining == 5
 
-    run(use)
+    run_on(loop, use, timeout=20.0)
 
 
 @pytest.mark.timeout(30)
@@ -151,12 +137,13 @@ async def _hit_concurrently(strategy: str, tasks: int, limit: str = "25/minute")
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_100_tasks_hitting_one_limit_at_once_get_exactly_the_limit(
-    strategy: str, server: ServerProcess
+    strategy: str, loop: str, server: ServerProcess
 ) -> None:
     well_inside_a_minute()
-    hits = run(lambda: _hit_concurrently(strategy, 100))
+    hits = run_on(loop, lambda: _hit_concurrently(strategy, 100), timeout=20.0)
     assert Counter(hits) == {True: 25, False: 75}
 
 
@@ -164,7 +151,8 @@ def _hit_from_a_process(strategy: str, tasks: int) -> list[bool]:
     if strategy.startswith("sync "):  # a sync worker among the async ones
         limiter = STRATEGIES[strategy[5:]](storage_from_string("sharedstate://"))
         return [limiter.hit(parse("25/minute"), "shared") for _ in range(tasks)]
-    return asyncio.run(_hit_concurrently(strategy, tasks))
+    hits: list[bool] = run_async(lambda: _hit_concurrently(strategy, tasks))
+    return hits
 
 
 @pytest.mark.timeout(120)
