@@ -26,7 +26,7 @@ from sharedstate.aio import get_shared_state as aio_state
 
 from .support.loops import LOOPS, run_async, run_on
 from .support.processes import kill_and_wait, run_in_processes, start_process
-from .support.procfs import server_pids
+from .support.procfs import is_stopped, server_pids
 from .support.servers import ServerFactory, ServerProcess, server_info
 
 Operation = Callable[[AsyncSharedState], Awaitable[Any]]
@@ -219,6 +219,8 @@ def test_a_stopped_server_gives_timeout_and_the_loop_keeps_running(
         prober = asyncio.ensure_future(probe())
         server.signal(signal.SIGSTOP)
         try:
+            while not is_stopped(server.pid):
+                await asyncio.sleep(0.001)
             started = time.monotonic()
             results = await asyncio.gather(
                 *(state.get("a") for _ in range(10)), return_exceptions=True
