@@ -367,6 +367,8 @@ def test_a_write_cut_off_by_a_restart_is_reported_not_silently_lost(
         state = await aio_state(start=False)
         await state.set("a", 1)
         server.signal(signal.SIGSTOP)
+        while not is_stopped(server.pid):
+            await asyncio.sleep(0.001)
         pending = asyncio.ensure_future(state.incr("n"))
         await asyncio.sleep(0.1)
         server.signal(signal.SIGKILL)
