@@ -305,8 +305,12 @@ class InProcess:
             return took, await probe.stop()
 
         async def repeated_get_shared_state() -> int:
-            for _ in range(10_000):
+            # Yield every 10 calls, as a request handler would between requests: a cached
+            # answer need not yield, and 10,000 calls in a row would stall the probe.
+            for index in range(10_000):
                 await self.get_shared_state(address=self.address, start=False)
+                if index % 10 == 9:
+                    await asyncio.sleep(0)
             return 10_000
 
         async def reconnects() -> int:
@@ -323,7 +327,8 @@ class InProcess:
             return 1
 
         for what, body in (
-            ("`get_shared_state()` again, same loop, same arguments (10,000 calls)",
+            ("`get_shared_state()` again, same loop, same arguments (10,000 calls, "
+             "yielding every 10)",
              repeated_get_shared_state),
             ("`aclose()` then `get` (reconnect), 50 times", reconnects),
             ("`get_shared_state(start=True)` starting a server", start_server),
@@ -661,7 +666,9 @@ def end_to_end(workdir: str, servers: dict[str, tuple[str, int]], redis_socket: 
         "",
         f"`POST /hits` → `await state.incr(\"hits\")` (`bench/aio_app.py`); uvicorn "
         f"{_version('uvicorn')} (h11, asyncio loop: what is installed), FastAPI "
-        f"{_version('fastapi')}, redis-py {_version('redis')}. Load: wrk, {WRK_THREADS} threads, "
+        f"{_version('fastapi')}, redis-py {_version('redis')}; TCP_NODELAY set on the "
+        "workers' connections, as asyncio means to (without it, every keep-alive answer "
+        "waits ~40 ms for a delayed ACK: `bench/aio_app.py` says why). Load: wrk, {WRK_THREADS} threads, "
         f"{CONNECTIONS} keep-alive connections, {rounds} rounds of {seconds:g} s per backend, "
         "alternating, after 2 s of warm-up each; a Lua script counts the requests wrk sends. "
         "CPU per request: /proc utime+stime of the process tree over the rounds, divided by "

@@ -11,12 +11,29 @@ count without changing it. Served by ``uvicorn --workers 4`` (``bench/aio.py``).
 
 from __future__ import annotations
 
+import asyncio.base_events
 import os
+import socket
 
 from fastapi import FastAPI
 
 BACKEND = os.environ["BENCH_AIO_BACKEND"]
 app = FastAPI()
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+if os.environ.get("BENCH_AIO_NODELAY", "1") == "1":
+    # With --workers, uvicorn 0.54 binds its socket as socket.socket(family=...), so its
+    # proto is 0 and asyncio, which sets TCP_NODELAY only when proto is IPPROTO_TCP,
+    # leaves Nagle on for every accepted connection: each keep-alive response (headers
+    # and body written apart) then waits ~40 ms for the client's delayed ACK, and
+    # requests/s is 64 connections / 44 ms whatever the backend. One worker (whose
+    # socket asyncio makes itself) answers in 0.5 ms. Set it as asyncio would.
+    asyncio.base_events._set_nodelay = _set_nodelay  # type: ignore[attr-defined]
 
 if BACKEND == "sharedstate":
     from sharedstate.aio import get_shared_state
