@@ -646,7 +646,7 @@ def _http(port: int, method: str, path: str) -> tuple[int, str]:
 
 
 def start_app(system: str, workdir: str, address: str, redis_socket: str, server_pid: int,
-              loop: str = "asyncio") -> App:  # fmt: skip
+              loop: str = "asyncio", http: str = "h11") -> App:  # fmt: skip
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDSTATE_")}
     env.update(BENCH_AIO_BACKEND=system, BENCH_REDIS_SOCKET=redis_socket,
@@ -656,7 +656,7 @@ def start_app(system: str, workdir: str, address: str, redis_socket: str, server
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "bench.aio_app:app", "--workers", str(WORKERS),
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-         "--no-access-log", "--loop", loop],
+         "--no-access-log", "--loop", loop, "--http", http],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     app = App(system, port, process, server_pid, log)
@@ -750,7 +750,7 @@ def exact_count(app: App, total: int) -> str:
 
 
 def end_to_end(workdir: str, servers: dict[str, tuple[str, int]], redis_socket: str,
-               rounds: int, seconds: float, loop: str) -> str:  # fmt: skip
+               rounds: int, seconds: float, loop: str, http: str = "h11") -> str:  # fmt: skip
     """servers: system -> (address, server pid)."""
     if shutil.which("wrk") is None:
         return "## 4. End to end\n\nNot measured: wrk not found (bench/setup.sh installs it).\n"
@@ -761,7 +761,7 @@ def end_to_end(workdir: str, servers: dict[str, tuple[str, int]], redis_socket: 
     try:
         for system in ("sharedstate", "redis"):
             address, pid = servers[system]
-            apps.append(start_app(system, workdir, address, redis_socket, pid, loop))
+            apps.append(start_app(system, workdir, address, redis_socket, pid, loop, http))
         for app in apps:  # warm up: every worker connects
             warmup = wrk(app, script, 2.0)
             app.warmup_sent, app.warmup_answered = warmup.sent, warmup.answered
@@ -784,7 +784,7 @@ def end_to_end(workdir: str, servers: dict[str, tuple[str, int]], redis_socket: 
         f"## 4. End to end: FastAPI counter, `uvicorn --workers {WORKERS}`",
         "",
         f"`POST /hits` → `await state.incr(\"hits\")` (`bench/aio_app.py`); uvicorn "
-        f"{_version('uvicorn')} (h11; loop: {loop}), FastAPI "
+        f"{_version('uvicorn')} ({http}; loop: {loop}), FastAPI "
         f"{_version('fastapi')}, redis-py {_version('redis')}; TCP_NODELAY set on the "
         "workers' connections, as asyncio means to (without it, every keep-alive answer "
         "waits ~40 ms for a delayed ACK: `bench/aio_app.py` says why). "
@@ -866,6 +866,8 @@ def main() -> None:
     parser.add_argument("--e2e-seconds", type=float, default=10.0)
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--profile", action="store_true", help="add cProfile of the get loops")
+    parser.add_argument("--http", choices=("h11", "httptools"), default="h11",
+                        help="uvicorn's HTTP implementation, end to end")
     parser.add_argument("--also-uvloop", action="store_true",
                         help="then parts 1-2 and the echo floor again on uvloop, appended")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
@@ -873,11 +875,16 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     options = parser.parse_args()
     if options.quick:
-        options.rounds, options.seconds, options.e2e_rounds, options.e2e_seconds = 2, 0.5, 2, 3.0
+        options.rounds, options.seconds = 2, 0.5
+        if "--e2e-rounds" not in sys.argv:
+            options.e2e_rounds = 2
+        if "--e2e-seconds" not in sys.argv:
+            options.e2e_seconds = 3.0
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # clean up servers
     for name in [k for k in os.environ if k.startswith("SHAREDSTATE_")]:
         del os.environ[name]
     started = time.time()
+    load_before = os.getloadavg()[0]
     workdir = tempfile.mkdtemp(prefix="ss-bench-aio-", dir="/tmp")
     sections: list[str] = []
     try:
@@ -900,7 +907,8 @@ def main() -> None:
                 servers = {"sharedstate": (ours.address, ours.pid),
                            "redis": (redis.socket, redis.process.pid)}  # fmt: skip
                 sections.append(end_to_end(workdir, servers, redis.socket, options.e2e_rounds,
-                                           options.e2e_seconds, options.loop))  # fmt: skip
+                                           options.e2e_seconds, options.loop,
+                                           options.http))  # fmt: skip
             if options.also_uvloop:
                 print("1-2 again, on uvloop", flush=True)
                 again = InProcess(ours.address, redis.socket, options.seconds, "uvloop")
@@ -930,7 +938,9 @@ def main() -> None:
         f"{_commit()}); took {took / 60:.1f} min. Each figure is the median of "
         f"{options.rounds} rounds of {options.seconds:g} s (end to end: {options.e2e_rounds} "
         f"of {options.e2e_seconds:g} s), rounds alternating in order; ratios are measured "
-        "in the same run, as this machine's speed varies.\n"
+        "in the same run, as this machine's speed varies. Load average (1 min) "
+        f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
+        f"{os.cpu_count()} CPUs: other work shares the machine, so single rounds vary.\n"
     )
     report = "\n".join([header, targets_table(phases), *sections])
     print()
