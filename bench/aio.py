@@ -8,9 +8,9 @@ figure is the median of several rounds, and every ratio is against a baseline me
 in the same run, rounds alternating in order (A B, B A...):
 
 1. Tasks in one event loop: aggregate ops/s of ``await state.get`` and ``await
-   state.incr`` with 1 task and with 64 concurrent tasks (goal: 64 tasks ≥ 3 × 1 task).
+   state.incr`` with 1 task and with 64 concurrent tasks (goal: 64 tasks at least 3 times 1 task).
 2. One task's ``get`` against the sync client's ``get`` in the same process, same server
-   (goal ≥ 0.9 ×).
+   (goal: at least 0.9 times).
 3. Event-loop stalls: while 1 and 2 run, a probe task sleeps 1 ms in a loop and records
    how late it wakes (max and p99, against the same probe on an idle loop); the same
    during connecting, reconnecting after ``aclose()`` and starting a server. Then the
@@ -18,7 +18,7 @@ in the same run, rounds alternating in order (A B, B A...):
    slowest callbacks the loop logged.
 4. End to end: a FastAPI counter (``bench/aio_app.py``, ``POST /hits``) under ``uvicorn
    --workers 4``, on ``sharedstate.aio`` and on ``redis.asyncio``, driven by wrk (a
-   Lua script counts the requests it sends); requests/s, the ratio (goal ≥ 1.2 ×), the
+   Lua script counts the requests it sends); requests/s, the ratio (goal: at least 1.2 times), the
    CPU each process tree spent per request, and the final count against the requests
    sent (must be exact).
 
@@ -247,8 +247,11 @@ class InProcess:
             ("sharedstate", self.sync.get, self.aio.get, ss_incr),
             ("redis", self.sync_redis.get, self.aredis.get, rd_incr),
         ):  # each pair compared in the targets runs back to back
-            add("sync client `get`, 1 thread", system,
-                lambda phase, sync_get=sync_get: sync_rate(sync_get, self.seconds, KEYS))
+            add(
+                "sync client `get`, 1 thread",
+                system,
+                lambda phase, sync_get=sync_get: sync_rate(sync_get, self.seconds, KEYS),
+            )
             add("`get`, 1 task, no probe", system, async_phase(get, 1, False, KEYS))
             add("`get`, 1 task", system, async_phase(get, 1, True, KEYS))
             add(f"`get`, {MANY} tasks", system, async_phase(get, MANY, True, KEYS))
@@ -375,7 +378,10 @@ class InProcess:
         logger.addHandler(handler)
         old_propagate, logger.propagate = logger.propagate, False
         try:
-            with warnings.catch_warnings(record=True) as caught, asyncio.Runner(debug=True) as runner:
+            with (
+                warnings.catch_warnings(record=True) as caught,
+                asyncio.Runner(debug=True) as runner,
+            ):
                 warnings.simplefilter("always")
                 runner.get_loop().slow_callback_duration = SLOW_CALLBACK
 
@@ -700,7 +706,8 @@ def wrk(app: App, script: str, seconds: float) -> Load:
     rate = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
     counted = re.search(r"COUNTED sent=(\d+) answered=(\d+) failed=(\d+)", result.stdout)
     errors = re.search(r"Socket errors: (.*)", result.stdout)
-    assert rate and counted, result.stdout + result.stderr
+    assert rate, result.stdout + result.stderr
+    assert counted, result.stdout + result.stderr
     sent, answered, failed = (int(n) for n in counted.groups())
     return Load(float(rate.group(1)), sent, answered, failed,
                 errors.group(1) if errors else "none",
@@ -866,12 +873,23 @@ def main() -> None:
     parser.add_argument("--e2e-seconds", type=float, default=10.0)
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--profile", action="store_true", help="add cProfile of the get loops")
-    parser.add_argument("--http", choices=("h11", "httptools"), default="h11",
-                        help="uvicorn's HTTP implementation, end to end")
-    parser.add_argument("--also-uvloop", action="store_true",
-                        help="then parts 1-2 and the echo floor again on uvloop, appended")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
-                        help="event loop of parts 1-3 and of uvicorn (the debug pass: asyncio)")
+    parser.add_argument(
+        "--http",
+        choices=("h11", "httptools"),
+        default="h11",
+        help="uvicorn's HTTP implementation, end to end",
+    )
+    parser.add_argument(
+        "--also-uvloop",
+        action="store_true",
+        help="then parts 1-2 and the echo floor again on uvloop, appended",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of parts 1-3 and of uvicorn (the debug pass: asyncio)",
+    )
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     options = parser.parse_args()
     if options.quick:
@@ -918,11 +936,13 @@ def main() -> None:
                 finally:
                     again.close()
                 table = targets_table(uv_phases, end_to_end=False).replace(
-                    "## Targets", f"## Parts 1-2 again on uvloop {_version('uvloop')}: targets")
+                    "## Targets", f"## Parts 1-2 again on uvloop {_version('uvloop')}: targets"
+                )
                 sections += [table, phases_table(uv_phases, again.notes, "### On uvloop"),
                              uv_breakdown]  # fmt: skip
             if profile:
-                sections.append("## Where one task's `get` spends its time (cProfile)\n\n" + profile)
+                title = "## Where one task's `get` spends its time (cProfile)"
+                sections.append(f"{title}\n\n{profile}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     took = time.time() - started
@@ -930,8 +950,12 @@ def main() -> None:
     header = (
         "# sharedstate.aio, the asyncio client\n\n"
         f"Event loop: {options.loop}"
-        + (f" (uvloop {_version('uvloop')}; the debug-mode pass uses asyncio's own loop)"
-           if options.loop == "uvloop" else " (the standard library's)") + ". "
+        + (
+            f" (uvloop {_version('uvloop')}; the debug-mode pass uses asyncio's own loop)"
+            if options.loop == "uvloop"
+            else " (the standard library's)"
+        )
+        + ". "
         f"`{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, Python "
         f"{platform.python_version()}, sharedstate {_sharedstate_version()} (commit "
@@ -1031,8 +1055,11 @@ def in_process_report(
     options: argparse.Namespace,
 ) -> list[str]:
     rows = [
-        phases_table(phases, notes, "## 1-3. One process, one event loop (100 B values, "
-                     "1,000 keys; Unix sockets)"),  # fmt: skip
+        phases_table(
+            phases,
+            notes,
+            "## 1-3. One process, one event loop (100 B values, " "1,000 keys; Unix sockets)",
+        ),  # fmt: skip
         "### Stalls while connecting",
         "",
         "| what | time per call | stall p99 ms | stall max ms |",
@@ -1066,7 +1093,8 @@ def phases_table(phases: list[Phase], notes: list[str], title: str) -> str:
         )
     idle = _find(phases, "idle loop (probe only)", "none")
     rows += [
-        f"| idle loop, probe only (the timer's own lateness) | {stall_cells(idle.overshoots)} | | | |",
+        f"| idle loop, probe only (the timer's own lateness) | "
+        f"{stall_cells(idle.overshoots)} | | | |",
         "",
         "Counts after the `incr` phases (read with the sync clients):",
         *notes,
@@ -1126,7 +1154,11 @@ def _describe(handle: str) -> str:
     task = re.match(r"<Task \w+ name='[^']*' coro=<(.+?\(\))(?:.*?running at ([^ >]+))?", handle)
     if task:
         where = task.group(2)
-        where = f", suspended at {os.path.relpath(where, REPO) if where.startswith('/') else where}" if where else ""
+        if where:
+            shown = os.path.relpath(where, REPO) if where.startswith("/") else where
+            where = f", suspended at {shown}"
+        else:
+            where = ""
         return f"a step of task `{task.group(1)}`{where}".replace("|", "\\|")
     return "`" + handle[:160].replace("|", "\\|") + "`"
 
