@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -456,3 +457,21 @@ def test_a_client_flooding_behind_a_held_back_call_does_not_stop_the_server(
             return await state.len()
 
         assert run_on("asyncio", main) == 30 + 2  # the blobs (3 MB), "k", "still served"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_task_that_ends_holding_the_lock_frees_it(server: ServerProcess, loop: str) -> None:
+    # As a thread's connection closes when the thread ends, a task's hold does.
+    async def main() -> None:
+        state = await aio_state(start=False)
+
+        async def take_and_forget() -> None:
+            await state.lock.acquire()
+
+        await asyncio.ensure_future(take_and_forget())
+        await asyncio.sleep(0)  # the task, and its context with the hold, are gone
+        gc.collect()
+        assert await state.lock.acquire(timeout=5)
+        await state.lock.release()
+
+    run_on(loop, main)

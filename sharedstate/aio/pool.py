@@ -386,7 +386,21 @@ class Pool:
         hold = Hold(channel)
         self._holds.add(hold)
         self._hold.set(hold)
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(lambda _: self._holder_ended(hold))
         return hold
+
+    def _holder_ended(self, hold: Hold) -> None:
+        """The task that took the hold ended holding something (an ``acquire()`` never
+        released): close its connection, so the server frees it, as a thread's
+        connection closes when the thread ends."""
+        if hold.done:
+            return
+        hold.lost = "was closed: the task that took it ended without freeing it"
+        hold.channel.close(hold.lost)
+        hold.held.clear()
+        self._end_hold(hold)
 
     def _note_reservations(self, hold: Hold, call: Call, result: Any) -> None:
         method = call.method
