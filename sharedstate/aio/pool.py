@@ -209,17 +209,17 @@ class Pool:
             number = channel.last_number
         request = _request(call, number)
         for attempt in (1, 2):
-            protocol = channel.protocol
-            if protocol is None or protocol.broken is not None or protocol.paused:
-                protocol = await self._ready(channel, held=held)
-            waiter = protocol.send(request)
-            if self.call_timeout is not None and call.waits is not None:
-                channel.deadline = protocol.loop.time() + self.call_timeout + call.waits
-                if self._watchdog is None:
-                    self._watchdog = protocol.loop.call_later(self._watch_every, self._watch)
-            else:
-                channel.deadline = None
             try:
+                protocol = channel.protocol
+                if protocol is None or protocol.broken is not None or protocol.paused:
+                    protocol = await self._ready(channel, held=held)
+                waiter = protocol.send(request)
+                if self.call_timeout is not None and call.waits is not None:
+                    channel.deadline = protocol.loop.time() + self.call_timeout + call.waits
+                    if self._watchdog is None:
+                        self._watchdog = protocol.loop.call_later(self._watch_every, self._watch)
+                else:
+                    channel.deadline = None
                 reply = await waiter
             except Broken as broken:
                 instance = channel.instance
