@@ -475,3 +475,34 @@ def test_a_task_that_ends_holding_the_lock_frees_it(server: ServerProcess, loop:
         await state.lock.release()
 
     run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_write_waiting_for_its_connection_is_not_overtaken_by_a_later_one(
+    server: ServerProcess, loop: str
+) -> None:
+    # A write that waits for a connection being opened, and a later write that finds it
+    # open: each connection's writes must reach the server in the order of their
+    # numbers, or the server refuses the overtaken one as out of step.
+    async def main() -> list[Any]:
+        state = await aio_state(start=False, max_connections=2)
+
+        async def once_the_second_connection_is_up() -> Any:
+            shared = state._pool._shared
+            while len(shared) < 2 or not shared[1].usable:
+                await asyncio.sleep(0)
+            return await state.incr("n")
+
+        with _another_client_editing("x") as done:
+            asyncio.get_running_loop().call_later(0.5, done.set)
+            return await asyncio.gather(
+                state.set("x", 1),  # connection 1: waits behind the edit
+                state.incr("n"),  # opens connection 2, and waits for it
+                state.set("x", 2),  # behind the first, on connection 1
+                once_the_second_connection_is_up(),  # on connection 2, at once
+                return_exceptions=True,
+            )
+
+    results = run_on(loop, main)
+    assert [result for result in results if isinstance(result, BaseException)] == []
+    assert sorted(results[1::2]) == [1, 2]

@@ -203,16 +203,24 @@ class Pool:
     ) -> Any:
         """Run ``call`` on ``channel``, within the call timeout: once more on a new
         connection if it was cut off and sending it again is safe."""
-        number = 0
-        if operation.writes:
-            channel.last_number += 1
-            number = channel.last_number
-        request = _request(call, number)
+        number = 0  # a write's number in the channel's session, once sent
+        request = b""
         for attempt in (1, 2):
             try:
                 protocol = channel.protocol
                 if protocol is None or protocol.broken is not None or protocol.paused:
                     protocol = await self._ready(channel, held=held)
+                # From numbering to sending, nothing is awaited: the server must get a
+                # session's writes in the order of their numbers.
+                if not request:
+                    if operation.writes:
+                        channel.last_number += 1
+                        number = channel.last_number
+                    request = _request(call, number)
+                elif number and channel.last_number != number:
+                    raise self._cut_off(
+                        call.method, Broken("reconnected"), "later writes went on it first"
+                    )
                 waiter = protocol.send(request)
                 if self.call_timeout is not None and call.waits is not None:
                     channel.deadline = protocol.loop.time() + self.call_timeout + call.waits
