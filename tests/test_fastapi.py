@@ -1,0 +1,183 @@
+"""FastAPI with the asyncio client, under real ``uvicorn --workers 4`` and gunicorn with
+uvicorn's worker: the example app (examples/fastapi/), real HTTP over loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from sharedstate import get_shared_state
+
+from .support.gunicorns import Gunicorn
+from .support.processes import REPO_ROOT, kill_and_wait, wait_until
+from .support.procfs import is_dead, server_pids
+from .support.servers import server_info
+from .support.uvicorns import (
+    APP,
+    StartUvicorn,
+    Uvicorn,
+    concurrent_posts,
+    wait_for_connected_workers,
+)
+
+GUNICORN_CONFIG = os.path.join(REPO_ROOT, "examples", "fastapi", "gunicorn.conf.py")
+
+
+def _stop_sharedstate_servers(workdir: str) -> None:
+    """The server a worker started outlives uvicorn, by design: the test stops it."""
+    for pid in server_pids(workdir):
+        kill_and_wait(pid)
+
+
+@pytest.fixture
+def uvicorn(workdir: str) -> Iterator[StartUvicorn]:
+    started: list[Uvicorn] = []
+
+    def start(*args: str) -> Uvicorn:
+        master = Uvicorn(workdir, *args)
+        started.append(master)
+        return master.start()
+
+    try:
+        yield start
+    finally:
+        for master in started:
+            master.stop()
+        _stop_sharedstate_servers(workdir)
+
+
+@pytest.fixture
+def gunicorn_uvicorn(workdir: str) -> Iterator[Gunicorn]:
+    """gunicorn with 4 uvicorn workers and sharedstate's hooks (examples/fastapi's config)."""
+    master = Gunicorn(workdir, app=APP, config=GUNICORN_CONFIG)
+    try:
+        yield master
+    finally:
+        if master.process is not None and master.process.poll() is None:
+            workers = master.worker_pids()
+            master.process.kill()
+            master.process.wait(30)
+            for pid in workers:
+                if not is_dead(pid):
+                    kill_and_wait(pid)
+        _stop_sharedstate_servers(workdir)
+
+
+def _hits_were_1_to(count: int, responses: list[httpx.Response]) -> None:
+    assert [response.status_code for response in responses] == [200] * count
+    assert sorted(response.json() for response in responses) == list(range(1, count + 1))
+    workers = {response.headers["X-Worker-Pid"] for response in responses}
+    assert len(workers) > 1, "several workers answered"
+
+
+@pytest.mark.timeout(120)
+def test_200_concurrent_hits_on_4_uvicorn_workers_get_1_to_200_each_once(
+    uvicorn: StartUvicorn,
+) -> None:
+    server = uvicorn()
+    _hits_were_1_to(200, concurrent_posts(server.url, "/hits", 200))
+    assert httpx.get(f"{server.url}/hits").json() == 200
+
+
+@pytest.mark.timeout(120)
+def test_exactly_one_server_for_4_uvicorn_workers_that_start_at_once(
+    uvicorn: StartUvicorn, workdir: str
+) -> None:
+    server = uvicorn()
+    workers = server.wait_for_workers()
+    [server_pid] = server_pids(workdir)
+    info = server_info()
+    assert info["pid"] == server_pid
+    assert info["started_by"] in workers, "one of the workers started it"
+    assert workers <= {client["pid"] for client in info["clients"]}, "all use that one"
+    concurrent_posts(server.url, "/hits", 40)
+    assert server_pids(workdir) == [server_pid]
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_killed_while_holding_the_lock_frees_it(uvicorn: StartUvicorn) -> None:
+    server = uvicorn()
+    holding = threading.Thread(target=_post_ignoring_errors, args=(server, "/hold?seconds=120"))
+    holding.start()
+    try:
+        wait_until(lambda: server_info()["lock_holder"] is not None)
+        info = server_info()
+        [holder] = {c["pid"] for c in info["clients"] if c["id"] == info["lock_holder"]}
+        assert holder in server.worker_pids()
+
+        kill_and_wait(holder)
+        started = time.monotonic()
+        taken = httpx.post(f"{server.url}/hold?seconds=0&timeout=10", timeout=30)
+        assert taken.status_code == 200, taken.text
+        assert taken.json()["pid"] != holder
+        assert time.monotonic() - started < 5, "the lock was freed when its holder died"
+    finally:
+        holding.join(30)
+
+
+@pytest.mark.timeout(120)
+def test_the_server_outlives_the_worker_that_started_it(
+    uvicorn: StartUvicorn, workdir: str
+) -> None:
+    server = uvicorn()
+    _hits_were_1_to(20, concurrent_posts(server.url, "/hits", 20))
+    info = server_info()
+    starter, server_pid = info["started_by"], info["pid"]
+    assert starter in server.worker_pids()
+
+    kill_and_wait(starter)
+    replaced = server.wait_for_workers()  # uvicorn starts a new worker, which connects
+    assert starter not in replaced
+    assert server_pids(workdir) == [server_pid], "the same server, and only it"
+    responses = concurrent_posts(server.url, "/hits", 20)
+    assert sorted(response.json() for response in responses) == list(range(21, 41))
+
+
+@pytest.mark.timeout(120)
+def test_200_concurrent_hits_on_gunicorn_with_4_uvicorn_workers_get_1_to_200_each_once(
+    gunicorn_uvicorn: Gunicorn, workdir: str
+) -> None:
+    master = gunicorn_uvicorn.start()
+    workers = wait_for_connected_workers(master.worker_pids, 4)
+    info = server_info()
+    assert info["owner_pid"] == master.pid, "the master's on_starting started it"
+    assert info["started_by"] not in workers
+    url = f"http://127.0.0.1:{master.port}"
+    _hits_were_1_to(200, concurrent_posts(url, "/hits", 200))
+    assert len(server_pids(workdir)) == 1
+
+    assert master.stop() == 0
+    wait_until(lambda: server_pids(workdir) == [])  # on_exit stopped it with gunicorn
+
+
+def test_the_sync_client_and_the_workers_async_clients_see_each_others_writes(
+    uvicorn: StartUvicorn,
+) -> None:
+    server = uvicorn()
+    state = get_shared_state(start=False)  # the sync client, in this process
+    state["config"] = {"db": {"port": 1}}
+    assert httpx.get(f"{server.url}/config/db/port").json() == 1
+    assert httpx.put(f"{server.url}/config/db/host", json="x").status_code == 200
+    assert state["config"]["db"]["host"] == "x"
+    assert state["config"]["db"]["port"] == 1
+
+    for _ in range(3):
+        state.incr("hits")
+    assert httpx.post(f"{server.url}/hits").json() == 4
+    assert state["hits"] == 4
+
+    with state.lock:  # one lock for both clients
+        refused = httpx.post(f"{server.url}/hold?seconds=0&timeout=0.5", timeout=30)
+        assert refused.status_code == 503
+    assert httpx.post(f"{server.url}/hold?seconds=0&timeout=5", timeout=30).status_code == 200
+
+
+def _post_ignoring_errors(server: Uvicorn, path: str) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(f"{server.url}{path}", timeout=150)
