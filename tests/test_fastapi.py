@@ -161,11 +161,11 @@ def test_the_sync_client_and_the_workers_async_clients_see_each_others_writes(
 ) -> None:
     server = uvicorn()
     state = get_shared_state(start=False)  # the sync client, in this process
-    state["config"] = {"db": {"port": 1}}
-    assert httpx.get(f"{server.url}/config/db/port").json() == 1
+    assert state["config"]["db"]["port"] == 5432  # written by the first worker's setup
+    state["config"]["db"]["port"] = 6543
+    assert httpx.get(f"{server.url}/config/db/port").json() == 6543
     assert httpx.put(f"{server.url}/config/db/host", json="x").status_code == 200
-    assert state["config"]["db"]["host"] == "x"
-    assert state["config"]["db"]["port"] == 1
+    assert state["config"]["db"] == {"host": "x", "port": 6543}
 
     for _ in range(3):
         state.incr("hits")

@@ -8,18 +8,31 @@ the lock and the nested config are the same for all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException
 
 from sharedstate.aio import AsyncSharedState
-from sharedstate.errors import Timeout
-from sharedstate.starlette import lifespan, shared_state
+from sharedstate.errors import KeyNotFound, Timeout
+from sharedstate.starlette import shared_state, shared_state_lifespan
 
-# Connects at startup in each worker (starting the server if none is running, once),
-# closes at shutdown. Settings from SHAREDSTATE_* variables, then .env.
-app = FastAPI(lifespan=lifespan)
+DEFAULT_CONFIG = {"db": {"host": "localhost", "port": 5432}, "features": {"beta": False}}
+
+
+@contextlib.asynccontextmanager
+async def setup(app: FastAPI) -> AsyncIterator[None]:
+    """The app's own lifespan, run by each worker once connected (so it may use the state)."""
+    await app.state.shared.add("config", DEFAULT_CONFIG)  # atomic: the first worker's wins
+    yield
+
+
+# Each worker connects at startup (the first to find no server starts it, only one),
+# runs setup(), and closes its connections at shutdown. Settings from SHAREDSTATE_*
+# variables, then .env. Without a lifespan of your own: FastAPI(lifespan=lifespan).
+app = FastAPI(lifespan=shared_state_lifespan(setup))
 
 State = Annotated[AsyncSharedState, Depends(shared_state)]
 
@@ -57,30 +70,28 @@ async def hold(state: State, seconds: float = 1.0, timeout: float = 10.0) -> dic
     return {"pid": os.getpid(), "held": seconds}
 
 
-def _config_path(path: str) -> tuple[str, ...]:
-    return ("config", *(step for step in path.split("/") if step))
-
-
 @app.get("/config/{path:path}")
 async def get_config(path: str, state: State) -> Any:
-    """A value inside the nested config, e.g. ``GET /config/db/port``."""
-    value = await state.get_in(_config_path(path), default=None)
+    """A value in the nested config (``GET /config/db/port``), or all of it (``/config/``)."""
+    value = await state.get_in(("config", *_steps(path)))
     if value is None:
         raise HTTPException(404, f"no config at {path!r}")
     return value
 
 
-@app.put("/config/{path:path}")
-async def set_config(path: str, value: Annotated[Any, Body()], state: State) -> Any:
-    """Set one value deep inside the config, e.g. ``PUT /config/db/port`` with ``5432``.
+@app.put("/config/{section}/{name}")
+async def set_config(section: str, name: str, value: Annotated[Any, Body()], state: State) -> Any:
+    """Set one value inside the config (``PUT /config/db/port`` with ``5432``), on the server.
 
-    Only that value changes, on the server: two workers setting different paths at once
-    both keep their write (a read-modify-write of the whole dict would lose one).
+    Only that value changes: two workers setting different values at once both keep
+    their write (a read-modify-write of the whole dict could lose one).
     """
-    steps = _config_path(path)
-    await state.setdefault("config", {})
-    for depth in range(2, len(steps)):  # the dicts on the way, where missing
-        if await state.get_in(steps[:depth]) is None:
-            await state.set_in(steps[:depth], {})
-    await state.set_in(steps, value)
-    return await state.get("config")
+    try:
+        await state.set_in(("config", section, name), value)
+    except KeyNotFound:
+        raise HTTPException(404, f"no config section {section!r}") from None
+    return await state.get_in(("config", section))
+
+
+def _steps(path: str) -> list[str]:
+    return [step for step in path.split("/") if step]
