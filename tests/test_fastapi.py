@@ -3,21 +3,26 @@ uvicorn's worker: the example app (examples/fastapi/), real HTTP over loopback."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated
 
 import httpx
 import pytest
+from fastapi import Depends, FastAPI
 
-from sharedstate import get_shared_state
+from sharedstate import ConfigError, get_shared_state
+from sharedstate.aio import AsyncSharedState
+from sharedstate.starlette import shared_state, shared_state_lifespan
 
 from .support.gunicorns import Gunicorn
 from .support.processes import REPO_ROOT, kill_and_wait, wait_until
 from .support.procfs import is_dead, server_pids
-from .support.servers import server_info
+from .support.servers import ServerProcess, server_info
 from .support.uvicorns import (
     APP,
     StartUvicorn,
@@ -27,6 +32,7 @@ from .support.uvicorns import (
 )
 
 GUNICORN_CONFIG = os.path.join(REPO_ROOT, "examples", "fastapi", "gunicorn.conf.py")
+State = Annotated[AsyncSharedState, Depends(shared_state)]
 
 
 def _stop_sharedstate_servers(workdir: str) -> None:
@@ -176,6 +182,51 @@ def test_the_sync_client_and_the_workers_async_clients_see_each_others_writes(
         refused = httpx.post(f"{server.url}/hold?seconds=0&timeout=0.5", timeout=30)
         assert refused.status_code == 503
     assert httpx.post(f"{server.url}/hold?seconds=0&timeout=5", timeout=30).status_code == 200
+
+
+def test_the_lifespan_opens_the_state_around_the_apps_own_lifespan(
+    server: ServerProcess,
+) -> None:
+    seen: list[object] = []
+
+    @contextlib.asynccontextmanager
+    async def own_lifespan(app: FastAPI) -> AsyncIterator[dict[str, str]]:
+        seen.append(await app.state.shared.incr("starts"))  # already connected
+        yield {"greeting": "hello"}  # Starlette's lifespan state: passed on
+        seen.append(await app.state.shared.get("starts"))  # not closed yet
+
+    app = FastAPI(lifespan=shared_state_lifespan(own_lifespan))
+
+    @app.get("/")
+    async def index(state: State) -> int:
+        return int(await state.incr("starts"))
+
+    async def serve_one_request() -> None:
+        async with app.router.lifespan_context(app) as lifespan_state:
+            assert lifespan_state == {"greeting": "hello"}
+            assert (await _get_in_process(app, "/")).json() == 2
+        assert not hasattr(app.state, "shared"), "the lifespan took it off at shutdown"
+
+    asyncio.run(serve_one_request())
+    assert seen == [1, 2]
+    assert get_shared_state(start=False)["starts"] == 2
+
+
+def test_the_dependency_without_the_lifespan_says_how_to_set_it_up(server: ServerProcess) -> None:
+    app = FastAPI()
+
+    @app.get("/")
+    async def index(state: State) -> int:
+        return int(await state.incr("hits"))
+
+    with pytest.raises(ConfigError, match="lifespan="):
+        asyncio.run(_get_in_process(app, "/"))
+
+
+async def _get_in_process(app: FastAPI, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        return await client.get(path)
 
 
 def _post_ignoring_errors(server: Uvicorn, path: str) -> None:
