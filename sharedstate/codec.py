@@ -19,7 +19,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidArgument, InvalidKey, ValueNotLoadable, ValueNotPicklable
+from .errors import (
+    InvalidArgument,
+    InvalidKey,
+    ValueNotLoadable,
+    ValueNotPicklable,
+    ValueTooLarge,
+)
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -80,6 +86,20 @@ def encode(value: Any, where: Where) -> bytes:
         raise ValueNotPicklable(
             f"can't store {type(value).__name__} value at {place}: {reason}", where=place
         ) from error
+
+
+def encode_within(value: Any, where: Where, limit: int) -> bytes:
+    """Pickle ``value`` to send; refuse it if it is larger than ``limit`` bytes."""
+    data = encode(value, where)
+    if len(data) > limit:
+        place = where_text(where)
+        raise ValueTooLarge(
+            f"the value for {place} is {len(data):,} bytes pickled, over the limit of "
+            f"{limit:,} (SHAREDSTATE_MAX_VALUE_BYTES); it was not sent. "
+            "Store it in smaller pieces, or raise the limit",
+            where=place,
+        )
+    return data
 
 
 _CLIENT_HINT = "is the module defining its class importable in this process?"

@@ -18,8 +18,9 @@ so a client knows whether a call cut off by a dropped connection may be retried.
 
 Messages travel in ``multiprocessing.connection``'s frames (a 4-byte length, then the
 bytes), like everything after them. This module holds the messages and the proofs; the
-client's side of the exchange is :func:`authenticate`, the server's lives in its event
-loop (:mod:`sharedstate.server.reception`), which must never block.
+client's side of the exchange is :class:`ClientProof` (which the sync and the asyncio
+clients drive), the server's lives in its event loop (:mod:`sharedstate.server.reception`),
+which must never block.
 """
 
 from __future__ import annotations
@@ -89,33 +90,54 @@ def authenticate(conn: Connection, key: bytes) -> bytes:
     Raises :class:`HandshakeFailed` unless the server proved it knows ``key``, before
     anything from the server is unpickled. Socket errors and timeouts propagate.
     """
-    greeting = conn.recv_bytes(MAX_MESSAGE_BYTES)
-    if greeting.startswith(b"#CHALLENGE#"):
-        raise HandshakeFailed(
-            "it speaks multiprocessing's handshake: a sharedstate server older than this "
-            "client (stop it, and start it again with this version), or another "
-            "multiprocessing program"
-        )
-    if len(greeting) != len(HELLO) + NONCE_BYTES or not greeting.startswith(HELLO):
-        raise HandshakeFailed(
-            "it does not speak sharedstate's handshake (is another program using that address?)"
-        )
-    server_nonce = greeting[len(HELLO) :]
-    client_nonce = os.urandom(NONCE_BYTES)
-    conn.send_bytes(AUTH + client_nonce + _proof(key, _CLIENT, server_nonce, client_nonce))
-    answer = conn.recv_bytes(MAX_MESSAGE_BYTES)
-    if answer == FAILURE:
-        raise HandshakeFailed("it uses a different key", wrong_key=True)
-    size = len(WELCOME) + INSTANCE_BYTES + _PROOF_BYTES
-    if len(answer) != size or not answer.startswith(WELCOME):
-        raise HandshakeFailed(
-            "it does not speak sharedstate's handshake (is another program using that address?)"
-        )
-    instance = answer[len(WELCOME) : len(WELCOME) + INSTANCE_BYTES]
-    proof = answer[len(WELCOME) + INSTANCE_BYTES :]
-    if not hmac.compare_digest(proof, _proof(key, _SERVER, server_nonce, client_nonce, instance)):
-        raise HandshakeFailed(
-            "it could not prove that it knows the key (another user's program posing as "
-            "your server, or a server with another key)"
-        )
-    return instance
+    proving = ClientProof(key)
+    conn.send_bytes(proving.answer(conn.recv_bytes(MAX_MESSAGE_BYTES)))
+    return proving.check(conn.recv_bytes(MAX_MESSAGE_BYTES))
+
+
+class ClientProof:
+    """The client's side of the exchange, without I/O: for the sync and asyncio clients.
+
+    :meth:`answer` takes the server's HELLO and gives the AUTH to send;
+    :meth:`check` takes the server's answer and gives its instance id.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._server_nonce = b""
+        self._client_nonce = os.urandom(NONCE_BYTES)
+
+    def answer(self, greeting: bytes) -> bytes:
+        if greeting.startswith(b"#CHALLENGE#"):
+            raise HandshakeFailed(
+                "it speaks multiprocessing's handshake: a sharedstate server older than this "
+                "client (stop it, and start it again with this version), or another "
+                "multiprocessing program"
+            )
+        if len(greeting) != len(HELLO) + NONCE_BYTES or not greeting.startswith(HELLO):
+            raise HandshakeFailed(
+                "it does not speak sharedstate's handshake (is another program using that "
+                "address?)"
+            )
+        self._server_nonce = greeting[len(HELLO) :]
+        nonces = (self._server_nonce, self._client_nonce)
+        return AUTH + self._client_nonce + _proof(self._key, _CLIENT, *nonces)
+
+    def check(self, answer: bytes) -> bytes:
+        if answer == FAILURE:
+            raise HandshakeFailed("it uses a different key", wrong_key=True)
+        size = len(WELCOME) + INSTANCE_BYTES + _PROOF_BYTES
+        if len(answer) != size or not answer.startswith(WELCOME):
+            raise HandshakeFailed(
+                "it does not speak sharedstate's handshake (is another program using that "
+                "address?)"
+            )
+        instance = answer[len(WELCOME) : len(WELCOME) + INSTANCE_BYTES]
+        proof = answer[len(WELCOME) + INSTANCE_BYTES :]
+        nonces = (self._server_nonce, self._client_nonce)
+        if not hmac.compare_digest(proof, _proof(self._key, _SERVER, *nonces, instance)):
+            raise HandshakeFailed(
+                "it could not prove that it knows the key (another user's program posing as "
+                "your server, or a server with another key)"
+            )
+        return instance

@@ -45,17 +45,44 @@ def connect_or_start(
     settings: Settings, *, start: bool, timeout: float, hello: Hello | None = None
 ) -> Link:
     """A connection to the server at ``settings.address``, starting it if allowed."""
-    address = settings.address
     hello = hello or Hello(f"client-{os.getpid()}", os.urandom(SESSION_ID_BYTES), resume=False)
     link = try_connect(settings, timeout, hello)
     if link is not None:
         return link
     if not start:
-        raise ServerNotRunning(
-            f"no sharedstate server is running at {address}; start one with "
-            "`sharedstate serve`, or call get_shared_state(start=True)",
-            address=str(address),
-        )
+        raise not_running(settings)
+    ensure_server(settings, timeout)
+    link = try_connect(settings, timeout, hello)
+    if link is None:
+        raise not_accepting(settings)
+    return link
+
+
+def not_running(settings: Settings) -> ServerNotRunning:
+    """The error of a client told not to start the server, when none is running."""
+    return ServerNotRunning(
+        f"no sharedstate server is running at {settings.address}; start one with "
+        "`sharedstate serve`, or call get_shared_state(start=True)",
+        address=str(settings.address),
+    )
+
+
+def not_accepting(settings: Settings) -> ServerStartError:
+    """The error when a server was started (or found starting) but refuses connections."""
+    return ServerStartError(
+        f"a server was started at {settings.address} but does not accept connections; "
+        f"see its log {settings.log_file or settings.address.log_path}",
+        address=str(settings.address),
+    )
+
+
+def ensure_server(settings: Settings, timeout: float) -> None:
+    """Start the server, or wait for the one another worker is starting, until it listens.
+
+    Blocks (for the asyncio client, in a thread). Raises :class:`Timeout` if no server
+    listens within ``timeout``, or :class:`ServerStartError` if ours failed to start.
+    """
+    address = settings.address
     deadline = time.monotonic() + timeout
     ensure_files_dir(address)
     while True:
@@ -65,17 +92,9 @@ def connect_or_start(
                 spawn_server(settings, lock, max(deadline - time.monotonic(), 1.0))
             finally:
                 lock.release()  # the server holds its own copy now
-            link = try_connect(settings, timeout, hello)
-            if link is None:
-                raise ServerStartError(
-                    f"a server was started at {address} but does not accept connections; "
-                    f"see its log {settings.log_file or address.log_path}",
-                    address=str(address),
-                )
-            return link
-        link = try_connect(settings, timeout, hello)
-        if link is not None:
-            return link
+            return
+        if _listening(settings):
+            return
         if time.monotonic() >= deadline:
             raise Timeout(
                 f"waited {timeout:g} s for the server at {address} (pid "
@@ -153,27 +172,40 @@ def stop_server(settings: Settings, timeout: float) -> int | None:
 def try_handshake(settings: Settings, timeout: float) -> tuple[Connection, bytes] | None:
     """An authenticated connection and the server's instance id, or ``None`` if nothing
     listens at the address."""
-    address = settings.address
-    check_files_dir(address)  # before trusting a key file or a socket found there
-    key = settings.load_key()
+    key = key_to_connect(settings)
     if key is None:
-        if not _listening(settings):
-            return None
-        # A server writes its key file before it listens: if we looked for the key just
-        # before a starting server wrote it, it is there now.
-        key = settings.load_key()
-        if key is None:
-            raise AuthenticationFailed(
-                f"something listens at {address} but there is no key file "
-                f"{address.key_path}: either another program uses that address (choose "
-                "another), or a sharedstate server there has a key of its own (set "
-                "SHAREDSTATE_AUTHKEY_FILE, or SHAREDSTATE_AUTHKEY)",
-                address=str(address),
-            )
+        return None
     try:
-        return handshake(address, key, timeout, settings.trusted_uids)
+        return handshake(settings.address, key, timeout, settings.trusted_uids)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
+
+
+def key_to_connect(settings: Settings) -> bytes | None:
+    """The key to prove ourselves with, or None if there is none because nothing listens.
+
+    The files' directory is checked first, before a key file or socket found there is
+    trusted.
+    """
+    address = settings.address
+    check_files_dir(address)
+    key = settings.load_key()
+    if key is not None:
+        return key
+    if not _listening(settings):
+        return None
+    # A server writes its key file before it listens: if we looked for the key just
+    # before a starting server wrote it, it is there now.
+    key = settings.load_key()
+    if key is None:
+        raise AuthenticationFailed(
+            f"something listens at {address} but there is no key file "
+            f"{address.key_path}: either another program uses that address (choose "
+            "another), or a sharedstate server there has a key of its own (set "
+            "SHAREDSTATE_AUTHKEY_FILE, or SHAREDSTATE_AUTHKEY)",
+            address=str(address),
+        )
+    return key
 
 
 def _listening(settings: Settings) -> bool:

@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from ..address import Address
-from ..codec import DATA, NAMESPACE, Contents, check_key, check_ttl, checked_pairs, decode
+from ..codec import DATA, NAMESPACE, Contents
 from ..config import Settings, load_settings
-from ..errors import (
-    AttributeNotFound,
-    ConfigError,
-    KeyNotFound,
-    LeaseExpired,
-    SharedStateError,
-    Timeout,
-)
+from ..errors import KeyNotFound, LeaseExpired, SharedStateError, Timeout
+from .commands import MISSING, Call, Commands, load_plain
 from .launcher import connect_or_start
 from .transport import Hello, Link, Transport
 from .views import wrap
-
-_MISSING: Any = object()
 
 
 class SharedLock:
@@ -37,10 +28,11 @@ class SharedLock:
     rather than a deadlock.
     """
 
-    __slots__ = ("_transport",)
+    __slots__ = ("_commands", "_run")
 
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
+    def __init__(self, run: _Run, commands: Commands) -> None:
+        self._run = run
+        self._commands = commands
 
     def acquire(
         self, blocking: bool = True, timeout: float | None = None, lease: float | None = None
@@ -50,19 +42,14 @@ class SharedLock:
         ``lease``: seconds after which the server frees the lock even if this thread has
         not released it; the late ``release()`` then raises :class:`LeaseExpired`.
         """
-        wait = 0.0 if not blocking else seconds_to_wait(timeout, "lock timeout")
-        if lease is not None:
-            lease = float(lease)
-            if not 0 < lease < float("inf"):
-                raise ConfigError(f"lock lease must be a positive number of seconds, not {lease}")
-        return bool(self._transport.call("lock_acquire", wait, lease, waits=wait))
+        return bool(self._run(self._commands.lock_acquire(blocking, timeout, lease)))
 
     def release(self) -> None:
-        self._transport.call("lock_release")
+        self._run(self._commands.lock_release())
 
     def locked(self) -> bool:
         """Whether anyone holds the lock right now."""
-        return bool(self._transport.call("lock_locked"))
+        return bool(self._run(self._commands.lock_locked()))
 
     @contextlib.contextmanager
     def hold(self, timeout: float | None = None, lease: float | None = None) -> Iterator[None]:
@@ -71,10 +58,7 @@ class SharedLock:
         Raises :class:`Timeout` if the lock can't be had within ``timeout`` seconds.
         """
         if not self.acquire(timeout=timeout, lease=lease):
-            raise Timeout(
-                f"state.lock was held by another thread or process for more than {timeout} s; "
-                "try again, or raise the timeout"
-            )
+            raise lock_timeout(timeout)
         try:
             yield
         except BaseException as error:
@@ -88,48 +72,63 @@ class SharedLock:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             self.release()
-        except LeaseExpired:
-            raise  # the work under the lock may have overlapped: always worth knowing
-        except SharedStateError:
-            # The block already failed (often because the connection dropped, which
-            # released the lock): report that failure, not the failed release.
-            if exc_type is None:
+        except SharedStateError as error:
+            if not release_failure_hidden(error, exc_type):
                 raise
+
+
+def lock_timeout(timeout: float | None) -> Timeout:
+    """The error of ``lock.hold(timeout=...)`` when the lock could not be had in time."""
+    return Timeout(
+        f"state.lock was held by another thread or process for more than {timeout} s; "
+        "try again, or raise the timeout"
+    )
+
+
+def release_failure_hidden(error: SharedStateError, exc_type: object) -> bool:
+    """Whether a failed release at the end of a lock's block goes unreported.
+
+    It does when the block itself failed (often because the connection dropped, which
+    released the lock): that failure is the one to report. A lapsed lease never goes
+    unreported: the work under the lock may have overlapped another holder's.
+    """
+    return exc_type is not None and not isinstance(error, LeaseExpired)
 
 
 class SharedNamespace:
     """Attributes shared by all workers: ``state.namespace.number = 0``."""
 
-    __slots__ = ("_transport",)
+    __slots__ = ("_commands", "_run", "_transport")
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, run: _Run, commands: Commands) -> None:
         object.__setattr__(self, "_transport", transport)
+        object.__setattr__(self, "_run", run)
+        object.__setattr__(self, "_commands", commands)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        data = self._transport.call("ns_lookup", name)
-        if data is None:
-            raise AttributeNotFound(f"state.namespace has no attribute {name!r}", name=name)
-        return wrap(self._transport, NAMESPACE, (name,), decode(data, f"state.namespace.{name}"))
+        value = self._run(self._commands.ns_get(name))
+        return wrap(self._transport, NAMESPACE, (name,), value)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self._transport.call(
-            "ns_set", name, self._transport.encode(value, f"state.namespace.{name}")
-        )
+        self._run(self._commands.ns_set(name, value))
 
     def __delattr__(self, name: str) -> None:
-        if not self._transport.call("ns_delete", name):
-            raise AttributeNotFound(f"state.namespace has no attribute {name!r}", name=name)
+        self._run(self._commands.ns_delete(name))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain copy of all attributes."""
-        pairs = self._transport.call("ns_items")
-        return {name: decode(data, f"state.namespace.{name}") for name, data in pairs}
+        result: dict[str, Any] = self._run(self._commands.ns_to_dict())
+        return result
 
     def __repr__(self) -> str:
         attributes = ", ".join(f"{name}={value!r}" for name, value in self.to_dict().items())
         return f"Namespace({attributes})"
+
+
+class _Run(Protocol):
+    def __call__(self, call: Call) -> Any: ...
 
 
 class SharedState(MutableMapping[Any, Any]):
@@ -143,41 +142,37 @@ class SharedState(MutableMapping[Any, Any]):
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
         self._call = transport.call
+        self._commands = commands = Commands(transport.encode, self._wrap)
         self.address: Address = transport.address
-        self.lock = SharedLock(transport)
-        self.namespace = SharedNamespace(transport)
+        self.lock = SharedLock(self._run, commands)
+        self.namespace = SharedNamespace(transport, self._run, commands)
+
+    def _run(self, call: Call) -> Any:
+        return call.finish(self._call(call.method, *call.args, waits=call.waits))
 
     # -- the dict protocol ----------------------------------------------------------
 
     def __getitem__(self, key: Any) -> Any:
-        check_key(key)
-        data = self._call("lookup", key)
-        if data is None:
-            raise KeyNotFound(key)
-        return self._wrap(key, data)
+        return self._run(self._commands.getitem(key))
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        check_key(key)
-        self._call("set", key, self._transport.encode(value, (key,)))
+        self._run(self._commands.set(key, value))
 
     def __delitem__(self, key: Any) -> None:
-        check_key(key)
-        if not self._call("delete", key):
-            raise KeyNotFound(key)
+        self._run(self._commands.delete(key))
 
     def __contains__(self, key: object) -> bool:
-        check_key(key)
-        return bool(self._call("contains", key))
+        return bool(self._run(self._commands.contains(key)))
 
     def __len__(self) -> int:
-        return int(self._call("length"))
+        return int(self._run(self._commands.length()))
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.keys())
 
     def keys(self) -> list[Any]:  # type: ignore[override]
         """The keys, as a list taken at one moment."""
-        return list(self._call("keys"))
+        return list(self._run(self._commands.keys()))
 
     def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
         """``(key, value)`` pairs taken at one moment, as plain data.
@@ -185,30 +180,20 @@ class SharedState(MutableMapping[Any, Any]):
         Like a view's, only reading by key (``state[k]``, ``get``, ``setdefault``) gives
         views that write back; what lists or copies the values gives plain data.
         """
-        return [(key, decode(data, (key,))) for key, data in self._call("items")]
+        return list(self._run(self._commands.items()))
 
     def values(self) -> list[Any]:  # type: ignore[override]
         """The values, taken at one moment, as plain data (see :meth:`items`)."""
-        return [value for _, value in self.items()]
+        return list(self._run(self._commands.values()))
 
     def get(self, key: Any, default: Any = None) -> Any:
-        check_key(key)
-        data = self._call("lookup", key)
-        return default if data is None else self._wrap(key, data)
+        return self._run(self._commands.get(key, default))
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
-        check_key(key)
-        data = self._call("setdefault", key, self._transport.encode(default, (key,)))
-        return self._wrap(key, data)
+        return self._run(self._commands.setdefault(key, default))
 
-    def pop(self, key: Any, default: Any = _MISSING) -> Any:
-        check_key(key)
-        data = self._call("pop", key)
-        if data is not None:
-            return decode(data, (key,))
-        if default is _MISSING:
-            raise KeyNotFound(key)
-        return default
+    def pop(self, key: Any, default: Any = MISSING) -> Any:
+        return self._run(self._commands.pop(key, default))
 
     def popitem(self) -> tuple[Any, Any]:
         for key in self.keys():
@@ -218,12 +203,10 @@ class SharedState(MutableMapping[Any, Any]):
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set many keys in one round trip, atomically."""
-        changes = dict(checked_pairs(other, kwargs))  # the last value of a key wins
-        pairs = [(key, self._transport.encode(value, (key,))) for key, value in changes.items()]
-        self._call("update", pairs)
+        self._run(self._commands.update(other, kwargs))
 
     def clear(self) -> None:
-        self._call("clear")
+        self._run(self._commands.clear())
 
     # -- batches: one round trip each -----------------------------------------------
 
@@ -232,32 +215,17 @@ class SharedState(MutableMapping[Any, Any]):
 
         state.get_many(["a", "b", "missing"])   # {"a": 1, "b": 2}
         """
-        wanted = list(keys)
-        for key in wanted:
-            check_key(key)
-        found = self._call("get_many", wanted)
-        return {
-            key: self._wrap(key, data)
-            for key, data in zip(wanted, found, strict=True)
-            if data is not None
-        }
+        result: dict[Any, Any] = self._run(self._commands.get_many(keys))
+        return result
 
     def set_many(self, mapping: Mapping[Any, Any], ttl: float | None = None) -> None:
         """Set every key of ``mapping`` in one round trip, atomically (same as update);
         with ``ttl``, every one of them expires ``ttl`` seconds from now."""
-        if ttl is None:
-            self.update(mapping)
-            return
-        changes = dict(checked_pairs(mapping, {}))
-        pairs = [(key, self._transport.encode(value, (key,))) for key, value in changes.items()]
-        self._call("update", pairs, check_ttl(ttl))
+        self._run(self._commands.set_many(mapping, ttl))
 
     def delete_many(self, keys: Iterable[Any]) -> int:
         """Delete ``keys`` in one round trip, atomically; return how many existed."""
-        wanted = list(keys)
-        for key in wanted:
-            check_key(key)
-        return int(self._call("delete_many", wanted))
+        return int(self._run(self._commands.delete_many(keys)))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):
@@ -280,10 +248,53 @@ class SharedState(MutableMapping[Any, Any]):
 
             if state.incr(f"hits:{ip}:{int(time.time() // 60)}", ttl=60) > 100: ...
         """
-        check_key(key)
-        if ttl is None:
-            return self._call("incr", key, amount)
-        return self._call("incr", key, amount, check_ttl(ttl))
+        return self._run(self._commands.incr(key, amount, ttl))
+
+    # -- inside values, by path -----------------------------------------------------
+
+    def get_in(self, path: Any, default: Any = None) -> Any:
+        """The value at ``path`` inside the state, as plain data; ``default`` if any step
+        is missing::
+
+            state.get_in(("cfg", "db", "port"))        # state["cfg"]["db"]["port"]
+            state.get_in(("users", 0, "name"), "?")    # "?" if there is no such user
+        """
+        return self._run(self._commands.get_in(path, default))
+
+    def set_in(self, path: Any, value: Any) -> Any:
+        """``state[a][b][c] = value`` as one atomic write: ``state.set_in((a, b, c), value)``.
+
+        The first step is the key; the others walk into dicts (by key) and lists (by
+        position, as they are when the write arrives). Unlike a view, it reads nothing
+        first. A missing step raises :class:`KeyNotFound` (or :class:`IndexOutOfRange`).
+        """
+        return self._run(self._commands.set_in(path, value))
+
+    def delete_in(self, path: Any) -> None:
+        """``del state[a][b][c]`` as one atomic write."""
+        self._run(self._commands.delete_in(path))
+
+    def pop_in(self, path: Any, default: Any = MISSING) -> Any:
+        """``state[a][b].pop(c[, default])`` as one atomic write; returns what was there."""
+        return self._run(self._commands.pop_in(path, default))
+
+    def incr_in(self, path: Any, amount: int | float = 1) -> Any:
+        """Add ``amount`` to the number at ``path`` (a missing last step counts as 0) and
+        return the new value, atomically: ``state.incr_in(("stats", "hits"))``."""
+        return self._run(self._commands.incr_in(path, amount))
+
+    def append_in(self, path: Any, value: Any) -> None:
+        """Append ``value`` to the list at ``path``: ``state.append_in(("log",), entry)``."""
+        self._run(self._commands.append_in(path, value))
+
+    def extend_in(self, path: Any, values: Iterable[Any]) -> None:
+        """Extend the list at ``path`` with ``values``, atomically."""
+        self._run(self._commands.extend_in(path, values))
+
+    def update_in(self, path: Any, other: Any = (), /, **kwargs: Any) -> None:
+        """``dict.update`` of the dict at ``path``, atomically:
+        ``state.update_in(("cfg", "db"), host="db2", port=5433)``."""
+        self._run(self._commands.update_in(path, other, kwargs))
 
     # -- expiry ---------------------------------------------------------------------
 
@@ -292,12 +303,7 @@ class SharedState(MutableMapping[Any, Any]):
 
         Like every plain set, it replaces an expiry the key had.
         """
-        check_key(key)
-        data = self._transport.encode(value, (key,))
-        if ttl is None:
-            self._call("set", key, data)
-        else:
-            self._call("set", key, data, check_ttl(ttl))
+        self._run(self._commands.set(key, value, ttl))
 
     def add(self, key: Any, value: Any, ttl: float | None = None) -> bool:
         """Set ``key`` only if it is missing (or expired), atomically; True if it did.
@@ -305,37 +311,30 @@ class SharedState(MutableMapping[Any, Any]):
         Exactly one of any number of workers adding the same key wins: a lock, an
         idempotency key, a first-come claim.
         """
-        check_key(key)
-        data = self._transport.encode(value, (key,))
-        return bool(self._call("add", key, data, None if ttl is None else check_ttl(ttl)))
+        return bool(self._run(self._commands.add(key, value, ttl)))
 
     def expire(self, key: Any, ttl: float) -> bool:
         """Make ``key`` expire ``ttl`` seconds from now; False if it is missing.
 
         A ``ttl`` of 0 or less deletes the key now (as Redis's EXPIRE does).
         """
-        check_key(key)
-        if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl <= 0:
-            return bool(self._call("expire", key, ttl))
-        return bool(self._call("expire", key, check_ttl(ttl)))
+        return bool(self._run(self._commands.expire(key, ttl)))
 
     def ttl(self, key: Any) -> float | None:
         """Seconds until ``key`` expires; None if it never does. Raises
         :class:`KeyNotFound` if it is missing (or expired)."""
-        check_key(key)
-        seconds = self._call("ttl", key)
-        return None if seconds is None else float(seconds)
+        seconds: float | None = self._run(self._commands.ttl(key))
+        return seconds
 
     def persist(self, key: Any) -> bool:
         """Make ``key`` never expire; False if it is missing or had no expiry."""
-        check_key(key)
-        return bool(self._call("persist", key))
+        return bool(self._run(self._commands.persist(key)))
 
     @contextlib.contextmanager
     def edit(
         self,
         key: Any,
-        default: Any = _MISSING,
+        default: Any = MISSING,
         *,
         timeout: float | None = None,
         ttl: float | None = None,
@@ -353,34 +352,30 @@ class SharedState(MutableMapping[Any, Any]):
         keeps the key's TTL, or with ``ttl`` expires that many seconds after it is
         written back (in the same operation: a rate-limit window, a session).
         """
-        check_key(key)
-        wait = seconds_to_wait(timeout, "edit timeout")
-        commit_ttl = () if ttl is None else (check_ttl(ttl),)
-        where = (key,)
-        default_data = None if default is _MISSING else self._transport.encode(default, where)
-        data = self._transport.call("edit_begin", key, default_data, wait, waits=wait)
+        commands = self._commands
+        begin = commands.edit_begin(key, default, timeout, ttl)
+        value = self._run(begin)
         try:
-            value = decode(data, where)
             yield value
-            new_data = self._transport.encode(value, where)
+            commit = commands.edit_commit(key, value, ttl)
         except BaseException:
             with contextlib.suppress(SharedStateError):
-                self._call("edit_abort", key)
+                self._run(commands.edit_abort(key))
             raise
-        self._call("edit_commit", key, new_data, *commit_ttl)
+        self._run(commit)
 
     def to_dict(self) -> dict[Any, Any]:
         """A plain deep copy of the whole dict."""
-        pairs = self._call("copy").items()
-        return {key: decode(data, (key,)) for key, data in pairs}
+        result: dict[Any, Any] = self._run(self._commands.to_dict())
+        return result
 
     def export(self) -> Contents:
         """Everything (dict and namespace) at one moment, values still pickled.
 
         This is what dump files and snapshots hold; see :mod:`sharedstate.persistence.dumpfile`.
         """
-        pairs, attributes, expires = self._call("export_all", True)
-        return Contents(0, dict(pairs), dict(attributes), dict(expires))
+        contents: Contents = self._run(self._commands.export())
+        return contents
 
     def pickled(self, key: Any) -> bytes:
         """The value of ``key`` as stored: its pickle, not loaded.
@@ -388,20 +383,12 @@ class SharedState(MutableMapping[Any, Any]):
         For tools that show or copy values whose classes they can't import (the CLI's
         ``get``); raises :class:`KeyNotFound` if the key is missing.
         """
-        check_key(key)
-        data = self._call("lookup", key)
-        if data is None:
-            raise KeyNotFound(key)
-        return bytes(data)
+        data: bytes = self._run(self._commands.pickled(key))
+        return data
 
     def restore(self, contents: Contents, *, replace: bool) -> None:
         """Load what :meth:`export` returned, atomically: replace everything, or merge."""
-        pairs = list(contents.data.items())
-        for key, _ in pairs:
-            check_key(key)
-        attributes = list(contents.namespace.items())
-        expires = list(contents.expires.items())
-        self._call("restore", pairs, attributes, replace, expires)
+        self._run(self._commands.restore(contents, replace=replace))
 
     def close(self) -> None:
         """Close this process's connections; the next operation reconnects."""
@@ -417,28 +404,10 @@ class SharedState(MutableMapping[Any, Any]):
 
     def _wrap(self, key: Any, data: bytes) -> Any:
         """The value stored at ``key``: dicts and lists as views (the hot path of reads)."""
-        try:
-            value = pickle.loads(data)
-        except Exception:
-            return decode(data, (key,))  # raises, naming the key
+        value = load_plain(key, data)
         if isinstance(value, (dict, list)):
             return wrap(self._transport, DATA, (key,), value)
         return value
-
-
-def seconds_to_wait(timeout: float | None, what: str) -> float | None:
-    """A wait the caller asked for, in seconds; None (or -1, or infinity) is forever."""
-    if timeout is None:
-        return None
-    try:
-        seconds = float(timeout)
-    except (TypeError, ValueError):
-        seconds = float("nan")
-    if seconds != seconds:  # NaN
-        raise ConfigError(f"{what} must be a number of seconds or None, not {timeout!r}")
-    if seconds < 0 or seconds == float("inf"):
-        return None
-    return seconds
 
 
 _states: dict[tuple[Any, ...], SharedState] = {}  # by resolved settings

@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..address import Address
-from ..codec import Where, encode, where_text
+from ..codec import Where, encode_within
 from ..config import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_VALUE_BYTES
 from ..errors import (
     AuthenticationFailed,
@@ -113,22 +113,27 @@ def handshake(
             instance = authenticate(conn, authkey)
     except HandshakeFailed as failure:
         conn.close()
-        if failure.wrong_key:
-            raise AuthenticationFailed(
-                f"the server at {address} and this process use different keys; give both "
-                "the same SHAREDSTATE_AUTHKEY_FILE (or SHAREDSTATE_AUTHKEY), or let clients "
-                f"read the server's key file {address.key_path}",
-                address=str(address),
-            ) from None
-        raise AuthenticationFailed(
-            f"the program listening at {address} is not a sharedstate server holding our "
-            f"key: {failure}. Nothing it sent was loaded",
-            address=str(address),
-        ) from None
+        raise refused_handshake(failure, address) from None
     except BaseException as error:
         conn.close()
-        raise _handshake_error(error, address, timeout) from None
+        raise connecting_error(error, address, timeout) from None
     return conn, instance
+
+
+def refused_handshake(failure: HandshakeFailed, address: Address) -> AuthenticationFailed:
+    """What to tell the caller when the server at ``address`` failed the handshake."""
+    if failure.wrong_key:
+        return AuthenticationFailed(
+            f"the server at {address} and this process use different keys; give both "
+            "the same SHAREDSTATE_AUTHKEY_FILE (or SHAREDSTATE_AUTHKEY), or let clients "
+            f"read the server's key file {address.key_path}",
+            address=str(address),
+        )
+    return AuthenticationFailed(
+        f"the program listening at {address} is not a sharedstate server holding our "
+        f"key: {failure}. Nothing it sent was loaded",
+        address=str(address),
+    )
 
 
 def check_listener(sock: socket.socket, address: Address, trusted_uids: frozenset[int]) -> None:
@@ -165,7 +170,7 @@ def server_request(
             kind, result = load_reply(conn.recv_bytes())
     except BaseException as error:
         conn.close()
-        raise _handshake_error(error, address, timeout) from None
+        raise connecting_error(error, address, timeout) from None
     if kind == ERROR:
         conn.close()
         raise result
@@ -175,8 +180,9 @@ def server_request(
     return result
 
 
-def _handshake_error(error: BaseException, address: Address, timeout: float) -> BaseException:
-    if isinstance(error, BlockingIOError):
+def connecting_error(error: BaseException, address: Address, timeout: float) -> BaseException:
+    """What to raise for ``error`` met while connecting to ``address`` (or ``error``)."""
+    if isinstance(error, (BlockingIOError, TimeoutError)):
         return Timeout(
             f"the server at {address} accepted the connection but did not answer within "
             f"{timeout:g} s; is it stopped or overloaded?",
@@ -189,6 +195,21 @@ def _handshake_error(error: BaseException, address: Address, timeout: float) -> 
             address=str(address),
         )
     return error
+
+
+def lock_lost(address: Address, what_happened: object, holds: set[Any], holder: str) -> LockLost:
+    """The error of every call of a ``holder`` (thread, task) whose lock or edit was lost."""
+    what = " and ".join(
+        sorted(LOCK if held == LOCK else f"the edit of state[{held[1]!r}]" for held in holds)
+    )
+    block = "`with` block" if holder == "thread" else "`async with` block"
+    return LockLost(
+        f"this {holder}'s connection to the server at {address} {what_happened} while "
+        f"it held {what or 'the lock'}; the server freed it, and another process may hold "
+        f"it now. Leave the {block} (or call release()): until then, every call of this "
+        f"{holder} raises LockLost",
+        address=str(address),
+    )
 
 
 class _CutOff(Exception):
@@ -242,16 +263,7 @@ class Transport:
 
     def encode(self, value: Any, where: Where) -> bytes:
         """Pickle a value to send; refuse it if it is larger than ``max_value_bytes``."""
-        data = encode(value, where)
-        if len(data) > self.max_value_bytes:
-            place = where_text(where)
-            raise ValueTooLarge(
-                f"the value for {place} is {len(data):,} bytes pickled, over the limit of "
-                f"{self.max_value_bytes:,} (SHAREDSTATE_MAX_VALUE_BYTES); it was not sent. "
-                "Store it in smaller pieces, or raise the limit",
-                where=place,
-            )
-        return data
+        return encode_within(value, where, self.max_value_bytes)
 
     def call(self, method: str, *args: Any, waits: float | None = 0.0) -> Any:
         """Run ``Store.<method>(client, *args)`` on the server and return its result.
@@ -466,18 +478,7 @@ class Transport:
         raise error
 
     def _lock_lost(self, local: _ThreadState) -> LockLost:
-        what = " and ".join(
-            sorted(
-                LOCK if held == LOCK else f"the edit of state[{held[1]!r}]" for held in local.holds
-            )
-        )
-        return LockLost(
-            f"this thread's connection to the server at {self.address} {local.lost} while "
-            f"it held {what}; the server freed it, and another process may hold it now. "
-            "Leave the `with` block (or call release()): until then, every call of this "
-            "thread raises LockLost",
-            address=str(self.address),
-        )
+        return lock_lost(self.address, local.lost, local.holds, "thread")
 
     # -- connections -------------------------------------------------------------------
 
