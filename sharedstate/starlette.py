@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any
 
 # The one thing taken from Starlette: FastAPI injects the request into a dependency by
 # the class its parameter is annotated with, so the class must exist when the function
@@ -40,18 +40,19 @@ from .errors import ConfigError
 
 STATE_ATTRIBUTE = "shared"  # app.state.shared
 
-T = TypeVar("T")
-AppLifespan = Callable[[Any], AbstractAsyncContextManager[T]]
+# What FastAPI(lifespan=...) and Starlette(lifespan=...) take. What it yields is Any:
+# None, or the lifespan state (a mapping) that Starlette copies into request.state.
+AppLifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 
 def shared_state_lifespan(
-    app_lifespan: AppLifespan[T] | None = None,
+    app_lifespan: AppLifespan | None = None,
     *,
     address: str | tuple[str, int] | None = None,
     authkey: bytes | str | None = None,
     start: bool = True,
     timeout: float = 10.0,
-) -> AppLifespan[T | None]:
+) -> AppLifespan:
     """A lifespan that opens the shared state around ``app_lifespan`` (if any).
 
     At startup it connects (``await sharedstate.aio.get_shared_state(address, authkey,
@@ -71,7 +72,7 @@ def shared_state_lifespan(
     """
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[T | None]:
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
         state = await get_shared_state(address, authkey, start=start, timeout=timeout)
         setattr(app.state, STATE_ATTRIBUTE, state)
         try:

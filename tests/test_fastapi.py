@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -96,9 +97,11 @@ def test_exactly_one_server_for_4_uvicorn_workers_that_start_at_once(
     uvicorn: StartUvicorn, workdir: str
 ) -> None:
     server = uvicorn()
-    workers = server.wait_for_workers()
-    [server_pid] = server_pids(workdir)
+    servers = server_pids(workdir)
+    assert len(servers) == 1, f"servers started: {servers}"
+    [server_pid] = servers
     info = server_info()
+    workers = server.worker_pids()
     assert info["pid"] == server_pid
     assert info["started_by"] in workers, "one of the workers started it"
     assert workers <= {client["pid"] for client in info["clients"]}, "all use that one"
@@ -128,8 +131,9 @@ def test_a_worker_killed_while_holding_the_lock_frees_it(uvicorn: StartUvicorn) 
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])  # killed, or shut down
 def test_the_server_outlives_the_worker_that_started_it(
-    uvicorn: StartUvicorn, workdir: str
+    uvicorn: StartUvicorn, workdir: str, signum: signal.Signals
 ) -> None:
     server = uvicorn()
     _hits_were_1_to(20, concurrent_posts(server.url, "/hits", 20))
@@ -137,7 +141,8 @@ def test_the_server_outlives_the_worker_that_started_it(
     starter, server_pid = info["started_by"], info["pid"]
     assert starter in server.worker_pids()
 
-    kill_and_wait(starter)
+    os.kill(starter, signum)  # SIGTERM: the worker runs the lifespan's shutdown first
+    wait_until(lambda: is_dead(starter))
     replaced = server.wait_for_workers()  # uvicorn starts a new worker, which connects
     assert starter not in replaced
     assert server_pids(workdir) == [server_pid], "the same server, and only it"

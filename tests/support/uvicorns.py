@@ -45,10 +45,16 @@ class Uvicorn:
         self.seen_workers: set[int] = set()  # every worker seen, to be sure all are gone
 
     def start(self, timeout: float = 30) -> Uvicorn:
-        """Start the master; return once all its workers serve."""
+        """Start the master; return once all its workers have run their lifespan's startup
+        (and so serve), whichever server they connected to."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=log)
-        self.wait_for_workers(timeout)
+        deadline = time.monotonic() + timeout
+        while self.log().count("Application startup complete.") < self.workers:
+            assert time.monotonic() < deadline, f"uvicorn's workers did not start:\n{self.log()}"
+            self.seen_workers |= self.worker_pids()  # also fails if uvicorn exited
+            time.sleep(0.05)
+        self.seen_workers |= self.worker_pids()
         return self
 
     def wait_for_workers(self, timeout: float = 30) -> set[int]:
