@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
@@ -34,6 +35,8 @@ from .support.uvicorns import (
 
 GUNICORN_CONFIG = os.path.join(REPO_ROOT, "examples", "fastapi", "gunicorn.conf.py")
 State = Annotated[AsyncSharedState, Depends(shared_state)]
+# "sharedstate.errors.ConnectionLost: the connection...", not "INFO:     127.0.0.1..."
+TRACEBACK_END = re.compile(r"^(?!INFO|ERROR|WARNING|DEBUG|CRITICAL)[A-Za-z_][\w.]*: .*$", re.M)
 
 
 def _stop_sharedstate_servers(workdir: str) -> None:
@@ -76,8 +79,9 @@ def gunicorn_uvicorn(workdir: str) -> Iterator[Gunicorn]:
         _stop_sharedstate_servers(workdir)
 
 
-def _hits_were_1_to(count: int, responses: list[httpx.Response]) -> None:
-    assert [response.status_code for response in responses] == [200] * count
+def _hits_were_1_to(count: int, responses: list[httpx.Response], log: str) -> None:
+    statuses = [response.status_code for response in responses]
+    assert statuses == [200] * count, _last_error(log)
     assert sorted(response.json() for response in responses) == list(range(1, count + 1))
     workers = {response.headers["X-Worker-Pid"] for response in responses}
     assert len(workers) > 1, "several workers answered"
@@ -88,7 +92,7 @@ def test_200_concurrent_hits_on_4_uvicorn_workers_get_1_to_200_each_once(
     uvicorn: StartUvicorn,
 ) -> None:
     server = uvicorn()
-    _hits_were_1_to(200, concurrent_posts(server.url, "/hits", 200))
+    _hits_were_1_to(200, concurrent_posts(server.url, "/hits", 200), server.log())
     assert httpx.get(f"{server.url}/hits").json() == 200
 
 
@@ -136,7 +140,7 @@ def test_the_server_outlives_the_worker_that_started_it(
     uvicorn: StartUvicorn, workdir: str, signum: signal.Signals
 ) -> None:
     server = uvicorn()
-    _hits_were_1_to(20, concurrent_posts(server.url, "/hits", 20))
+    _hits_were_1_to(20, concurrent_posts(server.url, "/hits", 20), server.log())
     info = server_info()
     starter, server_pid = info["started_by"], info["pid"]
     assert starter in server.worker_pids()
@@ -160,7 +164,7 @@ def test_200_concurrent_hits_on_gunicorn_with_4_uvicorn_workers_get_1_to_200_eac
     assert info["owner_pid"] == master.pid, "the master's on_starting started it"
     assert info["started_by"] not in workers
     url = f"http://127.0.0.1:{master.port}"
-    _hits_were_1_to(200, concurrent_posts(url, "/hits", 200))
+    _hits_were_1_to(200, concurrent_posts(url, "/hits", 200), master.log())
     assert len(server_pids(workdir)) == 1
 
     assert master.stop() == 0
@@ -232,6 +236,12 @@ async def _get_in_process(app: FastAPI, path: str) -> httpx.Response:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
         return await client.get(path)
+
+
+def _last_error(log: str) -> str:
+    """The last traceback's last line in a server's log: why a request got a 500."""
+    errors = TRACEBACK_END.findall(log)
+    return errors[-1] if errors else "no traceback in the log"
 
 
 def _post_ignoring_errors(server: Uvicorn, path: str) -> None:
