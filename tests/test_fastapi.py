@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 import httpx
@@ -135,7 +136,7 @@ def test_a_worker_killed_while_holding_the_lock_frees_it(uvicorn: StartUvicorn) 
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])  # killed, or shut down
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_the_server_outlives_the_worker_that_started_it(
     uvicorn: StartUvicorn, workdir: str, signum: signal.Signals
 ) -> None:
@@ -191,6 +192,29 @@ def test_the_sync_client_and_the_workers_async_clients_see_each_others_writes(
         refused = httpx.post(f"{server.url}/hold?seconds=0&timeout=0.5", timeout=30)
         assert refused.status_code == 503
     assert httpx.post(f"{server.url}/hold?seconds=0&timeout=5", timeout=30).status_code == 200
+
+
+@pytest.mark.timeout(120)
+def test_requests_behind_one_that_waits_for_an_edit_are_all_answered(
+    uvicorn: StartUvicorn,
+) -> None:
+    # A worker's tasks share a few connections. While another client edits "config",
+    # PUT /config waits on the server; the hits sent meanwhile must not fail or stall.
+    server = uvicorn()
+    state = get_shared_state(start=False)
+    with ThreadPoolExecutor(max_workers=9) as pool:
+        with state.edit("config"):
+            puts = [
+                pool.submit(httpx.put, f"{server.url}/config/db/port", json=port, timeout=60)
+                for port in range(8)
+            ]
+            wait_until(lambda: server_info()["waiting"] > 0)  # a PUT is waiting
+            time.sleep(0.2)  # for the others to arrive
+            hits = pool.submit(concurrent_posts, server.url, "/hits", 100)
+            time.sleep(1.0)  # hits sent while the PUTs wait (or waiting for a connection)
+        statuses = [put.result().status_code for put in puts]
+        _hits_were_1_to(100, hits.result(), server.log())
+    assert statuses == [200] * 8, _last_error(server.log())
 
 
 def test_the_lifespan_opens_the_state_around_the_apps_own_lifespan(
