@@ -50,6 +50,7 @@ from .errors import ValueNotFound as ValueNotFound
 from .errors import ValueNotLoadable as ValueNotLoadable
 from .errors import ValueNotPicklable as ValueNotPicklable
 from .errors import ValueTooLarge as ValueTooLarge
+from .errors import WrongEventLoop as WrongEventLoop
 from .errors import WrongType as WrongType
 
 # Each public name is written once, above. ``from sharedstate import *`` takes those

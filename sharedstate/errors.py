@@ -198,6 +198,14 @@ class Conflict(SharedStateError, RuntimeError):
     """
 
 
+class WrongEventLoop(SharedStateError, RuntimeError):
+    """An asyncio state used in an event loop other than the one it was made in.
+
+    Its connections belong to that loop. Call ``await get_shared_state()`` in each
+    loop: it returns that loop's state.
+    """
+
+
 # ``from sharedstate.errors import *`` gives every error class above, and nothing it
 # imported; derived, so a new error needs no list kept in step. (mypy reads only a
 # literal ``__all__``; without one it exports the classes, the same.)

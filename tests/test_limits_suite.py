@@ -1,12 +1,14 @@
-"""limits' own storage and strategy tests, run against sharedstate's limits storage.
+"""limits' own storage and strategy tests, run against sharedstate's limits storages.
 
 limits' tests are parametrized by storage URI; their in-memory case runs here with
-``memory://`` meaning our storage, on a real server (tests/support/limits_peer_plugin.py
-says how, and which tests are skipped and why). They run in a pytest of their own, in
-limits' source release (tests/support/peer_suites.py fetches it at its pinned version),
-without limits' conftest, which needs Docker containers of Redis, memcached and MongoDB.
-As in limits' own CI, the `flaky` plugin reruns the timing-sensitive tests limits marks
-``@pytest.mark.flaky`` (up to 3 runs where it says so).
+``memory://`` meaning our storage (and ``async+memory://`` our asyncio storage, for
+limits' ``tests/aio/`` and its asyncio concurrency tests), on a real server
+(tests/support/limits_peer_plugin.py says how, and which tests are skipped and why).
+They run in a pytest of their own, in limits' source release (tests/support/peer_suites.py
+fetches it at its pinned version), without limits' conftest, which needs Docker
+containers of Redis, memcached and MongoDB. As in limits' own CI, the `flaky` plugin
+reruns the timing-sensitive tests limits marks ``@pytest.mark.flaky`` (up to 3 runs
+where it says so).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ PLUGIN_DIR = os.path.join(REPO_ROOT, "tests", "support")
 SUITES = {
     "tests/test_storage.py": 8,  # incr, expiry, custom amounts, clear, reset, check
     "tests/test_strategy.py": 15,  # fixed, moving and sliding window strategies
-    "tests/integration/test_concurrency.py": 3,  # 100 threads hitting one limit
+    "tests/integration/test_concurrency.py": 6,  # 100 threads, or 100 asyncio tasks, on one limit
+    "tests/aio/test_storage.py": 8,  # the same storage tests, async
+    "tests/aio/test_strategy.py": 19,  # fixed, moving and sliding window strategies, async
 }
 
 

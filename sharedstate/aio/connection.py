@@ -170,9 +170,12 @@ class FrameProtocol(asyncio.Protocol):
         would close whatever descriptor later gets the same number) is left holding a
         detached socket, so nothing it does later reaches the parent's connection.
         """
+        was_open = self.broken is None
         self.broken = "belongs to the parent process"
         self.waiting.clear()
-        if self.sock is not None:
+        if self.sock is not None and was_open:
+            # Only a connection still open: a closed one's transport (uvloop's, say) may
+            # have closed the descriptor already, and its number may be another's now.
             fd = self.sock.detach()
             if fd >= 0:
                 os.close(fd)

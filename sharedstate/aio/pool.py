@@ -48,6 +48,7 @@ from ..errors import (
     Timeout,
     ValueNotPicklable,
     ValueTooLarge,
+    WrongEventLoop,
 )
 from ..protocol import (
     ERROR,
@@ -94,9 +95,19 @@ class Channel:
     def usable(self) -> bool:
         return self.protocol is not None and self.protocol.broken is None
 
+    @property
+    def opening(self) -> bool:
+        return self.connecting is not None and not self.connecting.done()
+
     def close(self, why: str) -> None:
         if self.protocol is not None:
             self.protocol.close(why)
+
+    def discard(self) -> None:
+        """Close it, now or (if it is being opened for a caller that gave up) once open."""
+        if self.connecting is not None and not self.connecting.done():
+            self.connecting.add_done_callback(lambda _: self.close("was not needed any more"))
+        self.close("was not needed any more")
 
 
 class Hold:
@@ -139,6 +150,7 @@ class Pool:
             f"sharedstate hold {id(self)}", default=None
         )
         self._pid = os.getpid()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it belongs to
         # One timer checks the calls in flight, rather than one timer per call.
         self._watchdog: asyncio.TimerHandle | None = None
         self._watch_every = min(max((call_timeout or 1.0) / 8, 0.01), 1.0)
@@ -150,6 +162,9 @@ class Pool:
         """Send ``call``, wait for its reply, and return ``call.finish(result)``."""
         if self._pid != os.getpid():
             self.forget()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._adopt(loop)
         operation = OPERATIONS[call.method]
         hold = self._hold.get()
         if hold is not None and not hold.done:
@@ -277,6 +292,20 @@ class Pool:
             address=str(self.address),
         )
 
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Belong to ``loop``, the first one that uses this pool; refuse any other."""
+        if self._loop is not None and self._loop.is_closed():
+            self.forget(close=False)  # that loop is gone, and its connections with it
+            self._loop = None
+        if self._loop is None:
+            self._loop = loop
+            return
+        raise WrongEventLoop(
+            f"this AsyncSharedState (of the server at {self.address}) was made in another "
+            "event loop, and its connections belong to that loop. Call `await "
+            "get_shared_state()` in this one: each loop gets its own state"
+        )
+
     def _watch(self) -> None:
         """Time out the calls whose reply is overdue; again later while calls are in flight.
 
@@ -392,10 +421,11 @@ class Pool:
         self._holds.discard(hold)
         if self._hold.get() is hold:
             self._hold.set(None)
-        if hold.channel.usable and len(self._spare) < self.max_connections:
-            self._spare.append(hold.channel)
+        channel = hold.channel
+        if (channel.usable or channel.opening) and len(self._spare) < self.max_connections:
+            self._spare.append(channel)
         else:
-            hold.channel.close("was not needed any more")
+            channel.discard()
         if self._hold_slots is not None:
             self._hold_slots.release()
 
@@ -425,6 +455,9 @@ class Pool:
 
     async def connect(self) -> None:
         """Open one connection now (starting the server if allowed): errors show at once."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._adopt(loop)
         channel = self._pick() or self._shared[0]
         await self._connected(channel, held=False)
 
@@ -437,14 +470,19 @@ class Pool:
             channel.close("was closed by aclose()")
         self._spare.clear()
 
-    def forget(self) -> None:
-        """In a forked child: let go of the parent's connections, and never use them."""
+    def forget(self, *, close: bool = True) -> None:
+        """Let go of every connection, and never use them again: in a forked child
+        (``close``: close its copies of the parent's), or when this pool's loop is gone
+        (its transports are that loop's business)."""
         for hold in list(self._holds):
             if hold.lost is None:
-                hold.lost = "belongs to the parent process (this one was forked)"
+                hold.lost = "belongs to another process or event loop"
         for channel in self._channels():
             if channel.protocol is not None:
-                channel.protocol.forget()
+                if close:
+                    channel.protocol.forget()
+                else:
+                    channel.protocol.broken = "belongs to an event loop that was closed"
         self._shared = []
         self._spare = []
         self._room = []

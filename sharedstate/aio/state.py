@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, NoReturn
 
@@ -343,11 +342,13 @@ class AsyncSharedState:
         )
 
 
-# One state per event loop and set of arguments; while the first call connects, the
-# others wait for it instead of connecting too.
-_states: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[Any, ...], asyncio.Task[AsyncSharedState]]
-] = weakref.WeakKeyDictionary()
+# Each event loop's states, by arguments: the state once connected, or the task that
+# connects it, which calls made meanwhile wait for instead of connecting too. Loops
+# that were closed are dropped when another loop makes its first call.
+_states: dict[
+    asyncio.AbstractEventLoop,
+    dict[tuple[Any, ...], AsyncSharedState | asyncio.Task[AsyncSharedState]],
+] = {}
 _states_pid = os.getpid()
 
 
@@ -373,24 +374,39 @@ async def get_shared_state(
     wait for one: back-pressure); a task holding the lock or an edit keeps one of them.
     """
     global _states_pid
-    if _states_pid != os.getpid():  # forked: the parent's loops and states are not ours
-        _states.clear()
-        _states_pid = os.getpid()
     loop = asyncio.get_running_loop()
-    by_arguments = _states.setdefault(loop, {})
+    by_arguments = _states.get(loop)
+    if by_arguments is None or _states_pid != os.getpid():
+        by_arguments = _states_of(loop)
     arguments = (address, authkey, start, timeout, max_connections)
-    connecting = by_arguments.get(arguments)
-    if connecting is None:
+    found = by_arguments.get(arguments)
+    if isinstance(found, AsyncSharedState):
+        return found  # the usual case: nothing to wait for
+    if found is None:
         # A task of its own: a caller cancelled while it connects cancels only its wait.
-        connecting = loop.create_task(_connect(address, authkey, start, timeout, max_connections))
-        by_arguments[arguments] = connecting
+        found = loop.create_task(_connect(address, authkey, start, timeout, max_connections))
+        by_arguments[arguments] = found
 
-        def forget_failure(done: asyncio.Task[AsyncSharedState]) -> None:
+        def keep(done: asyncio.Task[AsyncSharedState]) -> None:
             if done.cancelled() or done.exception() is not None:
                 by_arguments.pop(arguments, None)  # the next call tries again
+            else:
+                by_arguments[arguments] = done.result()
 
-        connecting.add_done_callback(forget_failure)
-    return await asyncio.shield(connecting)
+        found.add_done_callback(keep)
+    return await asyncio.shield(found)
+
+
+def _states_of(loop: asyncio.AbstractEventLoop) -> dict[tuple[Any, ...], Any]:
+    """A new entry for ``loop``, after dropping closed loops' (and, in a forked child,
+    the parent's: its loops and states are not this process's)."""
+    global _states_pid
+    if _states_pid != os.getpid():
+        _states.clear()
+        _states_pid = os.getpid()
+    for closed in [other for other in _states if other.is_closed()]:
+        del _states[closed]
+    return _states.setdefault(loop, {})
 
 
 async def _connect(

@@ -25,8 +25,10 @@ Nothing may block this thread. Two things can wait:
 - a reply that must wait for a disk sync (``fsync=always``) or a snapshot: a helper
   thread runs it and posts the reply back when done.
 
-While a client waits, it sends nothing (clients send one request at a time), so
-anything readable on its socket means it hung up or gave up.
+A client may send requests before the replies to earlier ones (the asyncio client
+does): they are answered in order. Those sent behind a call that waits wait with it,
+buffered here up to :data:`MAX_HELD_BACK_BYTES`, then in the kernel; a client that
+hangs up while it waits is noticed at once.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ PARKED_TICK = 0.05
 # Connections still in their handshake or first request, at most; past it the oldest
 # is dropped. A real client is through in a millisecond or two.
 MAX_GREETING = 1024
+# Requests a client may send behind a call that waits, at most (bytes buffered here).
+MAX_HELD_BACK_BYTES = 1 << 20
 # Connections accepted per pass of the loop, so a flood can't starve the clients.
 _ACCEPT_BATCH = 64
 
@@ -104,6 +108,7 @@ class Client:
         self.outbox: deque[memoryview] = deque()  # unsent reply bytes, never copied again
         self.busy = False  # a helper thread is answering its request
         self.parked: StoreCall | None = None  # its call waiting for the lock or an edit
+        self.inbox_full = False  # not read while requests behind its parked call pile up
         self.out_of_time = False  # the parked call's timeout has passed
         self.watched = 0  # the selector events it is registered for (0: not registered)
         self.gone = False
@@ -197,10 +202,7 @@ class ClientLoop:
                 if events & selectors.EVENT_WRITE:
                     self._flush(client)
                 if events & selectors.EVENT_READ and not client.busy:
-                    if client.parked is not None:
-                        self._depart(client)  # it hung up, or gave up waiting
-                    else:
-                        self._read(client)
+                    self._read(client)
             if self._parked and (self._freed or time.monotonic() >= self._next_tick):
                 self._run_parked()
             if self._greeting:
@@ -227,6 +229,7 @@ class ClientLoop:
                 continue
             self._watch(client)
             self._send(client, reply)
+            self._resume(client)
 
     # -- new connections -------------------------------------------------------------------
 
@@ -295,13 +298,24 @@ class ClientLoop:
             self._depart(client)
             return
         serving = client.stage == SERVING
-        if serving and not client.inbox and size >= LENGTH.size:
+        if serving and not client.inbox and size >= LENGTH.size and client.parked is None:
             # The usual case: the request arrived whole, in one read.
             (length,) = LENGTH.unpack_from(self._buffer)
             if length >= 0 and length + LENGTH.size == size:
                 self._serve(client, bytes(self._view[LENGTH.size : size]))
                 return
         client.inbox += self._view[:size]
+        if client.parked is not None:
+            # Requests sent behind a call that waits (an asyncio client's) wait with
+            # it, in order; past a bound, the client's bytes wait in the kernel.
+            if len(client.inbox) >= MAX_HELD_BACK_BYTES:
+                client.inbox_full = True
+                self._watch(client)
+            return
+        self._serve_inbox(client)
+
+    def _serve_inbox(self, client: Client) -> None:
+        """Serve the whole requests in ``client``'s inbox, in order, until one waits."""
         while not client.busy and not client.gone and client.parked is None:
             # Before it is a client, a connection may only send small messages: a
             # stranger must not make the server buffer a gigabyte.
@@ -414,6 +428,7 @@ class ClientLoop:
         if everything:
             self._next_tick = now + PARKED_TICK
         taken_again: set[Hashable] = set()
+        resumed: list[Client] = []
         for client in list(self._parked.values()):
             call = client.parked
             if call is None:  # departed, or answered, during this round
@@ -426,8 +441,21 @@ class ClientLoop:
                 continue
             if self._call(client, call):
                 self._unpark(client)
+                resumed.append(client)
             else:
                 taken_again.add(waits_for)
+        for client in resumed:  # now that the round is over: they may park again
+            self._resume(client)
+
+    def _resume(self, client: Client) -> None:
+        """Serve what ``client`` sent behind a call that waited, or took a helper."""
+        if client.gone:
+            return
+        if client.inbox_full:
+            client.inbox_full = False
+            self._watch(client)
+        if client.inbox:
+            self._serve_inbox(client)
 
     def _unpark(self, client: Client) -> None:
         client.parked = None
@@ -511,9 +539,14 @@ class ClientLoop:
             self._watch(client)  # and for writing, while bytes are left to send
 
     def _watch(self, client: Client) -> None:
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbox else 0)
+        events = (0 if client.inbox_full else selectors.EVENT_READ) | (
+            selectors.EVENT_WRITE if client.outbox else 0
+        )
         if client.watched == events:
             return  # the usual case: no system call
+        if not events:
+            self._unwatch(client)
+            return
         if client.watched:
             self._selector.modify(client.sock, events, client)
         else:

@@ -1,0 +1,461 @@
+"""The asyncio client when things go wrong: cancelled tasks, killed workers, a stopped or
+restarted server, forks, and many workers starting the server at once.
+
+The promise under test: a task cancelled at any point leaves no connection out of step
+and nothing held by nobody; a killed worker's lock is freed; the event loop never
+blocks, not even while the server starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from sharedstate import ConnectionLost, LockLost, ServerNotRunning, Timeout, get_shared_state
+from sharedstate.aio import AsyncSharedState
+from sharedstate.aio import get_shared_state as aio_state
+
+from .support.loops import LOOPS, run_async, run_on
+from .support.processes import kill_and_wait, run_in_processes, start_process
+from .support.procfs import server_pids
+from .support.servers import ServerFactory, ServerProcess, server_info
+
+Operation = Callable[[AsyncSharedState], Awaitable[Any]]
+
+
+async def _edit_and_wait(state: AsyncSharedState) -> None:
+    async with state.edit("doc", default={"n": 0}) as doc:
+        doc["n"] += 1
+        await asyncio.sleep(0.001)
+
+
+async def _hold_lock(state: AsyncSharedState) -> None:
+    async with state.lock.hold(timeout=5):
+        await state.incr("under lock")
+        await asyncio.sleep(0.001)
+
+
+# Every kind of call: reads, writes, batches, paths, the namespace, the lock and edits
+# (taking, holding and freeing them).
+OPERATIONS: dict[str, Operation] = {
+    "get": lambda state: state.get("counter"),
+    "set": lambda state: state.set("value", list(range(100))),
+    "incr": lambda state: state.incr("counter"),
+    "add": lambda state: state.add("claim", 1, ttl=0.01),
+    "get_many": lambda state: state.get_many(["counter", "value"]),
+    "set_many": lambda state: state.set_many({"a": 1, "b": 2}),
+    "set_in": lambda state: state.set_in(("doc", "x"), 1),
+    "keys": lambda state: state.keys(),
+    "namespace": lambda state: state.namespace.set("n", 1),
+    "lock": _hold_lock,
+    "edit": _edit_and_wait,
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_cancelling_any_call_at_any_point_leaves_nothing_held_or_out_of_step(
+    server: ServerProcess, loop: str
+) -> None:
+    sync = get_shared_state(start=False)
+    sync["doc"] = {"n": 0}
+    rng = random.Random(15)
+
+    async def main() -> dict[str, int]:
+        state = await aio_state(start=False, max_connections=3)
+        cancelled = dict.fromkeys(OPERATIONS, 0)
+        for _ in range(40):
+            tasks = {}
+            for name, operation in OPERATIONS.items():
+                for _ in range(3):
+                    tasks[asyncio.ensure_future(operation(state))] = name
+            # Let the calls get anywhere: not sent yet, sent, answered, parked on the
+            # server behind the lock or an edit, or inside a block.
+            for _ in range(rng.randrange(8)):
+                await asyncio.sleep(0)
+            if rng.random() < 0.5:
+                await asyncio.sleep(rng.random() * 0.003)
+            for task in tasks:
+                if rng.random() < 0.7:
+                    task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for task, result in zip(tasks, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    cancelled[tasks[task]] += 1
+                elif isinstance(result, BaseException):
+                    raise result
+        # Afterwards: every connection in step (each answers its own calls), nothing held.
+        assert state._pool.holding == 0
+        values = await asyncio.gather(*(state.get_in(("doc", "n")) for _ in range(50)))
+        assert len(set(values)) == 1
+        assert await state.incr("check") == 1
+        info = server_info()
+        assert info["lock_holder"] is None
+        assert info["open_edits"] == 0
+        # The server knows of no connection the pool has lost track of (once it has
+        # seen the ones closed last go).
+        deadline = time.monotonic() + 5
+        while _async_clients() != state.connections:
+            assert time.monotonic() < deadline, (_async_clients(), state.connections)
+            await asyncio.sleep(0.05)
+        return cancelled
+
+    cancelled = run_on(loop, main, timeout=100)
+    assert all(count > 10 for count in cancelled.values()), cancelled
+    assert sync.lock.acquire(timeout=1)  # free for the sync client too
+    sync.lock.release()
+
+
+def _async_clients() -> int:
+    return sum(client["name"].startswith("aio-client") for client in server_info()["clients"])
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_task_cancelled_while_waiting_for_the_lock_never_gets_it_later(
+    server: ServerProcess, loop: str
+) -> None:
+    sync = get_shared_state(start=False)
+
+    async def main() -> None:
+        state = await aio_state(start=False)
+        assert sync.lock.acquire(timeout=1)
+        waiting = asyncio.ensure_future(state.lock.acquire(timeout=30))
+        wait_until_true = time.monotonic() + 5
+        while server_info()["waiting"] == 0:
+            assert time.monotonic() < wait_until_true
+            await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        sync.lock.release()
+        await asyncio.sleep(0.1)
+        assert server_info()["lock_holder"] is None  # not granted to the closed connection
+        assert sync.lock.acquire(timeout=1)
+        sync.lock.release()
+
+    run_on(loop, main)
+
+
+def _hold_lock_in_async_worker(ready: Any) -> None:
+    async def main() -> None:
+        state = await aio_state(start=False)
+        await state.lock.acquire()
+        ready.set()
+        await asyncio.sleep(600)
+
+    run_async(main)
+
+
+@pytest.mark.fault
+def test_an_async_worker_killed_holding_the_lock_frees_it(server: ServerProcess) -> None:
+    from .support.processes import fork_context
+
+    ready = fork_context.Event()
+    holder = start_process(_hold_lock_in_async_worker, ready)
+    try:
+        assert ready.wait(20)
+        state = get_shared_state(start=False)
+        assert not state.lock.acquire(timeout=0.1)
+        assert holder.pid is not None
+        kill_and_wait(holder.pid)
+        assert state.lock.acquire(timeout=5)
+        state.lock.release()
+    finally:
+        holder.kill()
+        holder.join(5)
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("loop", LOOPS)
+def test_after_a_server_restart_reads_reconnect_and_a_holder_gets_lock_lost(
+    server: ServerProcess, server_factory: ServerFactory, loop: str
+) -> None:
+    async def main() -> None:
+        state = await aio_state(start=False)
+        await state.set("a", 1)
+        with pytest.raises(LockLost, match="held state.lock"):  # noqa: PT012
+            async with state.lock:
+                server.stop()
+                server_factory().start()
+                with pytest.raises(LockLost, match="held state.lock"):
+                    await state.set("written", "without the lock")
+                await state.get("a")  # LockLost again, until the task leaves the block
+        assert await state.get("a") is None  # a new, empty server: reads just work
+        async with state.lock.hold(timeout=5):
+            await state.set("written", "with the lock")
+        assert await state.get("written") == "with the lock"
+
+    run_on(loop, main)
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_stopped_server_gives_timeout_and_the_loop_keeps_running(
+    server_factory: ServerFactory, loop: str
+) -> None:
+    os.environ["SHAREDSTATE_CALL_TIMEOUT"] = "0.5"
+    server = server_factory().start()
+
+    async def main() -> None:
+        state = await aio_state(start=False)
+        await state.set("a", 1)
+        ticks = 0
+
+        async def probe() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        prober = asyncio.ensure_future(probe())
+        server.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(state.get("a") for _ in range(10)), return_exceptions=True
+            )
+            waited = time.monotonic() - started
+        finally:
+            server.signal(signal.SIGCONT)
+        prober.cancel()
+        assert all(isinstance(result, Timeout) for result in results), results
+        assert "SHAREDSTATE_CALL_TIMEOUT" in str(results[0])
+        assert waited < 5
+        assert ticks >= 5  # the loop ran other tasks while the calls waited
+        assert await state.get("a") == 1  # and the next call reconnects
+
+    run_on(loop, main)
+
+
+def _start_and_count(index: int) -> int:
+    async def main() -> int:
+        state = await aio_state()  # start=True: every worker may start the server
+        return int(await state.incr("started workers"))
+
+    return int(run_async(main))
+
+
+@pytest.mark.fault
+def test_many_async_workers_racing_start_exactly_one_server(workdir: str) -> None:
+    counts = run_in_processes(_start_and_count, [(index,) for index in range(8)])
+    assert sorted(counts) == list(range(1, 9))
+    assert len(server_pids(workdir)) == 1
+    get_shared_state(start=False)  # still there after the workers exited
+    assert get_shared_state(start=False)["started workers"] == 8
+
+
+def test_starting_the_server_does_not_block_the_event_loop(workdir: str) -> None:
+    async def main() -> int:
+        ticks = 0
+
+        async def probe() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        prober = asyncio.ensure_future(probe())
+        await asyncio.sleep(0)
+        state = await aio_state()  # starts the server: a second or so
+        prober.cancel()
+        await state.set("up", True)
+        return ticks
+
+    # If the start blocked the loop, the probe would not run until it was over: once.
+    assert run_on("asyncio", main) > 100
+    assert len(server_pids(workdir)) == 1
+
+
+def test_back_pressure_bounds_the_connections(server: ServerProcess) -> None:
+    async def main() -> None:
+        state = await aio_state(start=False, max_connections=2)
+        most = 0
+
+        async def read() -> None:
+            nonlocal most
+            await state.get("x")
+            most = max(most, state.connections)
+
+        await asyncio.gather(*(read() for _ in range(2000)))
+        assert most <= 2
+        assert len(server_info()["clients"]) <= 2
+
+    run_on("asyncio", main)
+
+
+def _child_uses_its_own_connections(results: Any) -> None:
+    async def main() -> int:
+        state = await aio_state(start=False)
+        return int(await state.incr("children"))
+
+    results.put(run_async(main))
+
+
+@pytest.mark.fault
+def test_a_forked_child_never_uses_its_parents_connections(server: ServerProcess) -> None:
+    from .support.processes import fork_context
+
+    async def main() -> None:
+        state = await aio_state(start=False)
+        await state.lock.acquire()
+        results = fork_context.Queue()
+        child = start_process(_child_uses_its_own_connections, results)
+        assert results.get(timeout=20) == 1
+        child.join(10)
+        assert child.exitcode == 0
+        # The child closed its copies without a word on them: the parent still holds
+        # the lock, on a connection still in step.
+        assert await state.lock.locked()
+        assert await state.incr("children") == 2
+        await state.lock.release()
+
+    run_on("asyncio", main)
+
+
+def _hold_lock_then_fork_and_die(ready: Any, loop: str) -> None:
+    async def main() -> None:
+        state = await aio_state(start=False)
+        await state.lock.acquire()
+        pid = os.fork()
+        if pid == 0:  # the child outlives its parent, and must not keep the lock alive
+            time.sleep(600)
+            os._exit(0)
+        ready.put(pid)
+        await asyncio.sleep(600)
+
+    run_on(loop, main, timeout=600)
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_killed_holders_lock_is_freed_though_its_forked_child_lives(
+    server: ServerProcess, loop: str
+) -> None:
+    from .support.processes import fork_context
+
+    ready = fork_context.Queue()
+    holder = start_process(_hold_lock_then_fork_and_die, ready, loop)
+    grandchild = ready.get(timeout=20)
+    try:
+        state = get_shared_state(start=False)
+        assert not state.lock.acquire(timeout=0.1)
+        assert holder.pid is not None
+        kill_and_wait(holder.pid)
+        assert state.lock.acquire(timeout=5)
+        state.lock.release()
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+        holder.join(5)
+
+
+@pytest.mark.fault
+def test_a_write_cut_off_by_a_restart_is_reported_not_silently_lost(
+    server: ServerProcess, server_factory: ServerFactory
+) -> None:
+    async def main() -> None:
+        state = await aio_state(start=False)
+        await state.set("a", 1)
+        server.signal(signal.SIGSTOP)
+        pending = asyncio.ensure_future(state.incr("n"))
+        await asyncio.sleep(0.1)
+        server.signal(signal.SIGKILL)
+        server.wait()
+        # Sent again to no server: the caller hears of it (it may have taken effect).
+        with pytest.raises((ConnectionLost, ServerNotRunning)):
+            await pending
+        server_factory().start()
+        assert await state.incr("n") == 1  # the next call reconnects
+
+    run_on("asyncio", main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_calls_sent_behind_one_the_server_holds_back_are_answered_in_order(
+    server: ServerProcess, loop: str
+) -> None:
+    # One connection: the write of a key another client edits waits for that edit, and
+    # the calls sent behind it on the same connection wait with it, then all answer.
+    sync = get_shared_state(start=False)
+    sync["x"] = "x"
+    editing = threading.Event()
+    done = threading.Event()
+
+    def edit_for_a_while() -> None:
+        with sync.edit("k", default=0):
+            editing.set()
+            done.wait(10)
+
+    editor = threading.Thread(target=edit_for_a_while)
+    editor.start()
+    try:
+        assert editing.wait(10)
+
+        async def main() -> list[Any]:
+            state = await aio_state(start=False, max_connections=1)
+            calls = asyncio.gather(
+                state.set("k", "from async"),
+                state.get("x"),
+                state.incr("n"),
+                *(state.get_many(["x", "n"]) for _ in range(100)),
+                state.incr("k2"),
+            )
+            await asyncio.sleep(0.3)
+            assert not calls.done()  # held back behind the edit, not refused
+            done.set()
+            return list(await calls)
+
+        results = run_on(loop, main)
+    finally:
+        done.set()
+        editor.join(10)
+    assert results[:3] == [None, "x", 1]
+    assert all(result == {"x": "x", "n": 1} for result in results[3:-1])
+    assert results[-1] == 1
+    assert sync["k"] == "from async"
+
+
+def test_a_client_flooding_behind_a_held_back_call_does_not_stop_the_server(
+    server: ServerProcess,
+) -> None:
+    # Past MAX_HELD_BACK_BYTES the server stops reading that client; everyone else is
+    # served meanwhile, and the flood is answered once the call goes on.
+    sync = get_shared_state(start=False)
+    blob = b"x" * 100_000
+    editing = threading.Event()
+    done = threading.Event()
+
+    def edit_for_a_while() -> None:
+        with sync.edit("k", default=0):
+            editing.set()
+            done.wait(20)
+
+    editor = threading.Thread(target=edit_for_a_while)
+    editor.start()
+    try:
+        assert editing.wait(10)
+
+        async def main() -> int:
+            state = await aio_state(start=False, max_connections=1)
+            flood = asyncio.gather(
+                state.set("k", 1), *(state.set(f"blob{i}", blob) for i in range(30))
+            )
+            await asyncio.sleep(0.3)
+            other = get_shared_state(start=False)
+            other["still served"] = True  # another client, while the flood waits
+            assert not flood.done()
+            done.set()
+            await flood
+            return await state.len()
+
+        assert run_on("asyncio", main) == 30 + 2  # the blobs (3 MB), "k", "still served"
+    finally:
+        done.set()
+        editor.join(10)
