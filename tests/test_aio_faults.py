@@ -9,12 +9,13 @@ blocks, not even while the server starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from sharedstate.aio import get_shared_state as aio_state
 
 from .support.loops import LOOPS, run_async, run_on
 from .support.processes import kill_and_wait, run_in_processes, start_process
-from .support.procfs import server_pids
+from .support.procfs import is_stopped, server_pids
 from .support.servers import ServerFactory, ServerProcess, server_info
 
 Operation = Callable[[AsyncSharedState], Awaitable[Any]]
@@ -218,6 +219,8 @@ def test_a_stopped_server_gives_timeout_and_the_loop_keeps_running(
         prober = asyncio.ensure_future(probe())
         server.signal(signal.SIGSTOP)
         try:
+            while not is_stopped(server.pid):
+                await asyncio.sleep(0.001)
             started = time.monotonic()
             results = await asyncio.gather(
                 *(state.get("a") for _ in range(10)), return_exceptions=True
@@ -377,6 +380,27 @@ def test_a_write_cut_off_by_a_restart_is_reported_not_silently_lost(
     run_on("asyncio", main)
 
 
+@contextlib.contextmanager
+def _another_client_editing(key: str) -> Iterator[threading.Event]:
+    """A sync client holds ``edit(key)`` in a thread until the event yielded is set."""
+    editing = threading.Event()
+    done = threading.Event()
+
+    def edit_until_done() -> None:
+        with get_shared_state(start=False).edit(key, default=0):
+            editing.set()
+            done.wait(20)
+
+    editor = threading.Thread(target=edit_until_done)
+    editor.start()
+    try:
+        assert editing.wait(10)
+        yield done
+    finally:
+        done.set()
+        editor.join(10)
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_calls_sent_behind_one_the_server_holds_back_are_answered_in_order(
     server: ServerProcess, loop: str
@@ -385,18 +409,7 @@ def test_calls_sent_behind_one_the_server_holds_back_are_answered_in_order(
     # the calls sent behind it on the same connection wait with it, then all answer.
     sync = get_shared_state(start=False)
     sync["x"] = "x"
-    editing = threading.Event()
-    done = threading.Event()
-
-    def edit_for_a_while() -> None:
-        with sync.edit("k", default=0):
-            editing.set()
-            done.wait(10)
-
-    editor = threading.Thread(target=edit_for_a_while)
-    editor.start()
-    try:
-        assert editing.wait(10)
+    with _another_client_editing("k") as done:
 
         async def main() -> list[Any]:
             state = await aio_state(start=False, max_connections=1)
@@ -413,9 +426,6 @@ def test_calls_sent_behind_one_the_server_holds_back_are_answered_in_order(
             return list(await calls)
 
         results = run_on(loop, main)
-    finally:
-        done.set()
-        editor.join(10)
     assert results[:3] == [None, "x", 1]
     assert all(result == {"x": "x", "n": 1} for result in results[3:-1])
     assert results[-1] == 1
@@ -427,20 +437,8 @@ def test_a_client_flooding_behind_a_held_back_call_does_not_stop_the_server(
 ) -> None:
     # Past MAX_HELD_BACK_BYTES the server stops reading that client; everyone else is
     # served meanwhile, and the flood is answered once the call goes on.
-    sync = get_shared_state(start=False)
     blob = b"x" * 100_000
-    editing = threading.Event()
-    done = threading.Event()
-
-    def edit_for_a_while() -> None:
-        with sync.edit("k", default=0):
-            editing.set()
-            done.wait(20)
-
-    editor = threading.Thread(target=edit_for_a_while)
-    editor.start()
-    try:
-        assert editing.wait(10)
+    with _another_client_editing("k") as done:
 
         async def main() -> int:
             state = await aio_state(start=False, max_connections=1)
@@ -456,6 +454,3 @@ def test_a_client_flooding_behind_a_held_back_call_does_not_stop_the_server(
             return await state.len()
 
         assert run_on("asyncio", main) == 30 + 2  # the blobs (3 MB), "k", "still served"
-    finally:
-        done.set()
-        editor.join(10)

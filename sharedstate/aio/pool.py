@@ -40,12 +40,11 @@ from typing import Any
 
 from ..address import Address
 from ..client.commands import Call
-from ..client.transport import LOCK, Hello, lock_lost
+from ..client.transport import LOCK, Hello, lock_lost, not_answered
 from ..errors import (
     ConnectionLost,
     LockLost,
     ServerError,
-    Timeout,
     ValueNotPicklable,
     ValueTooLarge,
     WrongEventLoop,
@@ -233,7 +232,7 @@ class Pool:
                 continue
             except _TimedOut:
                 channel.close(f"timed out during {call.method}()")
-                raise self._timeout(call.method) from None
+                raise not_answered(self.address, call.method, self.call_timeout) from None
             except asyncio.CancelledError:
                 if operation.kind is Kind.RESERVATION:
                     # What it was taking or freeing may be the connection's when the reply
@@ -280,15 +279,6 @@ class Pool:
         return ConnectionLost(
             f"the connection to the server at {self.address} broke during {method}() "
             f"({broken}), and {why}: the call may or may not have taken effect",
-            address=str(self.address),
-        )
-
-    def _timeout(self, method: str) -> Timeout:
-        return Timeout(
-            f"the server at {self.address} did not answer {method}() within "
-            f"{self.call_timeout:g} s (SHAREDSTATE_CALL_TIMEOUT); it may be stopped, "
-            "wedged or overloaded. The call may or may not have taken effect; the next "
-            "call reconnects",
             address=str(self.address),
         )
 

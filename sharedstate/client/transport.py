@@ -197,6 +197,16 @@ def connecting_error(error: BaseException, address: Address, timeout: float) -> 
     return error
 
 
+def not_answered(address: Address, method: str, call_timeout: float | None) -> Timeout:
+    """The error of a call whose reply did not come within the call timeout."""
+    return Timeout(
+        f"the server at {address} did not answer {method}() within {call_timeout:g} s "
+        "(SHAREDSTATE_CALL_TIMEOUT); it may be stopped, wedged or overloaded. The call "
+        "may or may not have taken effect; the next call reconnects",
+        address=str(address),
+    )
+
+
 def lock_lost(address: Address, what_happened: object, holds: set[Any], holder: str) -> LockLost:
     """The error of every call of a ``holder`` (thread, task) whose lock or edit was lost."""
     what = " and ".join(
@@ -438,13 +448,7 @@ class Transport:
     def _timeout(self, local: _ThreadState, method: str) -> Exception:
         if local.lost is not None:
             return self._lock_lost(local)
-        return Timeout(
-            f"the server at {self.address} did not answer {method}() within "
-            f"{self.call_timeout:g} s (SHAREDSTATE_CALL_TIMEOUT); it may be stopped, "
-            "wedged or overloaded. The call may or may not have taken effect; the next "
-            "call reconnects",
-            address=str(self.address),
-        )
+        return not_answered(self.address, method, self.call_timeout)
 
     # -- what a thread holds -----------------------------------------------------------
 
