@@ -89,10 +89,12 @@ def _hits_were_1_to(count: int, responses: list[httpx.Response], log: str) -> No
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])  # uvicorn's two event loops
 def test_200_concurrent_hits_on_4_uvicorn_workers_get_1_to_200_each_once(
-    uvicorn: StartUvicorn,
+    uvicorn: StartUvicorn, loop: str
 ) -> None:
-    server = uvicorn()
+    pytest.importorskip(loop)
+    server = uvicorn("--loop", loop)
     _hits_were_1_to(200, concurrent_posts(server.url, "/hits", 200), server.log())
     assert httpx.get(f"{server.url}/hits").json() == 200
 
