@@ -495,13 +495,14 @@ def test_a_write_waiting_for_its_connection_is_not_overtaken_by_a_later_one(
 
         with _another_client_editing("x") as done:
             asyncio.get_running_loop().call_later(0.5, done.set)
-            return await asyncio.gather(
+            results = await asyncio.gather(
                 state.set("x", 1),  # connection 1: waits behind the edit
                 state.incr("n"),  # opens connection 2, and waits for it
                 state.set("x", 2),  # behind the first, on connection 1
                 once_the_second_connection_is_up(),  # on connection 2, at once
                 return_exceptions=True,
             )
+            return list(results)
 
     results = run_on(loop, main)
     assert [result for result in results if isinstance(result, BaseException)] == []
