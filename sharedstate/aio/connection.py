@@ -9,6 +9,8 @@ cancelled task never leaves the connection out of step.
 
 :func:`open_connection` connects, checks who listens (as the sync client does) and runs
 the handshake (:class:`~sharedstate.handshake.ClientProof`), all without blocking the loop.
+A :class:`Channel` is what the pool (:mod:`sharedstate.aio.pool`) keeps of a connection:
+the current one, and the session that outlives it, whose writes it numbers.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..protocol import (
     LENGTH,
     MAX_REQUEST_BYTES,
     RETURN,
+    SESSION_ID_BYTES,
     dump_request,
     frame_header,
     load_reply,
@@ -194,6 +197,42 @@ class FrameProtocol(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_exception(Broken(why, len(waiting)))
         self.resume_writing()
+
+
+class Channel:
+    """One connection, its session and the numbering of its writes."""
+
+    __slots__ = ("connected_before", "connecting", "deadline", "instance", "last_number",
+                 "protocol", "session", "session_known", "users")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.protocol: FrameProtocol | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.instance = b""
+        self.session = os.urandom(SESSION_ID_BYTES)
+        self.connected_before = False
+        self.session_known = True
+        self.last_number = 0
+        self.users = 0  # calls on it now, sent or about to be
+        self.deadline: float | None = None  # of the latest call sent (loop time)
+
+    @property
+    def usable(self) -> bool:
+        return self.protocol is not None and self.protocol.broken is None
+
+    @property
+    def opening(self) -> bool:
+        return self.connecting is not None and not self.connecting.done()
+
+    def close(self, why: str) -> None:
+        if self.protocol is not None:
+            self.protocol.close(why)
+
+    def discard(self) -> None:
+        """Close it, now or (if it is being opened for a caller that gave up) once open."""
+        if self.connecting is not None and not self.connecting.done():
+            self.connecting.add_done_callback(lambda _: self.close("was not needed any more"))
+        self.close("was not needed any more")
 
 
 @dataclass

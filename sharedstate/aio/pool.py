@@ -40,28 +40,19 @@ from typing import Any
 
 from ..address import Address
 from ..client.commands import Call
-from ..client.transport import LOCK, Hello, lock_lost, not_answered
+from ..client.transport import LOCK, Hello, lock_lost, not_answered, outcome, store_request
 from ..errors import (
     ConnectionLost,
     LockLost,
-    ServerError,
-    ValueNotPicklable,
-    ValueTooLarge,
     WrongEventLoop,
 )
 from ..protocol import (
-    ERROR,
-    MAX_REQUEST_BYTES,
     OPERATIONS,
-    RETURN,
-    SESSION_ID_BYTES,
-    STORE,
     Kind,
     Operation,
-    dump_request,
     load_reply,
 )
-from .connection import Broken, FrameProtocol, Opened
+from .connection import Broken, Channel, FrameProtocol, Opened
 
 DEFAULT_MAX_CONNECTIONS = 4
 PIPELINE_DEPTH = 32  # calls in flight on one connection, at most
@@ -71,42 +62,6 @@ Connect = Callable[[Hello], Awaitable[Opened]]
 
 class _TimedOut(Exception):
     """No reply within the call timeout."""
-
-
-class Channel:
-    """One connection, its session and the numbering of its writes."""
-
-    __slots__ = ("connected_before", "connecting", "deadline", "instance", "last_number",
-                 "protocol", "session", "session_known", "users")  # fmt: skip
-
-    def __init__(self) -> None:
-        self.protocol: FrameProtocol | None = None
-        self.connecting: asyncio.Task[None] | None = None
-        self.instance = b""
-        self.session = os.urandom(SESSION_ID_BYTES)
-        self.connected_before = False
-        self.session_known = True
-        self.last_number = 0
-        self.users = 0  # calls on it now, sent or about to be
-        self.deadline: float | None = None  # of the latest call sent (loop time)
-
-    @property
-    def usable(self) -> bool:
-        return self.protocol is not None and self.protocol.broken is None
-
-    @property
-    def opening(self) -> bool:
-        return self.connecting is not None and not self.connecting.done()
-
-    def close(self, why: str) -> None:
-        if self.protocol is not None:
-            self.protocol.close(why)
-
-    def discard(self) -> None:
-        """Close it, now or (if it is being opened for a caller that gave up) once open."""
-        if self.connecting is not None and not self.connecting.done():
-            self.connecting.add_done_callback(lambda _: self.close("was not needed any more"))
-        self.close("was not needed any more")
 
 
 class Hold:
@@ -216,7 +171,7 @@ class Pool:
                     if operation.writes:
                         channel.last_number += 1
                         number = channel.last_number
-                    request = _request(call, number)
+                    request = store_request(call.method, call.args, number)
                 elif number and channel.last_number != number:
                     raise self._cut_off(
                         call.method, Broken("reconnected"), "later writes went on it first"
@@ -247,7 +202,7 @@ class Pool:
                     # comes, with nobody to free it: closing makes the server free it.
                     channel.close(f"was closed: {call.method}() was cancelled")
                 raise
-            return _result(self, call.method, reply)
+            return outcome(*load_reply(reply), self.address, call.method)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_resend(
@@ -518,30 +473,6 @@ def _retrieve(task: asyncio.Task[None]) -> None:
     # would have, and asyncio would log the error as never retrieved.
     if not task.cancelled():
         task.exception()
-
-
-def _request(call: Call, number: int) -> bytes:
-    try:
-        request = dump_request(STORE, call.method, call.args, number)
-    except Exception as error:
-        raise ValueNotPicklable(
-            f"the arguments of {call.method}() can't be pickled: {error}"
-        ) from error
-    if len(request) > MAX_REQUEST_BYTES:
-        raise ValueTooLarge(
-            f"{call.method}() would send {len(request):,} bytes; one call carries at most "
-            f"{MAX_REQUEST_BYTES:,}. Send fewer values per call"
-        )
-    return request
-
-
-def _result(pool: Pool, method: str, reply: bytes) -> Any:
-    kind, result = load_reply(reply)
-    if kind == RETURN:
-        return result
-    if kind == ERROR:
-        raise result
-    raise ServerError(f"the server at {pool.address} failed during {method}():\n{result}")
 
 
 def _forget_inherited_pools() -> None:

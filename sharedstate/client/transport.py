@@ -197,6 +197,29 @@ def connecting_error(error: BaseException, address: Address, timeout: float) -> 
     return error
 
 
+def store_request(method: str, args: tuple[Any, ...], number: int) -> bytes:
+    """The message for one store call, refused here if it can't be sent."""
+    try:
+        request = dump_request(STORE, method, args, number)
+    except Exception as error:
+        raise ValueNotPicklable(f"the arguments of {method}() can't be pickled: {error}") from error
+    if len(request) > MAX_REQUEST_BYTES:
+        raise ValueTooLarge(
+            f"{method}() would send {len(request):,} bytes; one call carries at most "
+            f"{MAX_REQUEST_BYTES:,}. Send fewer values per call"
+        )
+    return request
+
+
+def outcome(kind: str, result: Any, address: Address, method: str) -> Any:
+    """A store call's result, or the error it raised (on the server, or failing there)."""
+    if kind == RETURN:
+        return result
+    if kind == ERROR:
+        raise result
+    raise ServerError(f"the server at {address} failed during {method}():\n{result}")
+
+
 def not_answered(address: Address, method: str, call_timeout: float | None) -> Timeout:
     """The error of a call whose reply did not come within the call timeout."""
     return Timeout(
@@ -289,32 +312,13 @@ class Transport:
         if OPERATIONS[method].writes:
             local.last_request_number += 1
             number = local.last_request_number
-        request = self._request(method, args, number)
+        request = store_request(method, args, number)
         try:
             kind, result = self._round_trip(local, method, request, waits)
         except _CutOff as cut_off:
             kind, result = self._resend_once(local, method, request, number, waits, cut_off)
         self._note_reservations(local, method, args, kind, result)
-        if kind == RETURN:
-            return result
-        if kind == ERROR:
-            raise result
-        raise ServerError(f"the server at {self.address} failed during {method}():\n{result}")
-
-    def _request(self, method: str, args: tuple[Any, ...], number: int) -> bytes:
-        """The message for one store call, refused here if it can't be sent."""
-        try:
-            request = dump_request(STORE, method, args, number)
-        except Exception as error:
-            raise ValueNotPicklable(
-                f"the arguments of {method}() can't be pickled: {error}"
-            ) from error
-        if len(request) > MAX_REQUEST_BYTES:
-            raise ValueTooLarge(
-                f"{method}() would send {len(request):,} bytes; one call carries at most "
-                f"{MAX_REQUEST_BYTES:,}. Send fewer values per call"
-            )
-        return request
+        return outcome(kind, result, self.address, method)
 
     # -- one round trip ----------------------------------------------------------------
 
