@@ -116,6 +116,28 @@ def test_cancelling_any_call_at_any_point_leaves_nothing_held_or_out_of_step(
     sync.lock.release()
 
 
+class _Ticks:
+    """A task that counts how often it gets to run, and the longest wait between two
+    runs: how long the loop was blocked, at most."""
+
+    def __init__(self, every: float) -> None:
+        self.count = 0
+        self.longest_gap = 0.0
+        self._task = asyncio.ensure_future(self._tick(every))
+
+    async def _tick(self, every: float) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            self.count += 1
+            self.longest_gap = max(self.longest_gap, now - last)
+            last = now
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
 def _async_clients() -> int:
     return sum(client["name"].startswith("aio-client") for client in server_info()["clients"])
 
@@ -201,23 +223,15 @@ def test_after_a_server_restart_reads_reconnect_and_a_holder_gets_lock_lost(
 @pytest.mark.fault
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_stopped_server_gives_timeout_and_the_loop_keeps_running(
-    server_factory: ServerFactory, loop: str
+    server_factory: ServerFactory, loop: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    os.environ["SHAREDSTATE_CALL_TIMEOUT"] = "0.5"
+    monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "0.5")
     server = server_factory().start()
 
     async def main() -> None:
         state = await aio_state(start=False)
         await state.set("a", 1)
-        ticks = 0
-
-        async def probe() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        prober = asyncio.ensure_future(probe())
+        ticks = _Ticks(every=0.01)
         server.signal(signal.SIGSTOP)
         try:
             while not is_stopped(server.pid):
@@ -229,11 +243,11 @@ def test_a_stopped_server_gives_timeout_and_the_loop_keeps_running(
             waited = time.monotonic() - started
         finally:
             server.signal(signal.SIGCONT)
-        prober.cancel()
+        ticks.stop()
         assert all(isinstance(result, Timeout) for result in results), results
         assert "SHAREDSTATE_CALL_TIMEOUT" in str(results[0])
         assert waited < 5
-        assert ticks >= 5  # the loop ran other tasks while the calls waited
+        assert ticks.count >= 5  # the loop ran other tasks while the calls waited
         assert await state.get("a") == 1  # and the next call reconnects
 
     run_on(loop, main)
@@ -257,24 +271,20 @@ def test_many_async_workers_racing_start_exactly_one_server(workdir: str) -> Non
 
 
 def test_starting_the_server_does_not_block_the_event_loop(workdir: str) -> None:
-    async def main() -> int:
-        ticks = 0
-
-        async def probe() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0)
-                ticks += 1
-
-        prober = asyncio.ensure_future(probe())
+    async def main() -> tuple[float, float]:
+        ticks = _Ticks(every=0)
         await asyncio.sleep(0)
-        state = await aio_state()  # starts the server: a second or so
-        prober.cancel()
+        started = time.monotonic()
+        state = await aio_state()  # starts the server: a tenth of a second or more
+        took = time.monotonic() - started
+        ticks.stop()
         await state.set("up", True)
-        return ticks
+        return ticks.longest_gap, took
 
-    # If the start blocked the loop, the probe would not run until it was over: once.
-    assert run_on("asyncio", main) > 100
+    # Had the start blocked the loop, the probe would have waited all through it.
+    longest_gap, took = run_on("asyncio", main)
+    assert longest_gap < took / 2, (longest_gap, took)
+
     assert len(server_pids(workdir)) == 1
 
 
