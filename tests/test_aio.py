@@ -6,7 +6,9 @@ matters checks what the sync client sees of the same state.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import os
 import pickle
 from typing import Any
 
@@ -31,6 +33,7 @@ from sharedstate.aio import AsyncSharedState
 from sharedstate.aio import get_shared_state as aio_state
 
 from .support.loops import LOOPS, run_on
+from .support.processes import REPO_ROOT
 from .support.servers import ServerProcess, server_info
 
 pytestmark = pytest.mark.parametrize("loop", LOOPS)
@@ -425,3 +428,26 @@ def test_a_state_used_in_another_event_loop_says_so(server: ServerProcess, loop:
         await made[0].aclose()
 
     run_on(loop, second)
+
+
+@pytest.mark.parametrize(
+    ("document", "after"),
+    [("README.md", "## Async apps"), ("docs/asyncio.md", "# asyncio")],
+)
+def test_the_docs_async_snippets_run_as_written(
+    server: ServerProcess, loop: str, document: str, after: str
+) -> None:
+    with open(os.path.join(REPO_ROOT, document), encoding="utf-8") as file:
+        text = file.read()
+    start = text.index("```python\n", text.index(after)) + len("```python\n")
+    snippet = text[start : text.index("```", start)]
+    code = compile(snippet, document, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    namespace: dict[str, Any] = {}
+
+    async def main() -> None:
+        result = eval(code, namespace)  # noqa: S307 - our own docs
+        if result is not None:
+            await result
+
+    run_on(loop, main)
+    assert get_shared_state(start=False)["hits"] == 1
