@@ -17,28 +17,37 @@ from sharedstate import protocol
 from sharedstate.server.state_server import StateServer
 from sharedstate.server.store import Store
 
-CLIENT_DIR = pathlib.Path(sharedstate.__file__).parent / "client"
+PACKAGE = pathlib.Path(sharedstate.__file__).parent
+CLIENT_DIRS = [PACKAGE / "client", PACKAGE / "aio"]
 
 
 def operations_called_by_the_client() -> dict[str, list[str]]:
-    """Every ``<x>.call("name", ...)`` / ``<x>._call("name", ...)`` in the client, by name."""
+    """Every operation the clients name, by name: each ``Call("name", ...)`` (the commands
+    both clients run) and ``<x>.call("name", ...)`` / ``<x>._call("name", ...)``.
+
+    The one place that sends a ``Call`` made elsewhere passes ``call.method`` on; any
+    other computed name fails here.
+    """
     found: dict[str, list[str]] = {}
-    for path in sorted(CLIENT_DIR.glob("*.py")):
+    for path in sorted(path for folder in CLIENT_DIRS for path in folder.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr in ("call", "_call")
-                and node.args
-            ):
-                first = node.args[0]
-                literal = isinstance(first, ast.Constant) and isinstance(first.value, str)
-                assert literal, (
-                    f"{path.name}:{node.lineno} names an operation by a computed value; "
-                    "name it literally, so this test can check it against the protocol table"
-                )
-                assert isinstance(first, ast.Constant)
-                found.setdefault(first.value, []).append(f"{path.name}:{node.lineno}")
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            func = node.func
+            command = isinstance(func, ast.Name) and func.id == "Call"
+            call = isinstance(func, ast.Attribute) and func.attr in ("call", "_call")
+            if not (command or call):
+                continue
+            first = node.args[0]
+            if call and isinstance(first, ast.Attribute) and first.attr == "method":
+                continue  # sends a Call made by a command: checked where it is made
+            literal = isinstance(first, ast.Constant) and isinstance(first.value, str)
+            assert literal, (
+                f"{path.name}:{node.lineno} names an operation by a computed value; "
+                "name it literally, so this test can check it against the protocol table"
+            )
+            assert isinstance(first, ast.Constant)
+            found.setdefault(first.value, []).append(f"{path.name}:{node.lineno}")
     return found
 
 
