@@ -168,6 +168,16 @@ def test_a_task_cancelled_while_waiting_for_the_lock_never_gets_it_later(
     run_on(loop, main)
 
 
+def _killing_frees_the_lock(holder: Any) -> None:
+    """``holder`` (a process) holds the lock; once it is SIGKILLed, the lock is free."""
+    state = get_shared_state(start=False)
+    assert not state.lock.acquire(timeout=0.1)
+    assert holder.pid is not None
+    kill_and_wait(holder.pid)
+    assert state.lock.acquire(timeout=5)
+    state.lock.release()
+
+
 def _hold_lock_in_async_worker(ready: Any) -> None:
     async def main() -> None:
         state = await aio_state(start=False)
@@ -186,12 +196,7 @@ def test_an_async_worker_killed_holding_the_lock_frees_it(server: ServerProcess)
     holder = start_process(_hold_lock_in_async_worker, ready)
     try:
         assert ready.wait(20)
-        state = get_shared_state(start=False)
-        assert not state.lock.acquire(timeout=0.1)
-        assert holder.pid is not None
-        kill_and_wait(holder.pid)
-        assert state.lock.acquire(timeout=5)
-        state.lock.release()
+        _killing_frees_the_lock(holder)
     finally:
         holder.kill()
         holder.join(5)
@@ -359,12 +364,7 @@ def test_a_killed_holders_lock_is_freed_though_its_forked_child_lives(
     holder = start_process(_hold_lock_then_fork_and_die, ready, loop)
     grandchild = ready.get(timeout=20)
     try:
-        state = get_shared_state(start=False)
-        assert not state.lock.acquire(timeout=0.1)
-        assert holder.pid is not None
-        kill_and_wait(holder.pid)
-        assert state.lock.acquire(timeout=5)
-        state.lock.release()
+        _killing_frees_the_lock(holder)
     finally:
         os.kill(grandchild, signal.SIGKILL)
         holder.join(5)
