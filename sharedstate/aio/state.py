@@ -370,8 +370,9 @@ async def get_shared_state(
         state = await get_shared_state()
         hits = await state.incr("hits")
 
-    ``max_connections`` bounds the connections concurrent tasks use (tasks beyond it
-    wait for one: back-pressure); a task holding the lock or an edit keeps one of them.
+    ``max_connections`` bounds the connections concurrent tasks share (calls beyond
+    them are pipelined, then wait: back-pressure). A task holding the lock or an edit
+    has a connection of its own meanwhile; at most ``max_connections`` tasks at once.
     """
     global _states_pid
     loop = asyncio.get_running_loop()
