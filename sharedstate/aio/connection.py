@@ -183,11 +183,6 @@ class FrameProtocol(asyncio.Protocol):
             if fd >= 0:
                 os.close(fd)
 
-    @property
-    def in_flight(self) -> int:
-        """Calls whose reply is still to come (a cancelled caller's among them)."""
-        return len(self.waiting)
-
     def _fail(self, why: str) -> None:
         if self.broken is None:
             self.broken = why
