@@ -117,13 +117,14 @@ def wait_for_connected_workers(
 
 
 def concurrent_posts(url: str, path: str, count: int) -> list[httpx.Response]:
-    """``count`` POSTs to ``url + path``, 32 at a time, each on a new connection."""
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=0)
-    with (
-        httpx.Client(base_url=url, timeout=30, limits=limits) as client,
-        ThreadPoolExecutor(max_workers=32) as pool,
-    ):
-        return list(pool.map(lambda _: client.post(path), range(count)))
+    """``count`` POSTs to ``url + path``, 32 at a time, each on a new connection.
+
+    Each POST has a client of its own: httpcore's pool, shared by threads, can close a
+    connection under a request that waits for its reply (encode/httpcore#1110), which
+    showed here as a ReadError "Bad file descriptor".
+    """
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        return list(pool.map(lambda _: httpx.post(url + path, timeout=30), range(count)))
 
 
 def _sharedstate_clients() -> set[int]:
