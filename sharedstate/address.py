@@ -14,7 +14,8 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -23,8 +24,9 @@ MAX_SOCKET_PATH_BYTES = 107 if sys.platform.startswith("linux") else 103
 
 DEFAULT_SOCKET_NAME = "state.sock"
 
-# Schemes a later release may accept as a backend; until then they get a plain "not yet".
-FUTURE_SCHEMES = ("redis", "rediss", "redis+unix", "valkey")
+# Addresses of a Redis (or Valkey) server, which holds the state instead of sharedstate's
+# own (sharedstate.backends.redis); passed to redis-py as they are.
+REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "valkey", "valkeys")
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # A bare name a user most likely meant as a host: dotted labels ending in a word that is
@@ -48,11 +50,17 @@ def runtime_dir() -> str:
 
 @dataclass(frozen=True)
 class Address:
-    """A Unix socket ``path``, or a TCP ``host`` and ``port``."""
+    """A Unix socket ``path``, a TCP ``host`` and ``port``, or a Redis ``url``."""
 
     path: str | None = None
     host: str | None = None
     port: int | None = None
+    url: str | None = field(default=None, repr=False)  # may hold a password
+
+    @property
+    def is_redis(self) -> bool:
+        """Whether the state lives in a Redis (or Valkey) server at :attr:`url`."""
+        return self.url is not None
 
     @property
     def is_unix(self) -> bool:
@@ -103,6 +111,8 @@ class Address:
         return self._files_prefix + ".log"
 
     def __str__(self) -> str:
+        if self.url is not None:
+            return redacted_url(self.url)
         if self.path is not None:
             return self.path
         return f"{self.host}:{self.port}"
@@ -135,6 +145,8 @@ def parse_address(value: str | tuple[str, int] | Address) -> Address:
     if not text:
         raise ConfigError("the address is empty: give a socket path or host:port")
     url = _URL.match(text)
+    if url and url.group(1).lower() in REDIS_SCHEMES:
+        return _redis_address(text, url.group(1).lower())
     if url:
         raise _url_refused(text, url.group(1))
     if text.startswith("unix:"):
@@ -158,21 +170,41 @@ def parse_address(value: str | tuple[str, int] | Address) -> Address:
     return _tcp_address(host, port, text)
 
 
+def redacted_url(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _redis_address(text: str, scheme: str) -> Address:
+    parts = urlsplit(text)
+    where = redacted_url(text)
+    if scheme == "redis+unix":
+        if not parts.path:
+            raise ConfigError(
+                f"address {where!r} names no socket: write redis+unix:///path/to/redis.sock",
+                address=where,
+            )
+    elif not parts.hostname:
+        raise ConfigError(
+            f"address {where!r} names no host: write {scheme}://[:PASSWORD@]HOST:6379/0",
+            address=where,
+        )
+    try:
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError:
+        raise ConfigError(
+            f"address {where!r}: the port must be a number from 1 to 65535", address=where
+        ) from None
+    return Address(url=text)
+
+
 def _url_refused(text: str, scheme: str) -> ConfigError:
-    if scheme.lower() in FUTURE_SCHEMES:
-        return ConfigError(
-            f"address {text!r}: {scheme}:// servers are not supported yet; sharedstate "
-            "runs its own server: give a Unix socket path or HOST:PORT",
-            address=text,
-        )
-    rest = text[len(scheme) + 3 :]
-    if scheme.lower() == "unix":
-        return ConfigError(
-            f"address {text!r} is a URL, which sharedstate does not take; for a Unix socket "
-            f"write its path ({rest or '/run/app/state.sock'}), or unix:PATH",
-            address=text,
-        )
-    rest = rest.rstrip("/")
+    rest = text[len(scheme) + 3 :].rstrip("/")
     return ConfigError(
         f"address {text!r} is a URL, which sharedstate does not take; write HOST:PORT for "
         f"TCP (e.g. {rest or '127.0.0.1:7000'}) or a path for a Unix socket "

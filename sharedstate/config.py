@@ -40,6 +40,7 @@ from .validators import (
     validate_memory_size,
     validate_path,
     validate_pid,
+    validate_prefix,
     validate_size,
     validate_user,
     validate_when_owner_dies,
@@ -132,9 +133,25 @@ class Settings:
         flag="--address",
         default_factory=default_address,
         validate=parse_address,
-        help="Unix socket path, or HOST:PORT for TCP (loopback unless --allow-remote).",
+        help="Unix socket path, or HOST:PORT for TCP (loopback unless --allow-remote); or "
+        "a Redis or Valkey server to hold the state instead: `redis://[:PASSWORD@]HOST:PORT/DB`, "
+        "`rediss://` (TLS), `redis+unix:///PATH?db=N`, `valkey://`.",
         default_doc="`$XDG_RUNTIME_DIR/sharedstate/state.sock`, else "
         "`$TMPDIR/sharedstate-$UID/state.sock`",
+    )
+    prefix: str = _setting(
+        flag=None,
+        default="sharedstate:",
+        validate=validate_prefix,
+        help="With a Redis address: what this app's key names in Redis start with, so "
+        "several apps can share one Redis; clear(), keys(), len() and dump touch only them.",
+    )
+    redis_lease: float = _setting(
+        flag=None,
+        default=10.0,
+        validate=validate_interval,
+        help="With a Redis address: seconds the lock, or an edit, stays held after its "
+        "holder died (Redis can't see a dead process; a living holder renews it).",
     )
     authkey: bytes | None = _setting(
         flag=None,

@@ -171,3 +171,13 @@ def validate_eviction(value: Any) -> str:
     if policy not in EVICTION_POLICIES:
         raise ConfigError(f"{value!r} is not an eviction policy; use {_either(EVICTION_POLICIES)}")
     return policy
+
+
+def validate_prefix(value: Any) -> str:
+    text = str(value)
+    if not text or len(text) > 200 or any(c.isspace() or not c.isprintable() for c in text):
+        raise ConfigError(
+            f"prefix {text!r}: give 1 to 200 printable characters without spaces, "
+            "e.g. myapp: (the names of this app's keys in Redis start with it)"
+        )
+    return text

@@ -24,6 +24,7 @@ import sharedstate.client.state
 from sharedstate import SharedState, get_shared_state
 
 from .support.procfs import is_dead, processes_mentioning
+from .support.redis_servers import RedisServer, why_no_redis_server
 from .support.servers import ServerFactory, ServerProcess
 from .support.users import OtherUser, why_no_other_user
 
@@ -85,6 +86,25 @@ def server(server_factory: ServerFactory) -> ServerProcess:
 def state(server: ServerProcess) -> SharedState:
     """The test's state, on a server started for it."""
     return get_shared_state(start=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the session: loopback port and Unix socket, with a password.
+
+    Tests share it; each uses its own key prefix (``SHAREDSTATE_PREFIX``), so none sees
+    another's keys. A test that restarts or kills Redis starts one of its own.
+    """
+    reason = why_no_redis_server()
+    if reason is not None:
+        pytest.fail(reason)  # .ci/run installs it: a missing one is a broken set-up
+    directory = tempfile.mkdtemp(prefix="ss-redis-", dir="/tmp")
+    server = RedisServer(directory).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
