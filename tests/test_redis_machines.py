@@ -1,0 +1,203 @@
+"""Two machines, one Redis: workers of two separate environments share the state over TCP.
+
+Each machine is a group of forked worker processes with an environment and directory
+of its own (tests/support/machines.py); the two share nothing but the Redis address
+(loopback TCP, with the password) and the key prefix, as two hosts behind a load
+balancer would. Nothing here mocks Redis: it is the session's real ``redis-server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from typing import Any
+
+import pytest
+
+import sharedstate.aio
+from sharedstate import get_shared_state
+
+from .support.holders import hold_lock_until_killed
+from .support.machines import Machine, make_machine, on_machine, unique_prefix, visit_machine
+from .support.processes import fork_context, kill_and_wait, run_in_processes, start_process
+from .support.procfs import processes_mentioning
+from .support.redis_servers import RedisServer
+
+LEASE = 2.0  # SHAREDSTATE_REDIS_LEASE for the lock tests: short, so they stay short
+
+
+def two_machines(workdir: str, redis_server: RedisServer, **env: str) -> tuple[Machine, Machine]:
+    prefix = unique_prefix()
+    first, second = (
+        make_machine(workdir, name, redis_server.url(), prefix, **env) for name in ("a", "b")
+    )
+    return first, second
+
+
+def count_up(start: Any, times: int) -> list[int]:
+    state = get_shared_state()  # start=True, the default: with Redis it must start nothing
+    start.wait(30)
+    return [state.incr("hits") for _ in range(times)]
+
+
+def test_increments_from_two_machines_are_exact(
+    workdir: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machines = two_machines(workdir, redis_server)
+    start = fork_context.Barrier(4)
+    work = [(machine, count_up, start, 50) for machine in machines for _ in range(2)]
+    returned = [value for values in run_in_processes(on_machine, work) for value in values]
+    assert sorted(returned) == list(range(1, 201))  # each value once: no increment lost
+    visit_machine(monkeypatch, machines[0])
+    assert get_shared_state()["hits"] == 200
+    # No sharedstate server was started for a Redis address, on either machine.
+    assert processes_mentioning(workdir) == []
+
+
+ROUNDS = 25
+
+
+def take_turns(me: str, start: Any) -> int:
+    """Hold the lock ROUNDS times with the sync client; count the other holders seen."""
+    state = get_shared_state()
+    start.wait(30)
+    overlaps = 0
+    for _ in range(ROUNDS):
+        with state.lock.hold(timeout=30):
+            state["holder"] = me
+            count = state.get("count", 0)
+            time.sleep(0.002)  # widen the window in which a second holder would show
+            overlaps += state["holder"] != me
+            state["count"] = count + 1  # read-modify-write: lost if two overlap
+    return overlaps
+
+
+def take_turns_async(me: str, start: Any) -> int:
+    """:func:`take_turns` with the asyncio client."""
+
+    async def turns() -> int:
+        state = await sharedstate.aio.get_shared_state()
+        await asyncio.to_thread(start.wait, 30)
+        overlaps = 0
+        for _ in range(ROUNDS):
+            async with state.lock.hold(timeout=30):
+                await state.set("holder", me)
+                count = await state.get("count", 0)
+                await asyncio.sleep(0.002)
+                overlaps += await state.get("holder") != me
+                await state.set("count", count + 1)
+        return overlaps
+
+    return asyncio.run(turns())
+
+
+def test_the_lock_excludes_across_machines_and_clients(
+    workdir: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync_machine, async_machine = two_machines(workdir, redis_server)
+    start = fork_context.Barrier(4)
+    work = [
+        (sync_machine, take_turns, "sync-1", start),
+        (sync_machine, take_turns, "sync-2", start),
+        (async_machine, take_turns_async, "async-1", start),
+        (async_machine, take_turns_async, "async-2", start),
+    ]
+    overlaps = run_in_processes(on_machine, work, timeout=60)
+    assert overlaps == [0, 0, 0, 0]
+    visit_machine(monkeypatch, sync_machine)
+    assert get_shared_state()["count"] == 4 * ROUNDS
+
+
+def take_lock_when_free(trying: Any, taken_at: Any) -> None:
+    state = get_shared_state()
+    trying.set()
+    assert state.lock.acquire(timeout=60)
+    taken_at.put(time.monotonic())  # one clock for all processes of this host
+    state.lock.release()
+
+
+def test_a_killed_holder_frees_the_lock_within_the_lease(
+    workdir: str, redis_server: RedisServer
+) -> None:
+    holder_machine, waiter_machine = two_machines(
+        workdir, redis_server, SHAREDSTATE_REDIS_LEASE=str(LEASE)
+    )
+    held, trying, taken_at = fork_context.Event(), fork_context.Event(), fork_context.Queue()
+    holder = start_process(on_machine, holder_machine, hold_lock_until_killed, held)
+    waiter = None
+    try:
+        assert held.wait(20), "the holder did not get the lock"
+        waiter = start_process(on_machine, waiter_machine, take_lock_when_free, trying, taken_at)
+        assert trying.wait(20)
+        # The holder lives: the waiter must not get the lock, though more than a lease
+        # passes (a lease not renewed would lapse in that time).
+        with pytest.raises(queue.Empty):
+            taken_at.get(timeout=1.5 * LEASE)
+        assert holder.pid is not None
+        killed_at = time.monotonic()
+        kill_and_wait(holder.pid)
+        taken = taken_at.get(timeout=60)
+        assert taken > killed_at, "taken while its holder was still alive"
+        # A bound on correctness (freed within the lease), not on speed: generous margin.
+        assert taken - killed_at <= 2 * LEASE + 3, f"freed {taken - killed_at:.1f} s after"
+        waiter.join(10)
+        assert waiter.exitcode == 0
+    finally:
+        for process in (holder, waiter):
+            if process is not None and process.is_alive():
+                process.kill()
+            if process is not None:
+                process.join(10)
+
+
+def hold_lock_for(seconds: float, held: Any, releasing: Any) -> tuple[bool, float]:
+    """Hold the lock ``seconds`` while living; whether it still held it, and for how long."""
+    state = get_shared_state()
+    assert state.lock.acquire(timeout=30)
+    took = time.monotonic()
+    held.set()
+    time.sleep(seconds)  # a living holder: its watchdog must renew the lease meanwhile
+    still_locked = state.lock.locked()
+    releasing.set()
+    state.lock.release()  # raises LeaseExpired or LockLost if the lease lapsed
+    return still_locked, time.monotonic() - took
+
+
+def try_lock_until_released(held: Any, releasing: Any) -> tuple[int, int]:
+    """Try the lock with timeout=0 until its holder starts releasing: (tries, times taken)."""
+    state = get_shared_state()
+    assert held.wait(30)
+    tries = taken = 0
+    while not releasing.is_set():
+        tries += 1
+        if state.lock.acquire(timeout=0):
+            # Taken before the holder began to release: it was taken from a live holder.
+            taken += not releasing.is_set()
+            state.lock.release()
+        time.sleep(0.05)
+    return tries, taken
+
+
+@pytest.mark.timeout(40)
+def test_a_living_holder_keeps_the_lock_past_the_lease(
+    workdir: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder_machine, other_machine = two_machines(
+        workdir, redis_server, SHAREDSTATE_REDIS_LEASE=str(LEASE)
+    )
+    held, releasing = fork_context.Event(), fork_context.Event()
+    (still_locked, held_for), (tries, taken) = run_in_processes(
+        on_machine,
+        [
+            (holder_machine, hold_lock_for, 3 * LEASE, held, releasing),
+            (other_machine, try_lock_until_released, held, releasing),
+        ],
+    )
+    assert held_for >= 3 * LEASE
+    assert still_locked
+    assert taken == 0, f"taken {taken} times from a living holder"
+    assert tries >= 10, "the other machine hardly tried"
+    visit_machine(monkeypatch, other_machine)
+    assert get_shared_state().lock.acquire(timeout=10)  # free once released: tries could win
+    get_shared_state().lock.release()
