@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -34,10 +35,11 @@ def test_serve_refuses_a_host_without_a_port(workdir: str) -> None:
     assert not os.path.exists(os.path.join(workdir, "127.0.0.1"))
 
 
-def test_serve_says_redis_is_not_supported_yet(workdir: str) -> None:
+def test_serve_says_redis_needs_no_sharedstate_server(workdir: str) -> None:
     result = run_cli("serve", "--address", "redis://127.0.0.1:6379", timeout=30)
     assert result.returncode != 0
-    assert "redis:// servers are not supported yet" in result.stderr
+    assert re.search(r"Redis holds the state", result.stderr), result.stderr
+    assert re.search(r"no sharedstate server", result.stderr), result.stderr
     assert not os.path.exists(os.path.join(workdir, "redis:"))
 
 
