@@ -102,7 +102,7 @@ def test_a_local_dump_restores_into_redis(
     ours, theirs = unique_prefix(), unique_prefix()
     client = raw_client(own_redis)
     client.set("no-app's-key", b"kept")
-    other_app = run_cli("set", "theirs", "kept", env=on_redis(own_redis, theirs))
+    other_app = run_cli("set", "theirs", '"kept"', env=on_redis(own_redis, theirs))
     assert other_app.returncode == 0, other_app.stderr
     assert run_cli("set", "stale", "1", env=on_redis(own_redis, ours)).returncode == 0
     before = others_on(client, ours)
@@ -132,7 +132,7 @@ def test_a_redis_dump_restores_into_the_local_server(
     ours, theirs = unique_prefix(), unique_prefix()
     client = raw_client(own_redis)
     client.set("no-app's-key", b"not ours")
-    assert run_cli("set", "theirs", "not ours", env=on_redis(own_redis, theirs)).returncode == 0
+    assert run_cli("set", "theirs", '"not ours"', env=on_redis(own_redis, theirs)).returncode == 0
     state = redis_state(monkeypatch, own_redis, ours)
     fill(state)
     path = os.path.join(workdir, "redis.dump")

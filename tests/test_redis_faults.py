@@ -36,52 +36,110 @@ WORKERS = 4
 CALLS_AFTER_FAULT = 20  # successful calls each worker makes on the same state afterwards
 
 
-def work_through_fault(me: int, fault_done: Any, progress: Any) -> dict[str, Any]:
+class Tally:
+    """What one worker's calls did, for the test to check against Redis afterwards.
+
+    Acknowledged increments (their values), attempted ones, acknowledged sets, and the
+    errors by kind: connection errors by class name, anything else as "other".
+    """
+
+    def __init__(self, me: int, progress: Any, failures: Any) -> None:
+        self.me, self.progress, self.failures = me, progress, failures
+        self.acked: list[int] = []
+        self.attempted = 0
+        self.acked_sets: list[str] = []
+        self.errors: dict[str, int] = {}
+        self.messages: set[str] = set()
+        self.after_fault = 0
+        self.deadline = time.monotonic() + 40
+
+    def more(self) -> bool:
+        return self.after_fault < CALLS_AFTER_FAULT and time.monotonic() < self.deadline
+
+    def next_key(self) -> tuple[str, int]:
+        number = self.attempted
+        self.attempted += 1
+        return f"w{self.me}:{number}", number
+
+    def succeeded(self, fault_was_done: bool) -> None:
+        self.after_fault += fault_was_done  # same state object: it reconnected by itself
+        with self.progress.get_lock():
+            self.progress.value += 1
+
+    def failed(self, error: SharedStateError) -> None:
+        # Redis away is trouble with the connection, whatever the subclass says.
+        name = type(error).__name__ if isinstance(error, ConnectionError) else "other"
+        self.errors[name] = self.errors.get(name, 0) + 1
+        self.messages.add("".join(traceback.format_exception(error)))
+        with self.failures.get_lock():
+            self.failures.value += 1
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "acked": self.acked,
+            "attempted": self.attempted,
+            "acked_sets": self.acked_sets,
+            "errors": self.errors,
+            "messages": sorted(self.messages)[:50],
+            "after_fault": self.after_fault,
+        }
+
+
+def work_through_fault(me: int, fault_done: Any, progress: Any, failures: Any) -> dict[str, Any]:
     """incr and set in a loop, on one state object, until well after the fault.
 
-    Records what each call did: acknowledged increments (their values), attempted ones,
-    acknowledged sets, and the errors. Any exception other than a SharedStateError
-    escapes and fails the worker.
+    Any exception other than a SharedStateError escapes and fails the worker.
     """
     state = get_shared_state()
-    acked: list[int] = []
-    attempted = 0
-    acked_sets: list[str] = []
-    errors: dict[str, int] = {}
-    messages: set[str] = set()
-    after_fault = 0
-    deadline = time.monotonic() + 40
-    while after_fault < CALLS_AFTER_FAULT and time.monotonic() < deadline:
+    tally = Tally(me, progress, failures)
+    while tally.more():
         fault_was_done = fault_done.is_set()
-        number = attempted
-        key = f"w{me}:{number}"
+        key, number = tally.next_key()
         try:
-            attempted += 1
-            acked.append(state.incr("count"))
+            tally.acked.append(state.incr("count"))
             state[key] = number
-            acked_sets.append(key)
+            tally.acked_sets.append(key)
         except SharedStateError as error:
-            # Redis away is trouble with the connection, whatever the subclass says.
-            name = type(error).__name__ if isinstance(error, ConnectionError) else "other"
-            errors[name] = errors.get(name, 0) + 1
-            messages.add("".join(traceback.format_exception(error)))
+            tally.failed(error)
             time.sleep(0.01)  # Redis is away: don't spin
             continue
-        after_fault += fault_was_done  # same state object, so it reconnected by itself
-        with progress.get_lock():
-            progress.value += 1
-    return {
-        "acked": acked,
-        "attempted": attempted,
-        "acked_sets": acked_sets,
-        "errors": errors,
-        "messages": sorted(messages)[:50],
-        "after_fault": after_fault,
-    }
+        tally.succeeded(fault_was_done)
+    return tally.report()
+
+
+def work_through_fault_async(
+    me: int, fault_done: Any, progress: Any, failures: Any
+) -> dict[str, Any]:
+    """:func:`work_through_fault` with the asyncio client."""
+
+    async def work() -> dict[str, Any]:
+        state = await sharedstate.aio.get_shared_state()
+        tally = Tally(me, progress, failures)
+        while tally.more():
+            fault_was_done = fault_done.is_set()
+            key, number = tally.next_key()
+            try:
+                tally.acked.append(await state.incr("count"))
+                await state.set(key, number)
+                tally.acked_sets.append(key)
+            except SharedStateError as error:
+                tally.failed(error)
+                await asyncio.sleep(0.01)
+                continue
+            tally.succeeded(fault_was_done)
+        return tally.report()
+
+    return asyncio.run(work())
+
+
+def run_worker(me: int, *args: Any) -> dict[str, Any]:
+    """Half the workers use the sync client, half the asyncio one."""
+    worker = work_through_fault if me % 2 == 0 else work_through_fault_async
+    return worker(me, *args)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("fault", ["restart", "sigkill"])
+@pytest.mark.parametrize("fault", ["restart", "sigkill", "outage"])
 def test_redis_restarted_under_load_gives_no_wrong_answer(
     workdir: str, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
@@ -89,17 +147,22 @@ def test_redis_restarted_under_load_gives_no_wrong_answer(
     try:
         monkeypatch.setenv("SHAREDSTATE_ADDRESS", redis.url())
         monkeypatch.setenv("SHAREDSTATE_PREFIX", unique_prefix())
-        fault_done, progress = fork_context.Event(), fork_context.Value("i", 0)
-        work = [(me, fault_done, progress) for me in range(WORKERS)]
+        fault_done = fork_context.Event()
+        progress, failures = fork_context.Value("i", 0), fork_context.Value("i", 0)
+        work = [(me, fault_done, progress, failures) for me in range(WORKERS)]
         # A thread waits for the workers while this one makes the fault.
         with concurrent.futures.ThreadPoolExecutor(1) as waiter:
-            running = waiter.submit(run_in_processes, work_through_fault, work, 55)
+            running = waiter.submit(run_in_processes, run_worker, work, 55)
             try:
                 wait_until(lambda: progress.value >= 200)  # under load
                 if fault == "restart":
                     redis.restart()
-                else:
+                elif fault == "sigkill":
                     redis.stop(kill=True)
+                    redis.start()
+                else:  # away long enough that every worker's calls fail a few times
+                    redis.stop()
+                    wait_until(lambda: failures.value >= 5 * WORKERS)
                     redis.start()
             finally:
                 fault_done.set()  # also on failure: the workers then finish on their own
