@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 import sharedstate.aio
 from sharedstate import get_shared_state
 
-from .support.holders import hold_lock_until_killed
+from .support.holders import hold_edit_until_killed, hold_lock_until_killed
 from .support.machines import Machine, make_machine, on_machine, unique_prefix, visit_machine
 from .support.processes import fork_context, kill_and_wait, run_in_processes, start_process
 from .support.procfs import processes_mentioning
@@ -109,6 +110,54 @@ def test_the_lock_excludes_across_machines_and_clients(
     assert get_shared_state()["count"] == 4 * ROUNDS
 
 
+EDITS = 20
+
+
+def edit_in_turns(me: str, start: Any) -> None:
+    """Edit one key EDITS times with the sync client: read, change, write back."""
+    state = get_shared_state()
+    start.wait(30)
+    for _ in range(EDITS):
+        tally = state.get("tally", {})
+        time.sleep(0.001)
+        tally[me] = tally.get(me, 0) + 1
+        state["tally"] = tally
+
+
+def edit_in_turns_async(me: str, start: Any) -> None:
+    """:func:`edit_in_turns` with the asyncio client."""
+
+    async def edits() -> None:
+        state = await sharedstate.aio.get_shared_state()
+        await asyncio.to_thread(start.wait, 30)
+        for _ in range(EDITS):
+            async with state.edit("tally", default={}, timeout=30) as tally:
+                tally[me] = tally.get(me, 0) + 1
+
+    asyncio.run(edits())
+
+
+def test_edits_of_one_key_from_two_machines_lose_nothing(
+    workdir: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync_machine, async_machine = two_machines(workdir, redis_server)
+    start = fork_context.Barrier(4)
+    run_in_processes(
+        on_machine,
+        [
+            (sync_machine, edit_in_turns, "sync-1", start),
+            (sync_machine, edit_in_turns, "sync-2", start),
+            (async_machine, edit_in_turns_async, "async-1", start),
+            (async_machine, edit_in_turns_async, "async-2", start),
+        ],
+        timeout=60,
+    )
+    visit_machine(monkeypatch, async_machine)
+    assert get_shared_state()["tally"] == dict.fromkeys(
+        ["sync-1", "sync-2", "async-1", "async-2"], EDITS
+    )
+
+
 def take_lock_when_free(trying: Any, taken_at: Any) -> None:
     state = get_shared_state()
     trying.set()
@@ -117,21 +166,38 @@ def take_lock_when_free(trying: Any, taken_at: Any) -> None:
     state.lock.release()
 
 
-def test_a_killed_holder_frees_the_lock_within_the_lease(
-    workdir: str, redis_server: RedisServer
+def take_edit_when_free(trying: Any, taken_at: Any) -> None:
+    state = get_shared_state()
+    trying.set()
+    with state.edit("edited", default=[], timeout=60) as value:
+        taken_at.put(time.monotonic())
+        value.append("waiter")
+
+
+KILLED_HOLDERS: dict[str, tuple[Callable[..., None], tuple[Any, ...], Callable[..., None]]] = {
+    "lock": (hold_lock_until_killed, (), take_lock_when_free),
+    "edit": (hold_edit_until_killed, ("edited", []), take_edit_when_free),
+}
+
+
+@pytest.mark.parametrize("what", list(KILLED_HOLDERS))
+def test_a_killed_holder_frees_its_hold_within_the_lease(
+    workdir: str, redis_server: RedisServer, what: str
 ) -> None:
     holder_machine, waiter_machine = two_machines(
         workdir, redis_server, SHAREDSTATE_REDIS_LEASE=str(LEASE)
     )
+    hold, hold_args, take = KILLED_HOLDERS[what]
     held, trying, taken_at = fork_context.Event(), fork_context.Event(), fork_context.Queue()
-    holder = start_process(on_machine, holder_machine, hold_lock_until_killed, held)
+    holder = start_process(on_machine, holder_machine, hold, held, *hold_args)
     waiter = None
     try:
-        assert held.wait(20), "the holder did not get the lock"
-        waiter = start_process(on_machine, waiter_machine, take_lock_when_free, trying, taken_at)
+        assert held.wait(20), f"the holder did not get the {what}"
+        waiter = start_process(on_machine, waiter_machine, take, trying, taken_at)
         assert trying.wait(20)
-        # The holder lives: the waiter must not get the lock, though more than a lease
-        # passes (a lease not renewed would lapse in that time).
+        import os, signal; os.kill(holder.pid, signal.SIGSTOP)
+        # The holder lives: the waiter must not get it, though more than a lease passes
+        # (a lease not renewed would lapse in that time).
         with pytest.raises(queue.Empty):
             taken_at.get(timeout=1.5 * LEASE)
         assert holder.pid is not None
