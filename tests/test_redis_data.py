@@ -11,6 +11,7 @@ Redis, so the whole keyspace is known and can be checked.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from collections.abc import Iterator
 
@@ -143,3 +144,32 @@ def test_a_redis_dump_restores_into_the_local_server(
     restored = run_cli("restore", path, "--replace", env={"SHAREDSTATE_ADDRESS": address})
     assert restored.returncode == 0, restored.stderr
     assert_filled(local)  # only our prefix was dumped: nothing of the others came along
+
+
+def test_a_json_dump_of_one_prefix_merges_into_another(
+    own_redis: RedisServer, workdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = unique_prefix(), unique_prefix()
+    state = redis_state(monkeypatch, own_redis, source)
+    state.update({"n": 3, "cfg": {"a": [1, None]}})
+    state.set("for-a-while", "still here", ttl=LONG_TTL)
+    path = os.path.join(workdir, "redis.json")
+    dumped = run_cli("dump", path, "--format", "json", env=on_redis(own_redis, source))
+    assert dumped.returncode == 0, dumped.stderr
+    with open(path, encoding="utf-8") as file:
+        assert set(json.load(file)["expires"]) == {"for-a-while"}
+    assert run_cli("set", "kept", "true", env=on_redis(own_redis, target)).returncode == 0
+
+    restored = run_cli("restore", path, "--merge", env=on_redis(own_redis, target))
+    assert restored.returncode == 0, restored.stderr
+    merged = redis_state(monkeypatch, own_redis, target)
+    assert merged.to_dict() == {
+        "n": 3,
+        "cfg": {"a": [1, None]},
+        "for-a-while": "still here",
+        "kept": True,
+    }
+    left = merged.ttl("for-a-while")
+    assert left is not None
+    assert LONG_TTL - 15 < left <= LONG_TTL
+    assert redis_state(monkeypatch, own_redis, source).to_dict() == state.to_dict()

@@ -118,10 +118,8 @@ def edit_in_turns(me: str, start: Any) -> None:
     state = get_shared_state()
     start.wait(30)
     for _ in range(EDITS):
-        tally = state.get("tally", {})
-        time.sleep(0.001)
-        tally[me] = tally.get(me, 0) + 1
-        state["tally"] = tally
+        with state.edit("tally", default={}, timeout=30) as tally:
+            tally[me] = tally.get(me, 0) + 1  # lost if another edit overlapped
 
 
 def edit_in_turns_async(me: str, start: Any) -> None:
@@ -195,7 +193,6 @@ def test_a_killed_holder_frees_its_hold_within_the_lease(
         assert held.wait(20), f"the holder did not get the {what}"
         waiter = start_process(on_machine, waiter_machine, take, trying, taken_at)
         assert trying.wait(20)
-        import os, signal; os.kill(holder.pid, signal.SIGSTOP)
         # The holder lives: the waiter must not get it, though more than a lease passes
         # (a lease not renewed would lapse in that time).
         with pytest.raises(queue.Empty):
