@@ -56,6 +56,22 @@ def test_increments_from_two_machines_are_exact(
     assert processes_mentioning(workdir) == []
 
 
+def test_workers_forked_from_a_master_that_used_redis_count_exactly(
+    workdir: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As gunicorn --preload: the master connected (and keeps its connections) before
+    # forking, so each worker must get connections of its own, never share the master's.
+    machine, _ = two_machines(workdir, redis_server)
+    visit_machine(monkeypatch, machine)
+    master = get_shared_state()
+    assert master.incr("hits") == 1
+    start = fork_context.Barrier(4)
+    work = [(machine, count_up, start, 50) for _ in range(4)]
+    returned = [value for values in run_in_processes(on_machine, work) for value in values]
+    assert sorted(returned) == list(range(2, 202))
+    assert master.incr("hits") == 202  # the master's own connections still in step
+
+
 ROUNDS = 25
 
 
