@@ -1,8 +1,9 @@
-"""Redis restarted or killed under load, a wrong password, Redis not running.
+"""Redis restarted, killed, away or hung under load; a wrong password; Redis not running.
 
 The clients must see only sharedstate's errors (``ConnectionLost`` for a call cut off,
-a ``SharedStateError`` subclass for Redis being away), reconnect by themselves, and
-never return a wrong answer. To tell a wrong answer from data Redis forgot, the Redis
+``Timeout`` for a hung Redis, another connection error for Redis being away),
+reconnect by themselves, and never return a wrong answer (a late reply read as the
+answer to a later call would show as one value returned twice). To tell a wrong answer from data Redis forgot, the Redis
 of these tests keeps an append-only file fsynced before each reply
 (tests/support/durable_redis.py): everything acknowledged survives a restart, and
 even SIGKILL, so the count after the fault lies between the acknowledged and the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import signal
 import time
 import traceback
 from typing import Any
@@ -67,8 +69,10 @@ class Tally:
             self.progress.value += 1
 
     def failed(self, error: SharedStateError) -> None:
-        # Redis away is trouble with the connection, whatever the subclass says.
-        name = type(error).__name__ if isinstance(error, ConnectionError) else "other"
+        # Redis away is trouble with the connection (or, hung, a call timing out),
+        # whatever the subclass says.
+        away = isinstance(error, (ConnectionError, TimeoutError))
+        name = type(error).__name__ if away else "other"
         self.errors[name] = self.errors.get(name, 0) + 1
         self.messages.add("".join(traceback.format_exception(error)))
         with self.failures.get_lock():
@@ -139,14 +143,15 @@ def run_worker(me: int, *args: Any) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("fault", ["restart", "sigkill", "outage"])
-def test_redis_restarted_under_load_gives_no_wrong_answer(
+@pytest.mark.parametrize("fault", ["restart", "sigkill", "outage", "hang"])
+def test_redis_restarted_killed_or_hung_under_load_gives_no_wrong_answer(
     workdir: str, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
     redis = DurableRedisServer(os.path.join(workdir, "redis")).start()
     try:
         monkeypatch.setenv("SHAREDSTATE_ADDRESS", redis.url())
         monkeypatch.setenv("SHAREDSTATE_PREFIX", unique_prefix())
+        monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "1")  # a hung Redis fails calls soon
         fault_done = fork_context.Event()
         progress, failures = fork_context.Value("i", 0), fork_context.Value("i", 0)
         work = [(me, fault_done, progress, failures) for me in range(WORKERS)]
@@ -160,10 +165,17 @@ def test_redis_restarted_under_load_gives_no_wrong_answer(
                 elif fault == "sigkill":
                     redis.stop(kill=True)
                     redis.start()
-                else:  # away long enough that every worker's calls fail a few times
+                elif fault == "outage":  # away long enough for every worker to fail a few times
                     redis.stop()
                     wait_until(lambda: failures.value >= 5 * WORKERS)
                     redis.start()
+                else:  # hung: connections stay open, nothing answers, until SIGCONT
+                    assert redis.process is not None
+                    redis.process.send_signal(signal.SIGSTOP)
+                    try:
+                        wait_until(lambda: failures.value >= 2 * WORKERS)
+                    finally:
+                        redis.process.send_signal(signal.SIGCONT)
             finally:
                 fault_done.set()  # also on failure: the workers then finish on their own
             reports: list[dict[str, Any]] = running.result(timeout=58)
