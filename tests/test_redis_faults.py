@@ -3,11 +3,11 @@
 The clients must see only sharedstate's errors (``ConnectionLost`` for a call cut off,
 ``Timeout`` for a hung Redis, another connection error for Redis being away),
 reconnect by themselves, and never return a wrong answer (a late reply read as the
-answer to a later call would show as one value returned twice). To tell a wrong answer from data Redis forgot, the Redis
-of these tests keeps an append-only file fsynced before each reply
-(tests/support/durable_redis.py): everything acknowledged survives a restart, and
-even SIGKILL, so the count after the fault lies between the acknowledged and the
-attempted increments. No message ever shows the password.
+answer to a later call would show as one value returned twice). To tell a wrong answer
+from data Redis forgot, the Redis of these tests keeps an append-only file fsynced
+before each reply (tests/support/durable_redis.py): everything acknowledged survives a
+restart, and even SIGKILL, so the count after the fault lies between the acknowledged
+and the attempted increments. No message ever shows the password.
 """
 
 from __future__ import annotations
