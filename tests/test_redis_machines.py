@@ -9,7 +9,10 @@ balancer would. Nothing here mocks Redis: it is the session's real ``redis-serve
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import queue
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +21,7 @@ import pytest
 
 import sharedstate.aio
 from sharedstate import get_shared_state
+from sharedstate.errors import LockLost, SharedStateError
 
 from .support.holders import HOLD_AT_MOST, hold_edit_until_killed, hold_lock_until_killed
 from .support.machines import Machine, make_machine, on_machine, unique_prefix, visit_machine
@@ -299,3 +303,81 @@ def test_a_living_holder_keeps_the_lock_past_the_lease(
     visit_machine(monkeypatch, other_machine)
     assert get_shared_state().lock.acquire(timeout=10)  # free once released: tries could win
     get_shared_state().lock.release()
+
+
+def write_under_lock_until_lost(held: Any) -> dict[str, Any]:
+    """Take the lock, then write in a loop until a call raises LockLost (or 30 s pass).
+
+    Returns whether LockLost came, and when (monotonic) each write that went through began.
+    """
+    state = get_shared_state()
+    assert state.lock.acquire(timeout=30)
+    held.set()
+    began_ok: list[float] = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            try:
+                state["beat"] = len(began_ok)
+            except LockLost:
+                return {"lost": True, "began_ok": began_ok}
+            began_ok.append(began)
+            time.sleep(0.001)
+        return {"lost": False, "began_ok": began_ok}
+    finally:
+        with contextlib.suppress(SharedStateError):
+            state.lock.release()
+
+
+def take_lock_and_keep_it(taken_at: Any, done: Any) -> None:
+    state = get_shared_state()
+    assert state.lock.acquire(timeout=60)
+    taken_at.put(time.monotonic())
+    assert done.wait(60)
+    state.lock.release()
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_holder_gets_lock_lost_at_its_next_call(
+    workdir: str, redis_server: RedisServer
+) -> None:
+    # docs/redis.md: a holder that hangs (SIGSTOP, a long GC pause) loses the lock after
+    # the lease, and "its next call raises LockLost": it must not write on as the holder
+    # while another machine holds the lock.
+    holder_machine, other_machine = two_machines(
+        workdir, redis_server, SHAREDSTATE_REDIS_LEASE=str(LEASE)
+    )
+    held, done = fork_context.Event(), fork_context.Event()
+    taken_at, report = fork_context.Queue(), fork_context.Queue()
+    holder = start_process(
+        on_machine, holder_machine, _put_result, report, write_under_lock_until_lost, held
+    )
+    other = None
+    try:
+        assert held.wait(20)
+        assert holder.pid is not None
+        os.kill(holder.pid, signal.SIGSTOP)  # hung, mid-loop, its watchdog with it
+        other = start_process(on_machine, other_machine, take_lock_and_keep_it, taken_at, done)
+        taken_at.get(timeout=30)  # the lease lapsed: the other machine holds the lock now
+        resumed_at = time.monotonic()
+        os.kill(holder.pid, signal.SIGCONT)
+        outcome = report.get(timeout=40)
+        done.set()
+        after = [began for began in outcome["began_ok"] if began > resumed_at]
+        assert after == [], f"{len(after)} writes went through as holder after it hung"
+        assert outcome["lost"], "no LockLost"
+    finally:
+        done.set()
+        for process in (holder, other):
+            if process is not None:
+                if process.is_alive() and process.pid is not None:
+                    os.kill(process.pid, signal.SIGCONT)
+                process.join(10)
+                if process.is_alive():
+                    process.kill()
+                    process.join(10)
+
+
+def _put_result(results: Any, target: Callable[..., Any], *args: Any) -> None:
+    results.put(target(*args))
