@@ -330,6 +330,32 @@ def write_under_lock_until_lost(held: Any) -> dict[str, Any]:
             state.lock.release()
 
 
+def write_under_lock_until_lost_async(held: Any) -> dict[str, Any]:
+    """:func:`write_under_lock_until_lost` with the asyncio client."""
+
+    async def write() -> dict[str, Any]:
+        state = await sharedstate.aio.get_shared_state()
+        assert await state.lock.acquire(timeout=30)
+        held.set()
+        began_ok: list[float] = []
+        deadline = time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline:
+                began = time.monotonic()
+                try:
+                    await state.set("beat", len(began_ok))
+                except LockLost:
+                    return {"lost": True, "began_ok": began_ok}
+                began_ok.append(began)
+                await asyncio.sleep(0.001)
+            return {"lost": False, "began_ok": began_ok}
+        finally:
+            with contextlib.suppress(SharedStateError):
+                await state.lock.release()
+
+    return asyncio.run(write())
+
+
 def take_lock_and_keep_it(taken_at: Any, done: Any) -> None:
     state = get_shared_state()
     assert state.lock.acquire(timeout=60)
@@ -339,8 +365,9 @@ def take_lock_and_keep_it(taken_at: Any, done: Any) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("client", ["sync", "asyncio"])
 def test_a_hung_holder_gets_lock_lost_at_its_next_call(
-    workdir: str, redis_server: RedisServer
+    workdir: str, redis_server: RedisServer, client: str
 ) -> None:
     # docs/redis.md: a holder that hangs (SIGSTOP, a long GC pause) loses the lock after
     # the lease, and "its next call raises LockLost": it must not write on as the holder
@@ -350,9 +377,8 @@ def test_a_hung_holder_gets_lock_lost_at_its_next_call(
     )
     held, done = fork_context.Event(), fork_context.Event()
     taken_at, report = fork_context.Queue(), fork_context.Queue()
-    holder = start_process(
-        on_machine, holder_machine, _put_result, report, write_under_lock_until_lost, held
-    )
+    write = write_under_lock_until_lost if client == "sync" else write_under_lock_until_lost_async
+    holder = start_process(on_machine, holder_machine, _put_result, report, write, held)
     other = None
     try:
         assert held.wait(20)
