@@ -405,5 +405,62 @@ def test_a_hung_holder_gets_lock_lost_at_its_next_call(
                     process.join(10)
 
 
+def edit_across_a_hang(held: Any, go: Any) -> str:
+    """Open an edit, wait for ``go`` (the test hangs this process meanwhile), commit."""
+    state = get_shared_state()
+    try:
+        with state.edit("edited", default=[]) as value:
+            held.set()
+            assert go.wait(60)
+            value.append("hung")
+    except SharedStateError as error:
+        return type(error).__name__
+    return "committed"
+
+
+def edit_once(taken_at: Any) -> None:
+    state = get_shared_state()
+    with state.edit("edited", default=[], timeout=60) as value:
+        value.append("other")
+    taken_at.put(time.monotonic())
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_editor_does_not_overwrite_the_edit_made_meanwhile(
+    workdir: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hung_machine, other_machine = two_machines(
+        workdir, redis_server, SHAREDSTATE_REDIS_LEASE=str(LEASE)
+    )
+    held, go = fork_context.Event(), fork_context.Event()
+    taken_at, report = fork_context.Queue(), fork_context.Queue()
+    hung = start_process(
+        on_machine, hung_machine, _put_result, report, edit_across_a_hang, held, go
+    )
+    other = None
+    try:
+        assert held.wait(20)
+        assert hung.pid is not None
+        os.kill(hung.pid, signal.SIGSTOP)  # hung with the edit open, its watchdog too
+        other = start_process(on_machine, other_machine, edit_once, taken_at)
+        taken_at.get(timeout=30)  # the hung edit's lease lapsed; the other edit is written
+        os.kill(hung.pid, signal.SIGCONT)
+        go.set()
+        outcome = report.get(timeout=30)
+    finally:
+        go.set()
+        for process in (hung, other):
+            if process is not None:
+                if process.is_alive() and process.pid is not None:
+                    os.kill(process.pid, signal.SIGCONT)
+                process.join(10)
+                if process.is_alive():
+                    process.kill()
+                    process.join(10)
+    assert outcome in {"Conflict", "LockLost"}, outcome  # its commit refused, saying why
+    visit_machine(monkeypatch, other_machine)
+    assert get_shared_state()["edited"] == ["other"]
+
+
 def _put_result(results: Any, target: Callable[..., Any], *args: Any) -> None:
     results.put(target(*args))
