@@ -32,8 +32,6 @@ from .support.processes import fork_context, run_in_processes, wait_until
 from .support.procfs import processes_mentioning
 from .support.redis_servers import RedisServer, free_port
 
-pytestmark = pytest.mark.fault
-
 WORKERS = 4
 CALLS_AFTER_FAULT = 20  # successful calls each worker makes on the same state afterwards
 
@@ -142,6 +140,7 @@ def run_worker(me: int, *args: Any) -> dict[str, Any]:
     return worker(me, *args)
 
 
+@pytest.mark.fault  # the others here are quick refusals, for the quick suite too
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("fault", ["restart", "sigkill", "outage", "hang"])
 def test_redis_restarted_killed_or_hung_under_load_gives_no_wrong_answer(
