@@ -76,6 +76,25 @@ def test_workers_forked_from_a_master_that_used_redis_count_exactly(
     assert master.incr("hits") == 202  # the master's own connections still in step
 
 
+def add_once(me: str, start: Any) -> bool:
+    state = get_shared_state()
+    start.wait(30)
+    return state.add("leader", me, ttl=60)
+
+
+def test_add_from_two_machines_has_exactly_one_winner(
+    workdir: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machines = two_machines(workdir, redis_server)
+    start = fork_context.Barrier(8)
+    names = [f"{machine.name}-{n}" for machine in machines for n in range(4)]
+    work = [(machines[index // 4], add_once, name, start) for index, name in enumerate(names)]
+    won = run_in_processes(on_machine, work)
+    assert won.count(True) == 1
+    visit_machine(monkeypatch, machines[1])
+    assert get_shared_state()["leader"] == names[won.index(True)]
+
+
 ROUNDS = 25
 
 
