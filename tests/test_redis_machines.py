@@ -13,6 +13,7 @@ import contextlib
 import os
 import queue
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,7 @@ from sharedstate.errors import LockLost, SharedStateError
 from .support.holders import HOLD_AT_MOST, hold_edit_until_killed, hold_lock_until_killed
 from .support.machines import Machine, make_machine, on_machine, unique_prefix, visit_machine
 from .support.processes import fork_context, kill_and_wait, run_in_processes, start_process
-from .support.procfs import processes_mentioning
+from .support.procfs import is_dead, processes_mentioning
 from .support.redis_servers import RedisServer
 
 LEASE = 2.0  # SHAREDSTATE_REDIS_LEASE for the lock tests: short, so they stay short
@@ -270,6 +271,57 @@ def test_a_killed_holder_frees_its_hold_within_the_lease(
                 process.kill()
             if process is not None:
                 process.join(10)
+
+
+def edit_in_a_thread_until_killed(ready: Any) -> None:
+    """In a forked child: hold an edit, on the state inherited from the parent, from a
+    thread other than the one that forked."""
+
+    def edit() -> None:
+        with get_shared_state().edit("child's", default=0):
+            ready.set()
+            time.sleep(HOLD_AT_MOST)
+
+    thread = threading.Thread(target=edit)
+    thread.start()
+    thread.join()
+
+
+def hold_lock_and_fork(ready: Any, child_pid: Any) -> None:
+    """Take the lock, fork a child that holds an edit of its own, and wait to be killed."""
+    state = get_shared_state()
+    assert state.lock.acquire(timeout=30)
+    child = start_process(edit_in_a_thread_until_killed, ready)
+    child_pid.value = child.pid
+    time.sleep(HOLD_AT_MOST)
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_holder_frees_the_lock_though_a_child_it_forked_holds_an_edit(
+    workdir: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child's watchdog renews what the child holds, never what its parent held.
+    holder_machine, other_machine = two_machines(
+        workdir, redis_server, SHAREDSTATE_REDIS_LEASE=str(LEASE)
+    )
+    ready, child_pid = fork_context.Event(), fork_context.Value("i", 0)
+    holder = start_process(on_machine, holder_machine, hold_lock_and_fork, ready, child_pid)
+    try:
+        assert ready.wait(20)
+        visit_machine(monkeypatch, other_machine)
+        state = get_shared_state()
+        assert state.lock.acquire(timeout=0) is False
+        assert holder.pid is not None
+        kill_and_wait(holder.pid)
+        assert not is_dead(child_pid.value), "the child lives on"
+        # A bound on correctness, not speed (as above): 2 x lease + 3 s.
+        assert state.lock.acquire(timeout=2 * LEASE + 3), "the dead holder's lock was kept"
+        state.lock.release()
+    finally:
+        holder.kill()
+        holder.join(10)
+        if child_pid.value:
+            kill_and_wait(child_pid.value)
 
 
 def hold_lock_for(seconds: float, held: Any, releasing: Any) -> tuple[bool, float]:
