@@ -318,10 +318,10 @@ def test_a_killed_holder_frees_the_lock_though_a_child_it_forked_holds_an_edit(
         assert state.lock.acquire(timeout=2 * LEASE + 3), "the dead holder's lock was kept"
         state.lock.release()
     finally:
+        if child_pid.value:  # first: it keeps the holder's sentinel pipe open
+            kill_and_wait(child_pid.value)
         holder.kill()
         holder.join(10)
-        if child_pid.value:
-            kill_and_wait(child_pid.value)
 
 
 def hold_lock_for(seconds: float, held: Any, releasing: Any) -> tuple[bool, float]:
