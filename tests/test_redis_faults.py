@@ -28,7 +28,7 @@ from sharedstate.errors import AuthenticationFailed, SharedStateError
 
 from .support.durable_redis import DurableRedisServer
 from .support.machines import unique_prefix
-from .support.processes import fork_context, run_in_processes, wait_until
+from .support.processes import fork_context, run_cli, run_in_processes, wait_until
 from .support.procfs import processes_mentioning
 from .support.redis_servers import RedisServer, free_port
 
@@ -236,3 +236,14 @@ def test_redis_not_running_names_the_address_without_the_password(workdir: str) 
     assert f"127.0.0.1:{absent.port}" in str(refused.value)
     assert absent.password not in full_text(refused.value)
     assert processes_mentioning(workdir) == []  # start=True started nothing in its place
+
+
+def test_the_cli_says_redis_does_not_answer_when_it_is_down(workdir: str) -> None:
+    absent = RedisServer(os.path.join(workdir, "absent"), port=free_port())  # never started
+    result = run_cli("get", "anything", env={"SHAREDSTATE_ADDRESS": absent.url()}, timeout=30)
+    assert result.returncode != 0
+    assert f"127.0.0.1:{absent.port}" in result.stderr
+    assert absent.password not in result.stderr + result.stdout
+    assert "Redis" in result.stderr, result.stderr
+    # `sharedstate serve` refuses a Redis address: it can't be the next step.
+    assert "sharedstate serve" not in result.stderr, result.stderr
