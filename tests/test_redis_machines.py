@@ -228,7 +228,7 @@ KILLED_HOLDERS: dict[str, tuple[Callable[..., None], tuple[Any, ...], Callable[.
     "edit": (hold_edit_until_killed, ("edited", []), take_edit_when_free),
     # Killed, a holder frees the lock within SHAREDSTATE_REDIS_LEASE whatever lease it
     # asked for, as on the local server, where it frees it at once (docs/redis.md).
-    "lock with a longer lease": (
+    "lock_with_a_longer_lease": (
         hold_lock_with_lease_until_killed,
         (CALLER_LEASE,),
         take_lock_when_free,
