@@ -432,3 +432,11 @@ def test_a_ttl_under_redis_resolution_expires_at_once(state: SharedState) -> Non
     with state.edit("d", default=0, ttl=1e-9) as value:
         assert value == 0
     assert state.keys() == []
+
+
+def test_a_key_another_program_wrote_under_the_prefix_is_named(
+    state: SharedState, raw: redis.Redis, prefix: str
+) -> None:
+    raw.set(f"{prefix}k:not-ours", b"1")
+    with pytest.raises(WrongType, match="another program uses the same prefix"):
+        state.keys()
