@@ -127,6 +127,10 @@ class AsyncRedisTransport:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
+        elif self._loop.is_closed():
+            # Its loop is gone, and its connections with it: start again in this one.
+            self.forget()
+            self._loop = loop
         elif loop is not self._loop:
             raise WrongEventLoop(
                 f"this AsyncSharedState (of Redis at {self.address}) was made in another "
