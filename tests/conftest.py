@@ -23,10 +23,29 @@ import pytest
 import sharedstate.client.state
 from sharedstate import SharedState, get_shared_state
 
+from .support.backends import (
+    LOCAL,
+    REDIS,
+    NoServerProcess,
+    backend_params,
+    unique_prefix,
+)
 from .support.procfs import is_dead, processes_mentioning
 from .support.redis_servers import RedisServer, why_no_redis_server
 from .support.servers import ServerFactory, ServerProcess
 from .support.users import OtherUser, why_no_other_user
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test of a module marked ``backends`` on every backend (backends.py)."""
+    if metafunc.definition.get_closest_marker("backends") is not None:
+        metafunc.parametrize("backend", backend_params(metafunc.definition), indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """Where the test's state lives: ``local`` unless its module opted in to backends."""
+    return str(getattr(request, "param", LOCAL))
 
 
 @pytest.fixture
@@ -40,11 +59,18 @@ def workdir() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, workdir: str) -> Iterator[None]:
+def isolated_env(
+    monkeypatch: pytest.MonkeyPatch, workdir: str, backend: str, request: pytest.FixtureRequest
+) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("SHAREDSTATE_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("SHAREDSTATE_ADDRESS", os.path.join(workdir, "run", "state.sock"))
+    if backend == REDIS:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        monkeypatch.setenv("SHAREDSTATE_ADDRESS", redis.url())
+        monkeypatch.setenv("SHAREDSTATE_PREFIX", unique_prefix())
+    else:
+        monkeypatch.setenv("SHAREDSTATE_ADDRESS", os.path.join(workdir, "run", "state.sock"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", workdir)
     monkeypatch.chdir(workdir)
     sharedstate.client.state._states.clear()
@@ -57,7 +83,10 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, workdir: str) -> Iterator[None
 
 
 @pytest.fixture
-def address(workdir: str) -> str:
+def address(workdir: str, backend: str, request: pytest.FixtureRequest) -> str:
+    if backend == REDIS:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        return redis.url()
     return os.path.join(workdir, "run", "state.sock")
 
 
@@ -78,13 +107,17 @@ def server_factory(address: str, workdir: str) -> Iterator[ServerFactory]:
 
 
 @pytest.fixture
-def server(server_factory: ServerFactory) -> ServerProcess:
+def server(
+    server_factory: ServerFactory, backend: str, address: str, workdir: str
+) -> ServerProcess:
+    if backend == REDIS:
+        return NoServerProcess(address, workdir)  # the session's redis-server holds the state
     return server_factory().start()
 
 
 @pytest.fixture
 def state(server: ServerProcess) -> SharedState:
-    """The test's state, on a server started for it."""
+    """The test's state, on a server started for it (or on Redis, for backend redis)."""
     return get_shared_state(start=False)
 
 

@@ -30,6 +30,10 @@ from .support.clients import write_client_only_module
 from .support.processes import REPO_ROOT, run_in_processes
 from .support.servers import requests_served
 
+pytestmark = pytest.mark.backends
+
+ROUND_TRIPS = "counts the requests the local server answered (its statistics)"
+
 
 def test_dict_operations(state: SharedState) -> None:
     state["hits"] = 0
@@ -256,6 +260,7 @@ def test_get_shared_state_returns_the_same_object(state: SharedState) -> None:
         pickle.dumps(state)
 
 
+@pytest.mark.local_only(ROUND_TRIPS)
 @pytest.mark.parametrize(
     ("operation", "round_trips"),
     [
@@ -284,6 +289,7 @@ def test_each_dict_operation_is_one_round_trip(
     assert requests_served() - before == round_trips
 
 
+@pytest.mark.local_only(ROUND_TRIPS)
 def test_batches_are_one_round_trip_each(state: SharedState) -> None:
     before = requests_served()
     state.set_many({f"k{i}": i for i in range(100)})

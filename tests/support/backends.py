@@ -1,0 +1,94 @@
+"""Conformance across backends: one test, run on the local server and on Redis.
+
+A module opts in with ``pytestmark = pytest.mark.backends``; ``conftest.py`` then runs
+each of its tests twice, with ``backend`` = ``local`` (a ``sharedstate serve`` started
+for the test, as every other test has) and ``redis`` (the session's redis-server, under
+a key prefix of the test's own). Two markers say where a test is not plain conformance:
+
+- ``local_only("why")``: the test is about the local server process itself (its pid,
+  files, persistence, statistics); it runs on ``local`` only.
+- ``differs_on_redis("why")``: Redis does this differently by design (see "Known
+  differences" in the docs); the ``redis`` run is a strict xfail, so the day it starts
+  passing the marker must go.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from .servers import ServerProcess
+
+LOCAL = "local"
+REDIS = "redis"
+
+# Local-only reasons several modules share.
+NO_SERVER_THERE = "no server at the test's address; on redis the session's redis-server answers"
+
+# The by-design differences of Redis ("Known differences" in the docs), for differs_on_redis.
+FREED_AFTER_LEASE = "a killed holder's lock is freed SHAREDSTATE_REDIS_LEASE s after, not at once"
+WRITES_DONT_WAIT_FOR_EDITS = "writes don't wait for an edit: its commit raises Conflict instead"
+SCAN_NOT_ATOMIC = "keys/len/items/clear/dump walk the prefix with SCAN, not one atomic moment"
+
+
+def backend_params(item: pytest.Item) -> list[object]:
+    """The ``backend`` values for an opted-in test, with its redis expectations attached."""
+    local_only = item.get_closest_marker("local_only")
+    differs = item.get_closest_marker("differs_on_redis")
+    for marker in (local_only, differs):
+        if marker is not None and not _reason(marker):
+            raise pytest.UsageError(f"{item.nodeid}: @{marker.name} needs a reason")
+    if local_only is not None:
+        return [pytest.param(LOCAL, id=LOCAL)]
+    redis_marks = []
+    if differs is not None:
+        redis_marks.append(pytest.mark.xfail(strict=True, reason=_reason(differs)))
+    return [pytest.param(LOCAL, id=LOCAL), pytest.param(REDIS, id=REDIS, marks=redis_marks)]
+
+
+def _reason(marker: pytest.Mark) -> str:
+    reason = marker.kwargs.get("reason", marker.args[0] if marker.args else "")
+    return str(reason)
+
+
+def unique_prefix() -> str:
+    """A key prefix no other test uses, so tests can share one redis-server."""
+    return f"t{uuid.uuid4().hex}:"
+
+
+class NoServerProcess(ServerProcess):
+    """What ``server`` gives on Redis: nothing to start, stop or signal.
+
+    Tests that only need "a server to talk to" get one (Redis); a test that reaches for
+    the sharedstate server process itself is about the local server: mark it
+    ``local_only``.
+    """
+
+    def start(self, timeout: float = 15.0) -> ServerProcess:
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        pass
+
+    @property
+    def pid(self) -> int:
+        raise AssertionError(_NO_PROCESS)
+
+    def signal(self, signum: int) -> None:
+        raise AssertionError(_NO_PROCESS)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        raise AssertionError(_NO_PROCESS)
+
+    def log(self) -> str:
+        raise AssertionError(_NO_PROCESS)
+
+    def stop(self) -> None:
+        pass
+
+
+_NO_PROCESS = (
+    "on the redis backend there is no sharedstate server process: a test about the "
+    "server itself is @pytest.mark.local_only"
+)
