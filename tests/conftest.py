@@ -36,10 +36,20 @@ from .support.servers import ServerFactory, ServerProcess
 from .support.users import OtherUser, why_no_other_user
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        choices=[LOCAL, REDIS],
+        help="run the tests marked backends on this backend only (default: both)",
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run each test of a module marked ``backends`` on every backend (backends.py)."""
     if metafunc.definition.get_closest_marker("backends") is not None:
-        metafunc.parametrize("backend", backend_params(metafunc.definition), indirect=True)
+        only = metafunc.config.getoption("backend")
+        params = backend_params(metafunc.definition, only)
+        metafunc.parametrize("backend", params, indirect=True)
 
 
 @pytest.fixture

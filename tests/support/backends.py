@@ -32,19 +32,24 @@ WRITES_DONT_WAIT_FOR_EDITS = "writes don't wait for an edit: its commit raises C
 SCAN_NOT_ATOMIC = "keys/len/items/clear/dump walk the prefix with SCAN, not one atomic moment"
 
 
-def backend_params(item: pytest.Item) -> list[object]:
-    """The ``backend`` values for an opted-in test, with its redis expectations attached."""
+def backend_params(item: pytest.Item, only: str | None = None) -> list[object]:
+    """The ``backend`` values for an opted-in test, with its redis expectations attached.
+
+    ``only`` (``pytest --backend``) keeps one of them; a local_only test then has none on
+    ``redis``, and is collected with an empty parameter set (reported as skipped).
+    """
     local_only = item.get_closest_marker("local_only")
     differs = item.get_closest_marker("differs_on_redis")
     for marker in (local_only, differs):
         if marker is not None and not _reason(marker):
             raise pytest.UsageError(f"{item.nodeid}: @{marker.name} needs a reason")
-    if local_only is not None:
-        return [pytest.param(LOCAL, id=LOCAL)]
     redis_marks = []
     if differs is not None:
         redis_marks.append(pytest.mark.xfail(strict=True, reason=_reason(differs)))
-    return [pytest.param(LOCAL, id=LOCAL), pytest.param(REDIS, id=REDIS, marks=redis_marks)]
+    params = [pytest.param(LOCAL, id=LOCAL)]
+    if local_only is None:
+        params.append(pytest.param(REDIS, id=REDIS, marks=redis_marks))
+    return [param for param in params if only in (None, param.values[0])]
 
 
 def _reason(marker: pytest.Mark) -> str:
