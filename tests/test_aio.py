@@ -32,7 +32,7 @@ from sharedstate import (
 from sharedstate.aio import AsyncSharedState
 from sharedstate.aio import get_shared_state as aio_state
 
-from .support.backends import LOCAL, NO_SERVER_THERE
+from .support.backends import LOCAL, NO_SERVER_THERE, WRITES_DONT_WAIT_FOR_EDITS
 from .support.loops import LOOPS, run_on
 from .support.processes import REPO_ROOT
 from .support.servers import ServerProcess, server_info
@@ -330,6 +330,7 @@ def test_a_lapsed_lease_is_reported_when_the_block_ends(server: ServerProcess, l
     run_on(loop, main)
 
 
+@pytest.mark.differs_on_redis(WRITES_DONT_WAIT_FOR_EDITS)
 def test_calls_inside_a_lock_go_on_the_holders_connection(server: ServerProcess, loop: str) -> None:
     # The editor's own writes of the key it edits must not wait for its edit to end.
     async def main() -> None:

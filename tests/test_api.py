@@ -26,6 +26,7 @@ from sharedstate import (
     get_shared_state,
 )
 
+from .support.backends import NO_SERVER_SIDE_UNPICKLING
 from .support.clients import write_client_only_module
 from .support.processes import REPO_ROOT, run_in_processes
 from .support.servers import requests_served
@@ -219,6 +220,7 @@ def test_unpicklable_value_names_the_key_and_leaves_the_server_working(
     assert state["after"] == 1
 
 
+@pytest.mark.differs_on_redis(NO_SERVER_SIDE_UNPICKLING)
 def test_edit_works_on_objects_whose_class_the_server_cannot_import(
     state: SharedState, workdir: str
 ) -> None:

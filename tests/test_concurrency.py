@@ -11,7 +11,7 @@ import pytest
 
 from sharedstate import get_shared_state
 
-from .support.backends import FREED_AFTER_LEASE
+from .support.backends import FREED_AFTER_LEASE, WRITES_DONT_WAIT_FOR_EDITS
 from .support.holders import hold_lock_until_killed
 from .support.processes import fork_context, run_in_processes, start_process
 from .support.procfs import server_pids
@@ -83,6 +83,7 @@ def _increment_nested(times: int) -> None:
         state["counter"].incr("n")
 
 
+@pytest.mark.differs_on_redis(WRITES_DONT_WAIT_FOR_EDITS)
 @pytest.mark.timeout(180)
 def test_edit_and_nested_incr_of_one_key_never_lose_an_update(server: ServerProcess) -> None:
     get_shared_state(start=False)["counter"] = {"n": 0}

@@ -29,6 +29,10 @@ NO_SERVER_THERE = "no server at the test's address; on redis the session's redis
 # The by-design differences of Redis ("Known differences" in the docs), for differs_on_redis.
 FREED_AFTER_LEASE = "a killed holder's lock is freed SHAREDSTATE_REDIS_LEASE s after, not at once"
 WRITES_DONT_WAIT_FOR_EDITS = "writes don't wait for an edit: its commit raises Conflict instead"
+NO_SERVER_SIDE_UNPICKLING = (
+    "Redis never unpickles: a nested write into a value whose class only the client imports "
+    "works, where the local server (which can't import it) refuses with ValueNotLoadable"
+)
 SCAN_NOT_ATOMIC = "keys/len/items/clear/dump walk the prefix with SCAN, not one atomic moment"
 
 
