@@ -7,9 +7,12 @@ a key prefix of the test's own). Two markers say where a test is not plain confo
 
 - ``local_only("why")``: the test is about the local server process itself (its pid,
   files, persistence, statistics); it runs on ``local`` only.
-- ``differs_on_redis("why")``: Redis does this differently by design (see "Known
-  differences" in the docs); the ``redis`` run is a strict xfail, so the day it starts
-  passing the marker must go.
+- ``differs_on_redis("why")``: Redis does this differently by design ("What differs" in
+  docs/redis.md); the ``redis`` run is a strict xfail, so the day it starts passing the
+  marker must go.
+
+A single test of an otherwise local module opts in with ``@pytest.mark.backends``.
+``pytest --backend redis`` (or ``local``) runs the opted-in tests on one backend only.
 """
 
 from __future__ import annotations
@@ -26,14 +29,13 @@ REDIS = "redis"
 # Local-only reasons several modules share.
 NO_SERVER_THERE = "no server at the test's address; on redis the session's redis-server answers"
 
-# The by-design differences of Redis ("Known differences" in the docs), for differs_on_redis.
+# Redis's by-design differences ("What differs" in docs/redis.md), for differs_on_redis.
 FREED_AFTER_LEASE = "a killed holder's lock is freed SHAREDSTATE_REDIS_LEASE s after, not at once"
 WRITES_DONT_WAIT_FOR_EDITS = "writes don't wait for an edit: its commit raises Conflict instead"
 NO_SERVER_SIDE_UNPICKLING = (
-    "Redis never unpickles: a nested write into a value whose class only the client imports "
-    "works, where the local server (which can't import it) refuses with ValueNotLoadable"
+    "on Redis the worker makes nested writes, so a value of a class only it imports takes "
+    "them, where the local server (which can't import it) raises ValueNotLoadable"
 )
-SCAN_NOT_ATOMIC = "keys/len/items/clear/dump walk the prefix with SCAN, not one atomic moment"
 
 
 def backend_params(item: pytest.Item, only: str | None = None) -> list[object]:
