@@ -4,6 +4,10 @@ Nothing here mocks the server. Every test runs in its own short temp directory (
 socket paths are limited to 107 bytes), with ``SHAREDSTATE_*`` cleared and the address
 pointed inside it, so no test can touch a developer's real server. At teardown every
 process whose command line or environment mentions that directory is killed.
+
+Modules (or tests) marked ``backends`` run on each backend: ``local`` as above, and
+``redis``, on the session's redis-server under a key prefix of the test's own
+(tests/support/backends.py).
 """
 
 from __future__ import annotations
