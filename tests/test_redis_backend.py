@@ -6,9 +6,11 @@ Against the session's real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import pickle
+import random
 import socket
 import threading
 import time
@@ -27,11 +29,15 @@ from sharedstate import (
     SharedState,
     WrongType,
 )
+from sharedstate.aio import AsyncSharedState
+from sharedstate.aio.state import connect_state as aio_connect_state
 from sharedstate.backends.redis.operations import Operations
 from sharedstate.client.state import connect_state
 from sharedstate.config import load_settings
 from sharedstate.protocol import OPERATIONS
 
+from .support.aio_calls import OPERATIONS as ASYNC_CALLS
+from .support.loops import LOOPS, run_on
 from .support.processes import wait_until
 from .support.redis_servers import RedisServer
 
@@ -218,11 +224,16 @@ def test_edits_of_one_key_wait_for_each_other(
             each.close()
 
 
-def test_a_lapsed_lease_is_reported_at_release(state: SharedState) -> None:
+def test_a_lapsed_lease_is_reported_at_each_call_and_at_release(
+    state: SharedState, raw: redis.Redis, prefix: str
+) -> None:
     assert state.lock.acquire(lease=0.2)
-    wait_until(lambda: not state.lock.locked(), timeout=10)
-    with pytest.raises(LeaseExpired):
+    wait_until(lambda: not raw.exists(f"{prefix}lock"), timeout=10)
+    with pytest.raises(LeaseExpired, match="must not go on as if it held it"):
+        state.get("x")
+    with pytest.raises(LeaseExpired, match="came after the lock's lease ran out"):
         state.lock.release()
+    assert state.get("x") is None  # released: calls go on
 
 
 def test_a_living_holder_keeps_the_lock_past_the_lease(
@@ -269,7 +280,7 @@ class CuttingProxy:
     """A TCP proxy to Redis that, once armed, lets a command through but drops the
     connection before the reply: the worst moment for a write."""
 
-    def __init__(self, target_port: int, cut_on: bytes = b"EVALSHA") -> None:
+    def __init__(self, target_port: int, cut_on: bytes) -> None:
         self.target_port = target_port
         self.cut_on = cut_on  # what, in a command, arms the cut
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -319,7 +330,7 @@ class CuttingProxy:
 def test_a_write_cut_off_is_reported_and_never_applied_twice(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    proxy = CuttingProxy(redis_server.port)
+    proxy = CuttingProxy(redis_server.port, cut_on=b"INCRBY")
     url = f"redis://:{redis_server.password}@127.0.0.1:{proxy.port}/0"
     state = on_redis(url, prefix)
     try:
@@ -356,3 +367,76 @@ def test_a_lock_taken_but_whose_reply_was_lost_is_freed_at_once(
         state.close()
         other.close()
         proxy.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_cancelling_any_async_call_leaves_nothing_held_on_redis(
+    redis_server: RedisServer, raw: redis.Redis, prefix: str, loop: str
+) -> None:
+    settings = load_settings({"address": redis_server.url(), "prefix": prefix})
+    rng = random.Random(16)
+
+    async def main() -> dict[str, int]:
+        state = aio_connect_state(settings, max_connections=3)
+        try:
+            return await cancel_at_random(state)
+        finally:
+            await state.aclose()  # even on failure: uvloop's close() hangs on open sockets
+
+    async def cancel_at_random(state: AsyncSharedState) -> dict[str, int]:
+        await state.set("doc", {"n": 0})
+        cancelled = dict.fromkeys(ASYNC_CALLS, 0)
+        for _ in range(30):
+            tasks = {}
+            for name, operation in ASYNC_CALLS.items():
+                for _ in range(3):
+                    tasks[asyncio.ensure_future(operation(state))] = name
+            for _ in range(rng.randrange(8)):
+                await asyncio.sleep(0)
+            if rng.random() < 0.5:
+                await asyncio.sleep(rng.random() * 0.003)
+            for task in tasks:
+                if rng.random() < 0.7:
+                    task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for task, result in zip(tasks, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    cancelled[tasks[task]] += 1
+                elif isinstance(result, Conflict) and tasks[task] == "edit":
+                    pass  # on Redis a plain write (set_in) during an edit makes it refuse
+                elif isinstance(result, BaseException):
+                    raise result
+        # Nothing held by nobody: freed at once, not when the 10 s lease runs out.
+        deadline = time.monotonic() + 3
+        while raw.exists(f"{prefix}lock") or raw.keys(f"{prefix}e:*"):
+            assert time.monotonic() < deadline, raw.keys(f"{prefix}*")
+            await asyncio.sleep(0.05)
+        assert await state.incr("check") == 1
+        async with state.lock.hold(timeout=1):
+            pass
+        return cancelled
+
+    cancelled = run_on(loop, main, timeout=100)
+    assert all(count > 10 for count in cancelled.values()), cancelled
+
+
+def test_a_ttl_under_redis_resolution_expires_at_once(state: SharedState) -> None:
+    # Redis counts in milliseconds; the local server treats such a key as expired.
+    state.set("s", 1, ttl=1e-9)
+    assert state.add("a", 1, ttl=1e-9) is True
+    state.set_many({"m1": 1, "m2": 2}, ttl=1e-9)
+    assert state.incr("i", 5, ttl=1e-9) == 5
+    state["e"] = 1
+    assert state.expire("e", 1e-9) is True
+    with state.edit("d", default=0, ttl=1e-9) as value:
+        assert value == 0
+    assert state.keys() == []
+
+
+def test_a_key_another_program_wrote_under_the_prefix_is_named(
+    state: SharedState, raw: redis.Redis, prefix: str
+) -> None:
+    raw.set(f"{prefix}k:not-ours", b"1")
+    with pytest.raises(WrongType, match="another program uses the same prefix"):
+        state.keys()

@@ -32,8 +32,8 @@ from ...errors import ServerError
 from ...protocol import OPERATIONS, READS
 from .failures import never_sent, translated
 from .names import Names
-from .operations import Command, Holder, Op, Operations, Plan, Run
-from .support import check_version, lost_lock, pool_options, redis_py_url
+from .operations import Command, Holder, Op, Operations, Plan, Run, Wait
+from .support import ENDS_HOLD, check_version, pool_options, redis_py_url
 
 
 class RedisTransport:
@@ -51,7 +51,7 @@ class RedisTransport:
             retry=Retry(NoBackoff(), 0),  # nothing resent behind our back: see above
             **pool_options(settings),
         )
-        self._client = redis.Redis(connection_pool=pool)
+        self._client = redis.Redis.from_pool(pool)  # closing the client closes the pool
         self._local = threading.local()
         self._holders: weakref.WeakSet[Holder] = weakref.WeakSet()
         self._closed = threading.Event()
@@ -65,19 +65,25 @@ class RedisTransport:
         if method not in OPERATIONS:
             raise ServerError(f"{method!r} is not a store operation")
         holder = self._holder()
-        if holder.lock is not None and holder.lock.lost and method != "lock_release":
-            raise lost_lock()
-        operation = getattr(self._operations, method)
+        operations = self._operations
+        operation = getattr(operations, method)
         resend = method in READS
         while True:
             try:
+                if holder.holds and method not in ENDS_HOLD:
+                    self._drive(operations.check_held(holder))
                 result = self._drive(operation(holder, *args))
             except RedisError as error:
                 if resend and not never_sent(error) and _dropped(error):
                     resend = False  # a read is sent again once, on a new connection
                     continue
                 raise translated(error, self.address, method, self.call_timeout) from None
-            if holder.lock is not None or holder.edits:
+            except BaseException:  # Ctrl-C mid-call: free what we may have taken
+                if holder.unsure:
+                    with contextlib.suppress(Exception):
+                        self._drive(self._operations.free_unsure(holder))
+                raise
+            if holder.holds:
                 self._watch()
             return result
 
@@ -124,6 +130,8 @@ class RedisTransport:
         client = self._client
         if isinstance(op, Command):
             return client.execute_command(*op.args)  # type: ignore[no-untyped-call]
+        if isinstance(op, Wait):  # for a release: this thread's connection may block
+            return client.execute_command("BLPOP", op.woken, op.seconds)  # type: ignore[no-untyped-call]
         if isinstance(op, Run):
             keys, script = op.keys, op.script
             try:
@@ -151,8 +159,10 @@ class RedisTransport:
         pid = os.getpid()
         while not self._closed.wait(self._renew_every) and pid == os.getpid():
             for holder in list(self._holders):
+                if holder.pid != pid:
+                    continue  # a parent's, inherited by this forked child: not ours
                 for held in holder.held():
-                    if not held.renewed or held.lost:
+                    if held.lost:
                         continue
                     # Redis away: the next round tries again, within the lease.
                     with contextlib.suppress(RedisError):
