@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import multiprocessing.resource_tracker
 import os
 import pwd
 import shutil
@@ -62,6 +63,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def backend(request: pytest.FixtureRequest) -> str:
     """Where the test's state lives: ``local`` unless its module opted in to backends."""
     return str(getattr(request, "param", LOCAL))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def resource_tracker() -> None:
+    """Start multiprocessing's resource tracker before any test's environment is set.
+
+    Started inside a test (by its first spawn-context lock), it would inherit that
+    test's environment, which names its workdir, and be killed at its teardown; the
+    next test to need it then gets "resource_tracker: process died unexpectedly" as an
+    error. Running one test on two backends made that common.
+    """
+    multiprocessing.resource_tracker.ensure_running()
 
 
 @pytest.fixture
