@@ -1,6 +1,6 @@
 """python -m bench.redis: sharedstate on a Redis address against raw redis-py, same server.
 
-    python -m bench.redis [--quick] [--rounds 7] [--seconds 1] [--out bench/results]
+    python -m bench.redis [--quick] [--rounds 7] [--seconds 1] [--unix] [--out bench/results]
 
 Starts its own redis-server (loopback TCP port, ``requirepass``, no persistence) in a
 private temporary directory and stops it at the end, also on Ctrl-C or an error. One
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 rounds of 0.3 s")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=1.0, help="per side, case and round")
+    parser.add_argument("--unix", action="store_true", help="Redis's Unix socket, not TCP")
     parser.add_argument("--no-hiredis", action="store_true", help="the pure-Python parser only")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -158,7 +159,8 @@ def run(options: argparse.Namespace) -> str:
         server.start()
         assert server.process is not None
         for name in parsers:
-            workers.append(WorkerProcess(name, server.url(), server.process.pid))
+            url = server.unix_url() if options.unix else server.url()
+            workers.append(WorkerProcess(name, url, server.process.pid))
         results = Results(parsers)
         for worker in workers:  # warm up: connections, scripts, caches
             worker.ask(do="round", index=0, seconds=0.2)
@@ -231,7 +233,8 @@ def _header(
         f"{(time.time() - started) / 60:.1f} min. Load average (1 min) {load_before:.1f} at "
         f"the start, {os.getloadavg()[0]:.1f} at the end.",
         "",
-        f"One client process, one call after another, over loopback TCP with a password. "
+        f"One client process, one call after another, over "
+        f"{'a Unix socket' if options.unix else 'loopback TCP'} with a password. "
         f"Each figure is the median of {options.rounds} rounds of {options.seconds:g} s per "
         "side; rounds alternate the parsers, the cases, and which side of a case runs "
         "first. A ratio is sharedstate / redis-py: of the medians, and in brackets the "

@@ -64,11 +64,12 @@ class Worker:
         self.hiredis = bool(redis.utils.HIREDIS_AVAILABLE)
         self.server_pid = server_pid
         self.state = get_shared_state(address=url, start=False)
-        self.redis = redis.Redis.from_url(url)
-        self.meter = redis.Redis.from_url(url)  # reads INFO; its own connection
+        raw_url = url.replace("redis+unix://", "unix://", 1)  # redis-py's name for it
+        self.redis = redis.Redis.from_url(raw_url)
+        self.meter = redis.Redis.from_url(raw_url)  # reads INFO; its own connection
         self.runner = asyncio.Runner()
         self.aio = self.runner.run(aio_get_shared_state(address=url, start=False))
-        self.aredis = redis.asyncio.Redis.from_url(url)
+        self.aredis = redis.asyncio.Redis.from_url(raw_url)
         self.raw = raw_prefix
         self.raw_lock = self.redis.lock(raw_prefix + "lock", timeout=10)
         self.calls: dict[tuple[str, str], int] = {}  # (case, side) -> calls made, for checks
