@@ -170,9 +170,9 @@ class Worker:
         cpu, server_cpu, clock = time.process_time(), self._server_cpu(), time.perf_counter
         started = clock()
         if case.is_async:
-            done = self.runner.run(_async_loop(call, started + seconds))  # type: ignore[arg-type]
+            done = self.runner.run(_async_loop(call, started + seconds))
         else:
-            done = _sync_loop(call, started + seconds)  # type: ignore[arg-type]
+            done = _sync_loop(call, started + seconds)
         elapsed = clock() - started
         self.calls[case.name, side] = self.calls.get((case.name, side), 0) + done
         return {
@@ -199,7 +199,7 @@ class Worker:
             for side in case.sides:
                 before = self._commands()
                 if case.is_async:
-                    self.runner.run(_async_calls(case.sides[side], calls))  # type: ignore[arg-type]
+                    self.runner.run(_async_calls(case.sides[side], calls))
                 else:
                     for n in range(calls):
                         case.sides[side](n)
@@ -214,7 +214,7 @@ class Worker:
         profiler = cProfile.Profile()
         if case.is_async:
             profiler.enable()
-            self.runner.run(_async_calls(call, calls))  # type: ignore[arg-type]
+            self.runner.run(_async_calls(call, calls))
         else:
             profiler.enable()
             for n in range(calls):
