@@ -204,7 +204,15 @@ def _redis_address(text: str, scheme: str) -> Address:
 
 
 def _url_refused(text: str, scheme: str) -> ConfigError:
-    rest = text[len(scheme) + 3 :].rstrip("/")
+    rest = text[len(scheme) + 3 :]
+    if scheme.lower() == "unix":
+        return ConfigError(
+            f"address {text!r} is a URL, which sharedstate does not take; for a Unix socket "
+            f"write its path ({rest or '/run/app/state.sock'}), or unix:PATH (for Redis on "
+            "a Unix socket: redis+unix:///PATH)",
+            address=text,
+        )
+    rest = rest.rstrip("/")
     return ConfigError(
         f"address {text!r} is a URL, which sharedstate does not take; write HOST:PORT for "
         f"TCP (e.g. {rest or '127.0.0.1:7000'}) or a path for a Unix socket "

@@ -259,6 +259,9 @@ def stop(flags: SettingFlags, timeout: float) -> None:
 def status(flags: SettingFlags, as_json: bool, timeout: float) -> None:
     """Say whether a server is running, where, and as which pid (exit 3 if none)."""
     settings = flags.settings
+    if settings.address.is_redis:
+        _redis_status(settings, as_json)
+        return
     try:
         info = call_server_function(settings, "server_info", timeout)
     except ServerNotRunning:
@@ -270,6 +273,25 @@ def status(flags: SettingFlags, as_json: bool, timeout: float) -> None:
         click.echo(json.dumps({"running": True, **info}, indent=2))
         return
     click.echo("\n".join(status_lines(info)))
+
+
+def _redis_status(settings: Settings, as_json: bool) -> None:
+    """What an operator can know of the state in Redis: that it answers, and its size."""
+    with _connected(settings) as state:
+        keys, attributes = len(state), len(state.namespace.to_dict())
+    info = {
+        "address": str(settings.address),
+        "prefix": settings.prefix,
+        "keys": keys,
+        "namespace_attributes": attributes,
+    }
+    if as_json:
+        click.echo(json.dumps({"running": True, "backend": "redis", **info}, indent=2))
+        return
+    click.echo(
+        f"the state is in Redis at {info['address']}, under {settings.prefix!r}: {keys} "
+        f"keys, {attributes} namespace attributes (for Redis itself: redis-cli INFO)"
+    )
 
 
 # dump, restore and keys of a large store may take the server longer than the default
@@ -550,6 +572,9 @@ def restore(flags: SettingFlags, file: str, replace: bool, merge: bool, fmt: str
         f"restored {len(contents.data)} keys and {len(contents.namespace)} namespace "
         f"attributes from {file} ({mode}d)"
     )
+    if settings.address.is_redis:
+        click.echo("note: Redis keeps it as its own persistence settings say (appendonly, save)")
+        return
     if call_server_function(settings, "server_info", 10.0)["persistence"] is None:
         click.echo("note: the server has no snapshot file, so this state lives in memory only")
         return

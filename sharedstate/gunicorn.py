@@ -40,9 +40,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from .backends import connect_sync
 from .client.launcher import call_server_function, connect_or_start, stop_server
 from .client.state import reset_after_fork
-from .config import load_settings
+from .config import Settings, load_settings
 from .errors import SharedStateError
 
 OWNER_ENV = "SHAREDSTATE_OWNER_PID"
@@ -56,6 +57,10 @@ def on_starting(server: Any) -> None:
     os.environ[OWNER_ENV] = str(os.getpid())  # servers started from here on belong to us
     try:
         settings = load_settings()
+        if settings.address.is_redis:
+            _check_redis(settings)
+            server.log.info("sharedstate: the state is in Redis at %s", settings.address)
+            return
         connect_or_start(settings, start=True, timeout=TIMEOUT).conn.close()
         info = call_server_function(settings, "server_info", TIMEOUT)
         # Ours to own: started a moment ago by this master's --preload app (before this
@@ -101,9 +106,15 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Free the lock and edits of a worker that died, however it died."""
+    """Free the lock and edits of a worker that died, however it died.
+
+    On Redis they are freed when their lease runs out (SHAREDSTATE_REDIS_LEASE).
+    """
     try:
-        released = call_server_function(load_settings(), "release_pid", 5.0, (worker.pid,))
+        settings = load_settings()
+        if settings.address.is_redis:
+            return
+        released = call_server_function(settings, "release_pid", 5.0, (worker.pid,))
     except SharedStateError as error:  # never let a hook take the master down
         server.log.warning("sharedstate: could not release worker %s: %s", worker.pid, error)
         return
@@ -116,7 +127,7 @@ def child_exit(server: Any, worker: Any) -> None:
 def on_exit(server: Any) -> None:
     """Stop the server this gunicorn owns (unless told to keep it running)."""
     settings = load_settings()
-    if not settings.stop_with_gunicorn:
+    if not settings.stop_with_gunicorn or settings.address.is_redis:
         return
     try:
         info = call_server_function(settings, "server_info", 5.0)
@@ -127,6 +138,15 @@ def on_exit(server: Any) -> None:
         server.log.warning("sharedstate: could not stop the server: %s", error)
         return
     server.log.info("sharedstate: stopped the server at %s", settings.address)
+
+
+def _check_redis(settings: Settings) -> None:
+    """Fail the start now, with the reason, if the workers could not reach Redis."""
+    transport = connect_sync(settings, start=False, timeout=TIMEOUT)
+    try:
+        transport.connect()
+    finally:
+        transport.close()
 
 
 def chain(*hooks: Hook) -> Hook:

@@ -34,10 +34,11 @@ def test_serve_refuses_a_host_without_a_port(workdir: str) -> None:
     assert not os.path.exists(os.path.join(workdir, "127.0.0.1"))
 
 
-def test_serve_says_redis_is_not_supported_yet(workdir: str) -> None:
-    result = run_cli("serve", "--address", "redis://127.0.0.1:6379", timeout=30)
+def test_serve_refuses_a_redis_address(workdir: str) -> None:
+    result = run_cli("serve", "--address", "redis://:secret@127.0.0.1:6379", timeout=30)
     assert result.returncode != 0
-    assert "redis:// servers are not supported yet" in result.stderr
+    assert "is a Redis server, which holds the state itself" in result.stderr
+    assert "secret" not in result.stderr
     assert not os.path.exists(os.path.join(workdir, "redis:"))
 
 

@@ -24,6 +24,7 @@ import pytest
 from sharedstate import ConnectionLost, LockLost, ServerNotRunning, Timeout, get_shared_state
 from sharedstate.aio import AsyncSharedState
 from sharedstate.aio import get_shared_state as aio_state
+from sharedstate.aio.pool import Pool
 
 from .support.loops import LOOPS, run_async, run_on
 from .support.processes import kill_and_wait, run_in_processes, start_process
@@ -95,6 +96,7 @@ def test_cancelling_any_call_at_any_point_leaves_nothing_held_or_out_of_step(
                 elif isinstance(result, BaseException):
                     raise result
         # Afterwards: every connection in step (each answers its own calls), nothing held.
+        assert isinstance(state._pool, Pool)
         assert state._pool.holding == 0
         values = await asyncio.gather(*(state.get_in(("doc", "n")) for _ in range(50)))
         assert len(set(values)) == 1
@@ -498,6 +500,7 @@ def test_a_write_waiting_for_its_connection_is_not_overtaken_by_a_later_one(
         state = await aio_state(start=False, max_connections=2)
 
         async def once_the_second_connection_is_up() -> Any:
+            assert isinstance(state._pool, Pool)
             shared = state._pool._shared
             while len(shared) < 2 or not shared[1].usable:
                 await asyncio.sleep(0)

@@ -118,11 +118,35 @@ def test_a_url_is_refused_with_what_to_write_instead(text: str, advice: str) -> 
 
 
 @pytest.mark.parametrize(
-    "text", ["redis://127.0.0.1:6379", "rediss://h:1", "redis+unix:///x.sock", "valkey://h:1"]
+    "text",
+    [
+        "redis://127.0.0.1:6379",
+        "rediss://:pw@h:1/2",
+        "redis+unix:///x.sock?db=1",
+        "valkey://h:1",
+        "REDIS://h:6379",
+    ],
 )
-def test_redis_and_valkey_urls_are_not_supported_yet(text: str) -> None:
-    with pytest.raises(ConfigError, match="not supported yet"):
+def test_redis_and_valkey_urls_name_a_redis_backend(text: str) -> None:
+    address = parse_address(text)
+    assert address.is_redis
+    assert address.url == text
+    assert "pw" not in str(address)
+    assert "pw" not in repr(address)
+
+
+@pytest.mark.parametrize(
+    ("text", "advice"),
+    [
+        ("redis://", "names no host"),
+        ("redis://:pw@h:port/0", "the port must be a number"),
+        ("redis+unix://", "names no socket"),
+    ],
+)
+def test_a_redis_url_missing_a_part_is_refused(text: str, advice: str) -> None:
+    with pytest.raises(ConfigError, match=advice) as refused:
         parse_address(text)
+    assert "pw" not in str(refused.value)
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1", "localhost", "example.com", "10.0.0.5"])
@@ -182,7 +206,12 @@ def test_the_defaults_other_modules_import_are_those_of_the_settings() -> None:
 
 
 def test_the_docs_show_each_plain_default_from_its_definition() -> None:
-    shown = {"max_value_bytes": "`64M`", "snapshot_interval": "`60`", "call_timeout": "`10`"}
+    shown = {
+        "max_value_bytes": "`64M`",
+        "snapshot_interval": "`60`",
+        "call_timeout": "`10`",
+        "redis_lease": "`10`",
+    }
     for spec in SETTINGS:
         if isinstance(spec.default, bool):
             assert spec.default_doc.startswith("on" if spec.default else "off")

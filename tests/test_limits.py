@@ -15,7 +15,7 @@ from sharedstate import ConfigError, TooManyClients, ValueTooLarge, get_shared_s
 from sharedstate.address import parse_address
 from sharedstate.client.launcher import call_server_function
 from sharedstate.client.state import connect_state
-from sharedstate.client.transport import handshake
+from sharedstate.client.transport import Transport, handshake
 from sharedstate.config import load_settings
 from sharedstate.server.loop import MAX_GREETING
 
@@ -148,6 +148,7 @@ def test_an_absurd_request_length_disconnects_only_its_sender(server: ServerProc
     state["x"] = 1
     settings = load_settings({})
     rogue = connect_state(settings, start=False, timeout=5)
+    assert isinstance(rogue._transport, Transport)
     conn = rogue._transport._local.conn
     assert conn is not None
     # -1 announces an 8-byte length: 2**40 bytes, far past what any client may send.

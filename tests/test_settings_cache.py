@@ -16,6 +16,7 @@ import pytest
 import sharedstate.client.state
 from sharedstate import ServerNotRunning, SharedState, get_shared_state
 from sharedstate.client.state import forget_settings
+from sharedstate.client.transport import Transport
 
 from .support.processes import run_in_processes
 from .support.servers import ServerFactory, ServerProcess
@@ -56,11 +57,13 @@ def test_a_changed_call_timeout_gives_a_state_that_uses_it(
 ) -> None:
     # Not only the address and key: any setting may change how a state connects.
     state = get_shared_state(start=False)
+    assert isinstance(state._transport, Transport)
     assert state._transport.call_timeout == 10.0
     monkeypatch.setenv("SHAREDSTATE_CALL_TIMEOUT", "3")
     forget_settings()
     changed = get_shared_state(start=False)
     assert changed is not state
+    assert isinstance(changed._transport, Transport)
     assert changed._transport.call_timeout == 3.0
     assert changed.incr("n") == 1
 

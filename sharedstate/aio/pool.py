@@ -437,6 +437,9 @@ class Pool:
             channel.close("was closed by aclose()")
         self._spare.clear()
 
+    async def aclose(self) -> None:
+        self.close()
+
     def forget(self, *, close: bool = True) -> None:
         """Let go of every connection, and never use them again: in a forked child
         (``close``: close its copies of the parent's), or when this pool's loop is gone

@@ -9,14 +9,13 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, NoReturn
 
 from ..address import Address
+from ..backends import AsyncTransport, connect_async
 from ..client.commands import MISSING, Commands, load_plain
 from ..client.state import lock_timeout, release_failure_hidden
-from ..client.transport import Hello
 from ..codec import Contents, Where, encode_within
 from ..config import DEFAULT_MAX_VALUE_BYTES, Settings, load_settings
 from ..errors import KeyNotFound, SharedStateError
-from .connection import Opened, connect_or_start
-from .pool import DEFAULT_MAX_CONNECTIONS, Pool
+from .pool import DEFAULT_MAX_CONNECTIONS
 
 
 class AsyncLock:
@@ -122,7 +121,9 @@ class AsyncSharedState:
     (:mod:`sharedstate.aio.pool`); a task cancelled mid-call leaves nothing held.
     """
 
-    def __init__(self, pool: Pool, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> None:
+    def __init__(
+        self, pool: AsyncTransport, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    ) -> None:
         self._pool = pool
         self.address: Address = pool.address
         self.max_value_bytes = max_value_bytes
@@ -324,7 +325,7 @@ class AsyncSharedState:
 
     async def aclose(self) -> None:
         """Close this state's connections; the next operation reconnects."""
-        self._pool.close()
+        await self._pool.aclose()
         await asyncio.sleep(0)  # let the transports finish closing
 
     async def __aenter__(self) -> AsyncSharedState:
@@ -433,13 +434,7 @@ def connect_state(
     """A new :class:`AsyncSharedState` for ``settings`` (not cached); it connects on first
     use, in the event loop that uses it."""
 
-    async def connect(hello: Hello) -> Opened:
-        return await connect_or_start(settings, start=start, timeout=timeout, hello=hello)
-
-    pool = Pool(
-        connect,
-        settings.address,
-        call_timeout=settings.call_timeout,
-        max_connections=max_connections,
+    transport = connect_async(
+        settings, start=start, timeout=timeout, max_connections=max_connections
     )
-    return AsyncSharedState(pool, settings.max_value_bytes)
+    return AsyncSharedState(transport, settings.max_value_bytes)

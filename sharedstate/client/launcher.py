@@ -28,6 +28,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import (
     AuthenticationFailed,
+    ConfigError,
     PersistenceError,
     ServerNotRunning,
     ServerStartError,
@@ -127,6 +128,7 @@ def call_server_function(
     settings: Settings, function: str, timeout: float, args: tuple[Any, ...] = ()
 ) -> Any:
     """Call a server function (``server_info``, ``shutdown``...) of the running server."""
+    refuse_redis(settings, function)
     found = try_handshake(settings, timeout)
     if found is None:
         raise ServerNotRunning(
@@ -140,6 +142,16 @@ def call_server_function(
         conn.close()
 
 
+def refuse_redis(settings: Settings, function: str) -> None:
+    """What an operator asks of sharedstate's own server makes no sense for Redis."""
+    if settings.address.is_redis:
+        raise ConfigError(
+            f"{settings.address} is a Redis server, not a sharedstate server: {function} is "
+            "for sharedstate's own server; manage Redis with its own tools (redis-cli)",
+            address=str(settings.address),
+        )
+
+
 def stop_server(settings: Settings, timeout: float) -> int | None:
     """Ask the running server to stop and wait until it has exited; return its pid.
 
@@ -147,6 +159,7 @@ def stop_server(settings: Settings, timeout: float) -> int | None:
     may start right away. Raises :class:`PersistenceError` if the final snapshot failed
     (the server stopped all the same; its journal still holds every write).
     """
+    refuse_redis(settings, "shutdown")
     lock_path = settings.address.lock_path
     pid = read_pid(lock_path)
     outcome = call_server_function(settings, "shutdown", timeout)

@@ -9,12 +9,11 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NoReturn, Protocol
 
 from ..address import Address
+from ..backends import Transport, connect_sync
 from ..codec import DATA, NAMESPACE, Contents
 from ..config import Settings, load_settings
 from ..errors import KeyNotFound, LeaseExpired, SharedStateError, Timeout
 from .commands import MISSING, Call, Commands, load_plain
-from .launcher import connect_or_start
-from .transport import Hello, Link, Transport
 from .views import wrap
 
 
@@ -499,18 +498,10 @@ def connect_state(
     whichever process and thread uses it (what a web app built before forking needs).
     """
 
-    def connect(hello: Hello) -> Link:
-        return connect_or_start(settings, start=start, timeout=timeout, hello=hello)
-
-    transport = Transport(
-        connect,
-        settings.address,
-        call_timeout=settings.call_timeout,
-        max_value_bytes=settings.max_value_bytes,
-    )
+    transport = connect_sync(settings, start=start, timeout=timeout)
     state = SharedState(transport)
     if not lazy:
-        state._transport.connect()
+        transport.connect()
     return state
 
 

@@ -35,12 +35,14 @@ import copy
 import operator
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, SupportsIndex, overload
 
 from ..codec import check_key, checked_pairs, encode
 from ..errors import IndexOutOfRange, InvalidArgument, KeyNotFound, ValueTooLarge, WrongType
-from .transport import Transport
 from .writethrough import STALE, WriteThrough
+
+if TYPE_CHECKING:
+    from ..backends import Transport
 
 _MISSING: Any = object()
 

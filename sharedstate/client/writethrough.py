@@ -13,11 +13,13 @@ import itertools
 import pickle
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..codec import Where, decode, encode, place
 from ..errors import Conflict, ValueNotPicklable, ValueTooLarge, WrongType
-from .transport import Transport
+
+if TYPE_CHECKING:
+    from ..backends import Transport
 
 _CHUNK = 1024  # items read from an iterator between two checks of its size
 

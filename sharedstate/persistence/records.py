@@ -40,7 +40,7 @@ says what expired before each write. Keys whose time passed while the server was
 are hidden from the moment it starts.
 
 ``space`` is ``"data"`` or ``"namespace"``; ``path`` a tuple, the key of the value
-first, then the steps into it; ``method`` a method of :mod:`sharedstate.server.nested`;
+first, then the steps into it; ``method`` a method of :mod:`sharedstate.nested`;
 ``call`` the pickle of ``(args, kwargs)`` or ``(args, kwargs, expectations)``;
 ``attributes`` a list of (name, value) pairs.
 

@@ -98,6 +98,12 @@ def run_server(
 def check_exposure(settings: Settings) -> None:
     """Refuse to listen beyond this machine unless the operator asked for it with a key."""
     address = settings.address
+    if address.is_redis:
+        raise ConfigError(
+            f"{address} is a Redis server, which holds the state itself: there is no "
+            "sharedstate server to run. Point the workers at it (SHAREDSTATE_ADDRESS) "
+            "and run Redis instead"
+        )
     if address.is_loopback:
         return
     if not settings.allow_remote:

@@ -34,6 +34,7 @@ from ..errors import (
     SharedStateError,
     ValueNotLoadable,
 )
+from ..nested import apply_method, check_method, check_nesting, check_number, unpack_call, walk
 from ..persistence.records import (
     CLEAR,
     DELETE,
@@ -55,7 +56,6 @@ from ..persistence.records import (
 from ..protocol import OPERATIONS
 from .entries import DEADLINE_OVERHEAD, SERVER_HINT, Keyspace
 from .eviction import NOEVICTION, MemoryBound
-from .nested import apply_method, check_method, check_nesting, check_number, unpack_call, walk
 from .reservations import Caller, LocalCaller, Reservations
 
 
@@ -312,8 +312,8 @@ class Store:
 
         ``call_data`` is the pickled ``(args, kwargs)``, or ``(args, kwargs,
         expectations)`` when the write names list positions: what the client read there,
-        checked on the way down (:func:`sharedstate.server.nested.walk`) before anything is
-        recorded. ``method`` must be one of the methods :mod:`sharedstate.server.nested` allows
+        checked on the way down (:func:`sharedstate.nested.walk`) before anything is
+        recorded. ``method`` must be one of the methods :mod:`sharedstate.nested` allows
         for the container. The value keeps its expiry.
         """
         where = functools.partial(place, space, path)  # formatted only if needed

@@ -17,8 +17,8 @@ import functools
 import pickle
 from typing import Any
 
-from ..codec import PROTOCOL, Where, place, where_text
-from ..errors import (
+from .codec import PROTOCOL, Where, place, where_text
+from .errors import (
     Conflict,
     IndexOutOfRange,
     InvalidArgument,
@@ -29,7 +29,7 @@ from ..errors import (
     ValueTooLarge,
     WrongType,
 )
-from ..protocol import MAX_REQUEST_BYTES
+from .protocol import MAX_REQUEST_BYTES
 
 DICT_METHODS = frozenset(
     {"__setitem__", "__delitem__", "pop", "popitem", "setdefault", "update", "clear", "incr"}

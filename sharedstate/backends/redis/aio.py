@@ -1,0 +1,163 @@
+"""The asyncio client's way to Redis: :class:`AsyncRedisTransport`, the Redis twin of
+:class:`sharedstate.aio.pool.Pool`.
+
+It runs the same store operations as the sync driver (:mod:`.operations`) with
+``redis.asyncio``. Concurrent tasks share at most ``max_connections`` connections and
+wait for one beyond that (back-pressure). What a task holds (the lock, its edits) is
+that task's, in a context variable, so tasks it starts share it, as with the local
+server. A watchdog task renews the leases of what is held while the holder lives.
+As in the sync driver, nothing is resent behind the caller's back but reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import os
+import weakref
+from typing import Any
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from ...address import Address
+from ...client.commands import Call
+from ...config import Settings
+from ...errors import ServerError
+from ...protocol import OPERATIONS, READS
+from .failures import never_sent, translated
+from .names import Names
+from .operations import Command, Holder, Op, Operations, Plan, Run
+from .support import check_version, lost_lock, pool_options, redis_py_url
+
+
+class AsyncRedisTransport:
+    """Store calls, made to Redis from one event loop; one per ``AsyncSharedState``."""
+
+    def __init__(self, settings: Settings, *, max_connections: int) -> None:
+        self.address: Address = settings.address
+        self._settings = settings
+        self._max_connections = max_connections
+        self._operations = Operations(Names(settings.prefix), settings.redis_lease)
+        self._renew_every = settings.redis_lease / 3
+        self._holder: contextvars.ContextVar[Holder] = contextvars.ContextVar("sharedstate_holder")
+        self._holders: weakref.WeakSet[Holder] = weakref.WeakSet()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._client = self._new_client()
+        self._pid = os.getpid()
+
+    def _new_client(self) -> redis.asyncio.Redis:
+        url = self.address.url
+        assert url is not None
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            redis_py_url(url),
+            max_connections=self._max_connections,
+            timeout=None,  # a task waits for a connection as long as it takes
+            retry=Retry(NoBackoff(), 0),  # nothing resent behind our back
+            **pool_options(self._settings),
+        )
+        return redis.asyncio.Redis(connection_pool=pool)
+
+    async def run(self, call: Call) -> Any:
+        method = call.method
+        if method not in OPERATIONS:
+            raise ServerError(f"{method!r} is not a store operation")
+        if self._pid != os.getpid():
+            self.forget()
+        holder = self._holder_of_task()
+        if holder.lock is not None and holder.lock.lost and method != "lock_release":
+            raise lost_lock()
+        operation = getattr(self._operations, method)
+        resend = method in READS
+        while True:
+            try:
+                result = await self._drive(operation(holder, *call.args))
+            except RedisError as error:
+                if resend and not never_sent(error) and isinstance(error, redis.ConnectionError):
+                    resend = False  # a read is sent again once, on a new connection
+                    continue
+                timeout = self._settings.call_timeout
+                raise translated(error, self.address, method, timeout) from None
+            if holder.lock is not None or holder.edits:
+                self._watch()
+            return call.finish(result)
+
+    async def connect(self) -> None:
+        """Check now that Redis answers, takes the password and is recent enough."""
+        try:
+            check_version(await self._client.info("server"), self.address)
+        except RedisError as error:
+            raise translated(error, self.address, "INFO", self._settings.call_timeout) from None
+
+    async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        await self._client.aclose()
+
+    def forget(self, *, close: bool = True) -> None:
+        """In a forked child: new connections, and nothing held (the parent's tasks held it)."""
+        self._pid = os.getpid()
+        self._client = self._new_client()
+        self._holder = contextvars.ContextVar("sharedstate_holder")
+        self._holders = weakref.WeakSet()
+        self._watchdog = None
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (for monitoring, and tests)."""
+        pool = self._client.connection_pool
+        return sum(1 for conn in getattr(pool, "_connections", ()) if conn.is_connected)
+
+    def _holder_of_task(self) -> Holder:
+        holder = self._holder.get(None)
+        if holder is None:
+            holder = Holder()
+            self._holder.set(holder)
+            self._holders.add(holder)
+        return holder
+
+    async def _drive(self, plan: Plan) -> Any:
+        reply = None
+        try:
+            while True:
+                reply = await self._execute(plan.send(reply))
+        except StopIteration as done:
+            return done.value
+
+    async def _execute(self, op: Op) -> Any:
+        client = self._client
+        if isinstance(op, Command):
+            return await client.execute_command(*op.args)  # type: ignore[no-untyped-call]
+        if isinstance(op, Run):
+            keys, script = op.keys, op.script
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *op.args)
+            except NoScriptError:
+                await client.script_load(script.source)
+                return await client.evalsha(script.sha, len(keys), *keys, *op.args)
+        async with client.pipeline(transaction=op.transaction) as pipeline:
+            for command in op.commands:
+                pipeline.execute_command(*command)
+            return await pipeline.execute()
+
+    # -- the watchdog: leases renewed while their holders live -----------------------
+
+    def _watch(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._renew_forever())
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._renew_every)
+            held = [h for holder in list(self._holders) for h in holder.held()]
+            if not held:
+                return  # started again by the next hold
+            for each in held:
+                if each.renewed and not each.lost:
+                    # Redis away: the next round tries again, within the lease.
+                    with contextlib.suppress(RedisError):
+                        await self._drive(self._operations.renew(each))

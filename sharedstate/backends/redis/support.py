@@ -1,0 +1,52 @@
+"""What the sync and asyncio Redis drivers share: how to reach Redis, and what to check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...address import Address
+from ...config import Settings
+from ...errors import LockLost, ServerError
+
+# GETDEL, SET ... PXAT and KEEPTTL came in 6.2; Valkey reports a redis_version too.
+OLDEST_REDIS = (6, 2)
+
+# Our schemes that redis-py spells otherwise.
+_REDIS_PY_SCHEMES = {"valkey": "redis", "valkeys": "rediss", "redis+unix": "unix"}
+
+
+def redis_py_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return _REDIS_PY_SCHEMES.get(scheme.lower(), scheme) + sep + rest
+
+
+def pool_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of redis-py's ``ConnectionPool.from_url`` (sync or asyncio),
+    besides the URL and ``retry``."""
+    timeout = settings.call_timeout
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "client_name": "sharedstate",
+        "decode_responses": False,
+    }
+
+
+def check_version(info: dict[str, Any], address: Address) -> None:
+    version = str(info.get("redis_version", "0"))
+    numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if numbers < OLDEST_REDIS:
+        raise ServerError(
+            f"Redis at {address} is version {version}; sharedstate needs Redis "
+            f"{'.'.join(map(str, OLDEST_REDIS))} or later (or Valkey)",
+            address=str(address),
+        )
+
+
+def lost_lock() -> LockLost:
+    return LockLost(
+        "state.lock was lost while this thread held it: Redis no longer had it "
+        "(restarted without its data, or this process was paused for longer than "
+        "SHAREDSTATE_REDIS_LEASE), so another process may hold it now; leave the "
+        "`with` block (or release) and take it again"
+    )
