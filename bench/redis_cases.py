@@ -161,8 +161,9 @@ class Worker:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def _commands(self) -> int:
-        return int(self.meter.info("stats")["total_commands_processed"])
+    def _commands(self) -> dict[str, int]:
+        stats = self.meter.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(each["calls"]) for name, each in stats.items()}
 
     def time_side(self, case: Case, side: str, seconds: float) -> dict[str, float]:
         """ops/s of one side for ``seconds``, and the CPU each process spent per call."""
@@ -191,9 +192,10 @@ class Worker:
             results[case.name] = {side: self.time_side(case, side, seconds) for side in sides}
         return results
 
-    def commands_per_call(self, calls: int = 200) -> dict[str, dict[str, float]]:
-        """Redis commands each call sends (INFO's counter; the second INFO counts the first)."""
-        counted: dict[str, dict[str, float]] = {}
+    def commands_per_call(self, calls: int = 200) -> dict[str, dict[str, dict[str, float]]]:
+        """The commands Redis ran per call, by name (a script's own included, as Redis
+        counts them), from INFO commandstats before and after ``calls`` calls."""
+        counted: dict[str, dict[str, dict[str, float]]] = {}
         for case in self.cases:
             counted[case.name] = {}
             for side in case.sides:
@@ -204,7 +206,12 @@ class Worker:
                     for n in range(calls):
                         case.sides[side](n)
                 self.calls[case.name, side] = self.calls.get((case.name, side), 0) + calls
-                counted[case.name][side] = (self._commands() - before - 1) / calls
+                after = self._commands()
+                counted[case.name][side] = {
+                    name: (after[name] - before.get(name, 0)) / calls
+                    for name in sorted(after)
+                    if name != "info" and after[name] != before.get(name, 0)
+                }
         return counted
 
     def profile(self, name: str, calls: int) -> str:
