@@ -214,25 +214,28 @@ class Worker:
                 }
         return counted
 
-    def profile(self, name: str, calls: int) -> str:
-        """cProfile of ``calls`` sharedstate calls of one case: the top functions by own time."""
+    def profile(self, name: str, calls: int) -> dict[str, Any]:
+        """cProfile of ``calls`` calls of one case, each side: µs per call (under the
+        profiler) by whose code it was spent in, and sharedstate's top functions."""
         case = next(case for case in self.cases if case.name == name)
-        call = case.sides["sharedstate"]
-        profiler = cProfile.Profile()
-        if case.is_async:
+        found: dict[str, Any] = {}
+        for side, call in case.sides.items():
+            profiler = cProfile.Profile()
             profiler.enable()
-            self.runner.run(_async_calls(call, calls))
-        else:
-            profiler.enable()
-            for n in range(calls):
-                call(n)
-        profiler.disable()
-        self.calls[name, "sharedstate"] = self.calls.get((name, "sharedstate"), 0) + calls
-        out = io.StringIO()
-        stats = pstats.Stats(profiler, stream=out)
-        stats.sort_stats("tottime").print_stats(22)
-        stats.sort_stats("cumulative").print_stats(30)
-        return _strip_paths(out.getvalue())
+            if case.is_async:
+                self.runner.run(_async_calls(call, calls))
+            else:
+                for n in range(calls):
+                    call(n)
+            profiler.disable()
+            self.calls[name, side] = self.calls.get((name, side), 0) + calls
+            out = io.StringIO()
+            stats = pstats.Stats(profiler, stream=out)
+            found[side] = {name: total / calls * 1e6 for name, total in _spent_in(stats).items()}
+            if side == "sharedstate":
+                stats.sort_stats("tottime").print_stats(20)
+                found["top"] = _strip_paths(out.getvalue())
+        return found
 
     def checks(self) -> dict[str, str]:
         """Counts that must add up: increments and locked updates against the calls made."""
@@ -284,6 +287,27 @@ async def _async_loop(call: AsyncCall, deadline: float) -> int:
 async def _async_calls(call: AsyncCall, calls: int) -> None:
     for n in range(calls):
         await call(n)
+
+
+def _spent_in(stats: pstats.Stats) -> dict[str, float]:
+    """Own time (s) of the profiled functions, by where they live."""
+    spent: dict[str, float] = {}
+    for (filename, _, function), row in stats.stats.items():  # type: ignore[attr-defined]
+        if "sharedstate/" in filename:
+            where = "sharedstate"
+        elif "/redis/" in filename:
+            where = "redis-py"
+        elif function in ("<method 'sendall' of '_socket.socket' objects>",
+                          "<method 'recv' of '_socket.socket' objects>",
+                          "<method 'recv_into' of '_socket.socket' objects>"):  # fmt: skip
+            where = "socket send/recv"
+        elif "pickle" in function or "bench/" in filename:
+            where = "pickle, the bench's loop"
+        else:
+            where = "other (builtins, stdlib)"
+        spent[where] = spent.get(where, 0.0) + row[2]
+    spent["total"] = sum(spent.values())
+    return spent
 
 
 def _strip_paths(text: str) -> str:
