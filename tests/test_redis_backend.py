@@ -269,8 +269,9 @@ class CuttingProxy:
     """A TCP proxy to Redis that, once armed, lets a command through but drops the
     connection before the reply: the worst moment for a write."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, cut_on: bytes = b"EVALSHA") -> None:
         self.target_port = target_port
+        self.cut_on = cut_on  # what, in a command, arms the cut
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.armed = threading.Event()
@@ -292,7 +293,7 @@ class CuttingProxy:
     def _up(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
         with contextlib.suppress(OSError):
             while data := client.recv(65536):
-                if self.armed.is_set() and b"EVALSHA" in data:
+                if self.armed.is_set() and self.cut_on in data:
                     self.armed.clear()
                     cut.set()
                     server.sendall(data)
@@ -331,4 +332,27 @@ def test_a_write_cut_off_is_reported_and_never_applied_twice(
         assert state.incr("n") == 3  # and the state reconnected by itself
     finally:
         state.close()
+        proxy.close()
+
+
+def test_a_lock_taken_but_whose_reply_was_lost_is_freed_at_once(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    proxy = CuttingProxy(redis_server.port, cut_on=b"NX")
+    url = f"redis://:{redis_server.password}@127.0.0.1:{proxy.port}/0"
+    state = on_redis(url, prefix)  # the default lease: 10 s
+    other = on_redis(redis_server.url(), prefix)
+    try:
+        proxy.armed.set()
+        with pytest.raises(ConnectionLost):
+            state.lock.acquire()
+        assert proxy.cuts == 1
+        # Not held by nobody until the lease runs out: freed as the acquire failed.
+        assert other.lock.acquire(timeout=5)
+        other.lock.release()
+        with state.lock.hold(timeout=5):  # and the state reconnected by itself
+            pass
+    finally:
+        state.close()
+        other.close()
         proxy.close()

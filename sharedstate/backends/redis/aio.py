@@ -121,12 +121,18 @@ class AsyncRedisTransport:
         return holder
 
     async def _drive(self, plan: Plan) -> Any:
-        reply = None
-        try:
-            while True:
-                reply = await self._execute(plan.send(reply))
-        except StopIteration as done:
-            return done.value
+        """Run ``plan``: send what it yields, give it the replies (or Redis's errors)."""
+        reply: Any = None
+        failed: RedisError | None = None
+        while True:
+            try:
+                op = plan.send(reply) if failed is None else plan.throw(failed)
+            except StopIteration as done:
+                return done.value
+            try:
+                reply, failed = await self._execute(op), None
+            except RedisError as error:
+                reply, failed = None, error
 
     async def _execute(self, op: Op) -> Any:
         client = self._client

@@ -14,6 +14,7 @@ sync client, a task's with the asyncio one, as with the local server's connectio
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -22,6 +23,8 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from ...codec import DATA, NAMESPACE, PROTOCOL, decode, place
 from ...errors import (
@@ -319,8 +322,9 @@ class Operations:
         holder.edits[key] = held
         try:
             raw = yield Command(("GET", self.names.key(key)))
-        except BaseException:
-            yield from self._end_edit(holder, key)
+        except RedisError:
+            del holder.edits[key]
+            yield from self._free_quietly(held.name, held.token)
             raise
         if raw is None and default is None:
             yield from self._end_edit(holder, key)
@@ -376,7 +380,14 @@ class Operations:
         deadline = None if wait is None else time.monotonic() + wait
         woken = self.names.woken(name)
         while True:
-            if (yield Command(("SET", name, token, "NX", "PX", lease_ms))):
+            try:
+                taken = yield Command(("SET", name, token, "NX", "PX", lease_ms))
+            except RedisError:
+                # It may have been taken, the reply lost: free it now rather than
+                # leave it held by nobody until its lease runs out.
+                yield from self._free_quietly(name, token)
+                raise
+            if taken:
                 return Held(name, token, lease_ms, renewed=lease is None)
             left = LONGEST_WAKE_WAIT if deadline is None else deadline - time.monotonic()
             if left <= 0:
@@ -384,6 +395,11 @@ class Operations:
             # A release pushes to ``woken``; a holder that died pushes nothing, so look
             # again at least every LONGEST_WAKE_WAIT s.
             yield Command(("BLPOP", woken, round(min(left, LONGEST_WAKE_WAIT), 3)))
+
+    def _free_quietly(self, name: bytes, token: bytes) -> Plan:
+        """Free ``name`` if ``token`` holds it; no error if Redis can't be reached."""
+        with contextlib.suppress(RedisError):
+            yield Run(RELEASE, (name, self.names.woken(name)), (token,))
 
     def renew(self, held: Held) -> Plan:
         """Extend a held lease; mark it lost if Redis no longer has it."""

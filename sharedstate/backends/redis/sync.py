@@ -107,12 +107,18 @@ class RedisTransport:
         return holder
 
     def _drive(self, plan: Plan) -> Any:
-        reply = None
-        try:
-            while True:
-                reply = self._execute(plan.send(reply))
-        except StopIteration as done:
-            return done.value
+        """Run ``plan``: send what it yields, give it the replies (or Redis's errors)."""
+        reply: Any = None
+        failed: RedisError | None = None
+        while True:
+            try:
+                op = plan.send(reply) if failed is None else plan.throw(failed)
+            except StopIteration as done:
+                return done.value
+            try:
+                reply, failed = self._execute(op), None
+            except RedisError as error:
+                reply, failed = None, error
 
     def _execute(self, op: Op) -> Any:
         client = self._client
