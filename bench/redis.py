@@ -17,8 +17,9 @@ parser with hiredis hidden) times, one call after another, each case's two sides
   timeout=10)`` around the same get and set.
 - ``async get`` / ``async incr``: ``sharedstate.aio`` against ``redis.asyncio``, 1 task.
 
-Rounds alternate the parsers, the cases and the two sides of each case; every figure is
-a median of the rounds. Also counted: the CPU each call costs the client and
+Rounds alternate the parsers and the cases; within a round the two sides of a case take
+turns every 50 ms, so both meet the same load on a shared machine. Every figure is a
+median of the rounds. Also counted: the CPU each call costs the client and
 redis-server, the Redis commands each call sends, and counters that must add up. A
 missed target's sharedstate side is profiled (cProfile) into the report. Prints a
 markdown report and writes it to ``--out``/redis.md. Speed is reported, never asserted.
@@ -236,9 +237,9 @@ def _header(
         f"One client process, one call after another, over "
         f"{'a Unix socket' if options.unix else 'loopback TCP'} with a password. "
         f"Each figure is the median of {options.rounds} rounds of {options.seconds:g} s per "
-        "side; rounds alternate the parsers, the cases, and which side of a case runs "
-        "first. A ratio is sharedstate / redis-py: of the medians, and in brackets the "
-        "median of the per-round ratios (both sides of a round ran back to back).",
+        "side; rounds alternate the parsers and the cases, and within a round the two "
+        "sides of a case take turns every 50 ms (A B, B A...). A ratio is sharedstate / "
+        "redis-py: of the medians, and in brackets the median of the per-round ratios.",
         "",
     ])  # fmt: skip
 

@@ -34,6 +34,7 @@ CONFIG = {
     "features": ["search", "export"],
 }
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLICE = 0.05  # s: the two sides of a case take turns this often
 PREFIX_PRINTED = "@@ "  # marks the protocol's lines on stdout; anything else is a log line
 
 Call = Callable[[int], Any]
@@ -165,8 +166,9 @@ class Worker:
         stats = self.meter.info("commandstats")
         return {name.removeprefix("cmdstat_"): int(each["calls"]) for name, each in stats.items()}
 
-    def time_side(self, case: Case, side: str, seconds: float) -> dict[str, float]:
-        """ops/s of one side for ``seconds``, and the CPU each process spent per call."""
+    def time_slice(self, case: Case, side: str, seconds: float, into: list[float]) -> None:
+        """Call one side for ``seconds``; add calls, seconds, client and server CPU to
+        ``into``."""
         call = case.sides[side]
         cpu, server_cpu, clock = time.process_time(), self._server_cpu(), time.perf_counter
         started = clock()
@@ -174,22 +176,33 @@ class Worker:
             done = self.runner.run(_async_loop(call, started + seconds))
         else:
             done = _sync_loop(call, started + seconds)
-        elapsed = clock() - started
+        into[0] += done
+        into[1] += clock() - started
+        into[2] += time.process_time() - cpu
+        into[3] += self._server_cpu() - server_cpu
         self.calls[case.name, side] = self.calls.get((case.name, side), 0) + done
-        return {
-            "rate": done / elapsed,
-            "client_us": (time.process_time() - cpu) / done * 1e6,
-            "server_us": (self._server_cpu() - server_cpu) / done * 1e6,
-        }
 
     def round(self, index: int, seconds: float) -> dict[str, dict[str, dict[str, float]]]:
-        """Every case, both sides back to back; the order of cases and of sides alternates
-        with the round, so neither side always runs first or on a warmer machine."""
+        """Every case for ``seconds`` per side. The two sides of a case take turns in
+        slices of SLICE s (A B, B A, ...), so both see the same moments of a shared
+        machine's load; the order of cases alternates with the round."""
         cases = self.cases if index % 2 == 0 else self.cases[::-1]
+        slices = max(1, round(seconds / SLICE))
         results: dict[str, dict[str, dict[str, float]]] = {}
         for case in cases:
-            sides = list(case.sides) if index % 2 == 0 else list(case.sides)[::-1]
-            results[case.name] = {side: self.time_side(case, side, seconds) for side in sides}
+            sums = {side: [0.0, 0.0, 0.0, 0.0] for side in case.sides}
+            for turn in range(slices):
+                sides = list(case.sides) if (index + turn) % 2 == 0 else list(case.sides)[::-1]
+                for side in sides:
+                    self.time_slice(case, side, seconds / slices, sums[side])
+            results[case.name] = {
+                side: {
+                    "rate": done / elapsed,
+                    "client_us": client / done * 1e6,
+                    "server_us": server / done * 1e6,
+                }
+                for side, (done, elapsed, client, server) in sums.items()
+            }
         return results
 
     def commands_per_call(self, calls: int = 200) -> dict[str, dict[str, dict[str, float]]]:
