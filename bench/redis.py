@@ -17,9 +17,9 @@ parser with hiredis hidden) times, one call after another, each case's two sides
   timeout=10)`` around the same get and set.
 - ``async get`` / ``async incr``: ``sharedstate.aio`` against ``redis.asyncio``, 1 task.
 
-Rounds alternate the parsers and the cases; within a round the two sides of a case take
-turns every 50 ms, so both meet the same load on a shared machine. Every figure is a
-median of the rounds. Also counted: the CPU each call costs the client and
+Within a round, the (parser, side) pairs of a case take turns every 50 ms, so all meet
+the same load on a shared machine; the order of cases alternates between rounds. Every
+figure is a median of the rounds. Also counted: the CPU each call costs the client and
 redis-server, the Redis commands each call sends, and counters that must add up. A
 missed target's sharedstate side is profiled (cProfile) into the report. Prints a
 markdown report and writes it to ``--out``/redis.md. Speed is reported, never asserted.
@@ -46,6 +46,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"get": 0.8, "incr": 0.9}
 SIDES = ("sharedstate", "redis-py")
 PROFILE_CALLS = 20_000
+SLICE = 0.05  # s: how often the measured (parser, side) pairs take turns
 
 Timing = dict[str, float]  # rate, client_us, server_us
 Round = dict[str, dict[str, Timing]]  # case -> side -> timing
@@ -163,18 +164,15 @@ def run(options: argparse.Namespace) -> str:
             url = server.unix_url() if options.unix else server.url()
             workers.append(WorkerProcess(name, url, server.process.pid))
         results = Results(parsers)
-        for worker in workers:  # warm up: connections, scripts, caches
-            worker.ask(do="round", index=0, seconds=0.2)
+        cases = workers[0].hello["cases"]
+        one_round(workers, cases, 0, 0.2)  # warm up: connections, scripts, caches
         for index in range(options.rounds):
-            order = workers if index % 2 == 0 else workers[::-1]
-            for worker in order:
-                results.rounds[worker.parser].append(
-                    worker.ask(do="round", index=index, seconds=options.seconds)
-                )
+            for parser, found in one_round(workers, cases, index, options.seconds).items():
+                results.rounds[parser].append(found)
             print(f"  round {index + 1}/{options.rounds}: " + "; ".join(
-                f"{w.parser} get {results.rounds[w.parser][-1]['get']['sharedstate']['rate']:,.0f}"
-                f" vs {results.rounds[w.parser][-1]['get']['redis-py']['rate']:,.0f}/s"
-                for w in workers), flush=True)  # fmt: skip
+                f"{parser} get {each[-1]['get']['sharedstate']['rate']:,.0f}"
+                f" vs {each[-1]['get']['redis-py']['rate']:,.0f}/s"
+                for parser, each in results.rounds.items()), flush=True)  # fmt: skip
         commands = {worker.parser: worker.ask(do="commands") for worker in workers}
         profiles: dict[str, Any] = {}
         for case in TARGETS:  # profile a miss on the parser `sharedstate[redis]` installs
@@ -190,6 +188,33 @@ def run(options: argparse.Namespace) -> str:
         shutil.rmtree(workdir, ignore_errors=True)
     header = _header(options, started, load_before, versions, hellos)
     return render(results, commands, checks, profiles, header)
+
+
+def one_round(
+    workers: list[WorkerProcess], cases: list[str], index: int, seconds: float
+) -> dict[str, Round]:
+    """Every case for ``seconds`` per side and parser. The (parser, side) pairs take
+    turns in slices of SLICE s, starting with a different one each turn and reversing
+    every other turn, so all meet the same moments of the machine's load."""
+    turns = max(1, round(seconds / SLICE))
+    pairs = [(worker, side) for worker in workers for side in SIDES]
+    found: dict[str, Round] = {worker.parser: {} for worker in workers}
+    for case in cases if index % 2 == 0 else cases[::-1]:
+        sums = {(worker.parser, side): [0.0] * 4 for worker, side in pairs}
+        for turn in range(turns):
+            start = turn % len(pairs)
+            order = pairs[start:] + pairs[:start]
+            for worker, side in order if (index + turn) % 2 == 0 else order[::-1]:
+                got = worker.ask(do="slice", case=case, side=side, seconds=seconds / turns)
+                total = sums[worker.parser, side]
+                sums[worker.parser, side] = [a + b for a, b in zip(total, got, strict=True)]
+        for (parser, side), (done, elapsed, client, server) in sums.items():
+            found[parser].setdefault(case, {})[side] = {
+                "rate": done / elapsed,
+                "client_us": client / done * 1e6,
+                "server_us": server / done * 1e6,
+            }
+    return found
 
 
 def _versions(url: str) -> dict[str, str]:
@@ -237,8 +262,8 @@ def _header(
         f"One client process, one call after another, over "
         f"{'a Unix socket' if options.unix else 'loopback TCP'} with a password. "
         f"Each figure is the median of {options.rounds} rounds of {options.seconds:g} s per "
-        "side; rounds alternate the parsers and the cases, and within a round the two "
-        "sides of a case take turns every 50 ms (A B, B A...). A ratio is sharedstate / "
+        "side and parser; within a round the (parser, side) pairs of a case take turns "
+        "every 50 ms, in a rotating order. A ratio is sharedstate / "
         "redis-py: of the medians, and in brackets the median of the per-round ratios.",
         "",
     ])  # fmt: skip

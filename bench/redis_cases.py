@@ -1,8 +1,9 @@
 """One client process of ``python -m bench.redis``: the cases it times, both sides of each.
 
 The parent starts one of these per redis-py parser (hiredis, or the pure-Python one with
-hiredis hidden) and drives it over stdin/stdout, one JSON line per command, so the two
-parsers run in alternating rounds against the same redis-server with warm connections.
+hiredis hidden) and drives it over stdin/stdout, one JSON line per command: "time this
+side of this case for 50 ms", taking turns between the processes and the sides, so all
+of them meet the same load on a shared machine, each with its connections kept warm.
 
 Each case has a sharedstate side and a raw redis-py side that does what an app would
 write by hand. Values are pickled on the raw side too: sharedstate pickles them, and a
@@ -34,7 +35,6 @@ CONFIG = {
     "features": ["search", "export"],
 }
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SLICE = 0.05  # s: the two sides of a case take turns this often
 PREFIX_PRINTED = "@@ "  # marks the protocol's lines on stdout; anything else is a log line
 
 Call = Callable[[int], Any]
@@ -166,9 +166,10 @@ class Worker:
         stats = self.meter.info("commandstats")
         return {name.removeprefix("cmdstat_"): int(each["calls"]) for name, each in stats.items()}
 
-    def time_slice(self, case: Case, side: str, seconds: float, into: list[float]) -> None:
-        """Call one side for ``seconds``; add calls, seconds, client and server CPU to
-        ``into``."""
+    def time_slice(self, name: str, side: str, seconds: float) -> list[float]:
+        """Call one side of a case for ``seconds``: [calls, seconds, client CPU s,
+        redis-server CPU s]."""
+        case = next(case for case in self.cases if case.name == name)
         call = case.sides[side]
         cpu, server_cpu, clock = time.process_time(), self._server_cpu(), time.perf_counter
         started = clock()
@@ -176,34 +177,9 @@ class Worker:
             done = self.runner.run(_async_loop(call, started + seconds))
         else:
             done = _sync_loop(call, started + seconds)
-        into[0] += done
-        into[1] += clock() - started
-        into[2] += time.process_time() - cpu
-        into[3] += self._server_cpu() - server_cpu
-        self.calls[case.name, side] = self.calls.get((case.name, side), 0) + done
-
-    def round(self, index: int, seconds: float) -> dict[str, dict[str, dict[str, float]]]:
-        """Every case for ``seconds`` per side. The two sides of a case take turns in
-        slices of SLICE s (A B, B A, ...), so both see the same moments of a shared
-        machine's load; the order of cases alternates with the round."""
-        cases = self.cases if index % 2 == 0 else self.cases[::-1]
-        slices = max(1, round(seconds / SLICE))
-        results: dict[str, dict[str, dict[str, float]]] = {}
-        for case in cases:
-            sums = {side: [0.0, 0.0, 0.0, 0.0] for side in case.sides}
-            for turn in range(slices):
-                sides = list(case.sides) if (index + turn) % 2 == 0 else list(case.sides)[::-1]
-                for side in sides:
-                    self.time_slice(case, side, seconds / slices, sums[side])
-            results[case.name] = {
-                side: {
-                    "rate": done / elapsed,
-                    "client_us": client / done * 1e6,
-                    "server_us": server / done * 1e6,
-                }
-                for side, (done, elapsed, client, server) in sums.items()
-            }
-        return results
+        elapsed = clock() - started
+        self.calls[name, side] = self.calls.get((name, side), 0) + done
+        return [done, elapsed, time.process_time() - cpu, self._server_cpu() - server_cpu]
 
     def commands_per_call(self, calls: int = 200) -> dict[str, dict[str, dict[str, float]]]:
         """The commands Redis ran per call, by name (a script's own included, as Redis
@@ -332,12 +308,12 @@ def _strip_paths(text: str) -> str:
 def serve(url: str, raw_prefix: str, server_pid: int) -> None:
     """Answer the parent's commands, one JSON line in, one line out, until stdin closes."""
     worker = Worker(url, raw_prefix, server_pid)
-    reply({"hiredis": worker.hiredis, "pid": os.getpid()})
+    reply({"hiredis": worker.hiredis, "cases": [case.name for case in worker.cases]})
     for line in sys.stdin:
         command = json.loads(line)
         what = command["do"]
-        if what == "round":
-            reply(worker.round(command["index"], command["seconds"]))
+        if what == "slice":
+            reply(worker.time_slice(command["case"], command["side"], command["seconds"]))
         elif what == "commands":
             reply(worker.commands_per_call())
         elif what == "profile":
