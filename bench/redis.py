@@ -327,7 +327,17 @@ def render(
     for parser, found in checks.items():
         lines.append(f"- {parser}: " + "; ".join(f"{what} {v}" for what, v in found.items()))
     for case, found in profiles.items():
+        client, server = (
+            [results.median("python", case, side, what) for side in SIDES]
+            for what in ("client_us", "server_us")
+        )
         lines += ["", f"## Profile: `{case}` (missed its target)", "",
+                  f"Per call (pure-Python parser, medians above), sharedstate cost the client "
+                  f"{client[0] - client[1]:+.1f} µs of CPU ({client[0]:.1f} against "
+                  f"{client[1]:.1f}) and redis-server {server[0] - server[1]:+.1f} µs "
+                  f"({server[0]:.1f} against {server[1]:.1f}); Redis ran "
+                  f"{_commands_text(commands['python'][case]['sharedstate'])} against "
+                  f"{_commands_text(commands['python'][case]['redis-py'])}.", "",
                   f"cProfile of {PROFILE_CALLS:,} calls of each side, pure-Python parser; "
                   "µs per call under the profiler (which inflates Python code more than "
                   "waiting), by whose code the time was spent in:", "",
