@@ -16,51 +16,20 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from sharedstate import ConnectionLost, LockLost, ServerNotRunning, Timeout, get_shared_state
-from sharedstate.aio import AsyncSharedState
 from sharedstate.aio import get_shared_state as aio_state
 from sharedstate.aio.pool import Pool
 
+from .support.aio_calls import OPERATIONS
 from .support.loops import LOOPS, run_async, run_on
 from .support.processes import kill_and_wait, run_in_processes, start_process
 from .support.procfs import is_stopped, server_pids
 from .support.servers import ServerFactory, ServerProcess, server_info
-
-Operation = Callable[[AsyncSharedState], Awaitable[Any]]
-
-
-async def _edit_and_wait(state: AsyncSharedState) -> None:
-    async with state.edit("doc", default={"n": 0}) as doc:
-        doc["n"] += 1
-        await asyncio.sleep(0.001)
-
-
-async def _hold_lock(state: AsyncSharedState) -> None:
-    async with state.lock.hold(timeout=5):
-        await state.incr("under lock")
-        await asyncio.sleep(0.001)
-
-
-# Every kind of call: reads, writes, batches, paths, the namespace, the lock and edits
-# (taking, holding and freeing them).
-OPERATIONS: dict[str, Operation] = {
-    "get": lambda state: state.get("counter"),
-    "set": lambda state: state.set("value", list(range(100))),
-    "incr": lambda state: state.incr("counter"),
-    "add": lambda state: state.add("claim", 1, ttl=0.01),
-    "get_many": lambda state: state.get_many(["counter", "value"]),
-    "set_many": lambda state: state.set_many({"a": 1, "b": 2}),
-    "set_in": lambda state: state.set_in(("doc", "x"), 1),
-    "keys": lambda state: state.keys(),
-    "namespace": lambda state: state.namespace.set("n", 1),
-    "lock": _hold_lock,
-    "edit": _edit_and_wait,
-}
 
 
 @pytest.mark.timeout(120)

@@ -33,6 +33,9 @@ from .names import Names
 from .operations import Command, Holder, Op, Operations, Plan, Run
 from .support import check_version, lost_lock, pool_options, redis_py_url
 
+# The calls that take something for the task: the lock, an edit.
+TAKES = frozenset({"lock_acquire", "edit_begin"})
+
 
 class AsyncRedisTransport:
     """Store calls, made to Redis from one event loop; one per ``AsyncSharedState``."""
@@ -46,6 +49,7 @@ class AsyncRedisTransport:
         self._holder: contextvars.ContextVar[Holder] = contextvars.ContextVar("sharedstate_holder")
         self._holders: weakref.WeakSet[Holder] = weakref.WeakSet()
         self._watchdog: asyncio.Task[None] | None = None
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._client = self._new_client()
         self._pid = os.getpid()
 
@@ -59,7 +63,7 @@ class AsyncRedisTransport:
             retry=Retry(NoBackoff(), 0),  # nothing resent behind our back
             **pool_options(self._settings),
         )
-        return redis.asyncio.Redis(connection_pool=pool)
+        return redis.asyncio.Redis.from_pool(pool)  # closing the client closes the pool
 
     async def run(self, call: Call) -> Any:
         method = call.method
@@ -67,7 +71,7 @@ class AsyncRedisTransport:
             raise ServerError(f"{method!r} is not a store operation")
         if self._pid != os.getpid():
             self.forget()
-        holder = self._holder_of_task()
+        holder = self._holder_of_task(method)
         if holder.lock is not None and holder.lock.lost and method != "lock_release":
             raise lost_lock()
         operation = getattr(self._operations, method)
@@ -81,6 +85,11 @@ class AsyncRedisTransport:
                     continue
                 timeout = self._settings.call_timeout
                 raise translated(error, self.address, method, timeout) from None
+            except asyncio.CancelledError:
+                if holder.unsure:  # free what the task may have taken: in a task of its own
+                    self._free_later(Holder(unsure=dict(holder.unsure)))
+                    holder.unsure.clear()
+                raise
             if holder.lock is not None or holder.edits:
                 self._watch()
             return call.finish(result)
@@ -112,10 +121,17 @@ class AsyncRedisTransport:
         pool = self._client.connection_pool
         return sum(1 for conn in getattr(pool, "_connections", ()) if conn.is_connected)
 
-    def _holder_of_task(self) -> Holder:
+    def _holder_of_task(self, method: str) -> Holder:
+        """What the current task holds: its own, or, in a task started while another
+        held something, that one's (as with the local server's connections)."""
         holder = self._holder.get(None)
-        if holder is None:
-            holder = Holder()
+        if method not in TAKES:
+            return holder if holder is not None else Holder()
+        task = asyncio.current_task()
+        if holder is None or (holder.owner is not task and holder.empty):
+            # A holder only in the context this task was started with is its parent's
+            # (or a sibling's): one that holds nothing is not shared.
+            holder = Holder(owner=task)
             self._holder.set(holder)
             self._holders.add(holder)
         return holder
@@ -149,6 +165,15 @@ class AsyncRedisTransport:
             for command in op.commands:
                 pipeline.execute_command(*command)
             return await pipeline.execute()
+
+    def _free_later(self, orphan: Holder) -> None:
+        async def free() -> None:
+            with contextlib.suppress(Exception):
+                await self._drive(self._operations.free_unsure(orphan))
+
+        task = asyncio.get_running_loop().create_task(free())
+        self._cleanups.add(task)  # kept until done: the loop holds tasks only weakly
+        task.add_done_callback(self._cleanups.discard)
 
     # -- the watchdog: leases renewed while their holders live -----------------------
 

@@ -88,7 +88,15 @@ class Holder:
 
     lock: Held | None = None
     edits: dict[Any, Held] = field(default_factory=dict)
+    # Tokens Redis may hold for us without our knowing: a take or a release whose reply
+    # never came (cut off, or the task cancelled). The drivers free them (free_unsure).
+    unsure: dict[bytes, bytes] = field(default_factory=dict)
     pid: int = field(default_factory=os.getpid)
+    owner: object = None  # the asyncio task it was made for
+
+    @property
+    def empty(self) -> bool:
+        return self.lock is None and not self.edits and not self.unsure
 
     def held(self) -> list[Held]:
         return ([self.lock] if self.lock is not None else []) + list(self.edits.values())
@@ -263,8 +271,9 @@ class Operations:
                 "this thread already holds state.lock, which is not reentrant; "
                 "release it before acquiring it again"
             )
-        held = yield from self._take(self.names.lock, wait, lease)
+        held = yield from self._take(holder, self.names.lock, wait, lease)
         holder.lock = held
+        holder.unsure.pop(self.names.lock, None)
         return held is not None
 
     def lock_release(self, holder: Holder) -> Plan:
@@ -275,7 +284,9 @@ class Operations:
                 f"state.lock.release() by a thread that does not hold it (held by "
                 f"{holder_now}); release the lock from the thread that acquired it"
             )
+        holder.unsure[held.name] = held.token
         freed = yield Run(RELEASE, (held.name, self.names.woken(held.name)), (held.token,))
+        holder.unsure.pop(held.name, None)
         if freed:
             return
         if held.renewed:
@@ -312,7 +323,7 @@ class Operations:
                 f"this thread is already editing state[{key!r}]; nested edit() of the "
                 "same key would wait for itself forever"
             )
-        held = yield from self._take(self.names.edit(key), timeout, None)
+        held = yield from self._take(holder, self.names.edit(key), timeout, None)
         if held is None:
             raise Timeout(
                 f"state[{key!r}] was being edited by another client for more than "
@@ -324,8 +335,9 @@ class Operations:
             raw = yield Command(("GET", self.names.key(key)))
         except RedisError:
             del holder.edits[key]
-            yield from self._free_quietly(held.name, held.token)
+            yield from self.free_unsure(holder)
             raise
+        holder.unsure.pop(held.name, None)  # it is in edits now, which ends it
         if raw is None and default is None:
             yield from self._end_edit(holder, key)
             raise KeyNotFound(key)
@@ -342,7 +354,9 @@ class Operations:
             )
         expiry = b"keep" if ttl is None else str(_ms(ttl)).encode()
         keys = (self.names.key(key), held.name, self.names.woken(held.name))
+        holder.unsure[held.name] = held.token
         done = yield Run(COMMIT, keys, (held.token, held.began_with, to_redis(data), expiry))
+        holder.unsure.pop(held.name, None)
         if done == 1:
             return
         if done == 0:
@@ -365,30 +379,35 @@ class Operations:
     def _end_edit(self, holder: Holder, key: Any) -> Plan:
         held = holder.edits.pop(key, None)
         if held is not None:
+            holder.unsure[held.name] = held.token
             yield Run(RELEASE, (held.name, self.names.woken(held.name)), (held.token,))
+            holder.unsure.pop(held.name, None)
 
     # -- holding: the lock's and the edits' tokens ------------------------------------
 
-    def _take(self, name: bytes, wait: float | None, lease: float | None) -> Plan:
+    def _take(self, holder: Holder, name: bytes, wait: float | None, lease: float | None) -> Plan:
         """Take ``name`` with a new token, waiting up to ``wait`` s (None: forever).
 
         Without a ``lease`` the default lease applies and the watchdog renews it while
-        the holder lives. Returns the :class:`Held`, or None if the wait ran out.
+        the holder lives. Returns the :class:`Held`, or None if the wait ran out; the
+        token stays in ``holder.unsure`` until the caller has recorded what it holds.
         """
         token = os.urandom(16).hex().encode()
         lease_ms = self.lease_ms if lease is None else _ms(lease)
         deadline = None if wait is None else time.monotonic() + wait
         woken = self.names.woken(name)
         while True:
+            holder.unsure[name] = token
             try:
                 taken = yield Command(("SET", name, token, "NX", "PX", lease_ms))
             except RedisError:
                 # It may have been taken, the reply lost: free it now rather than
                 # leave it held by nobody until its lease runs out.
-                yield from self._free_quietly(name, token)
+                yield from self.free_unsure(holder)
                 raise
             if taken:
                 return Held(name, token, lease_ms, renewed=lease is None)
+            holder.unsure.pop(name, None)
             left = LONGEST_WAKE_WAIT if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -396,10 +415,13 @@ class Operations:
             # again at least every LONGEST_WAKE_WAIT s.
             yield Command(("BLPOP", woken, round(min(left, LONGEST_WAKE_WAIT), 3)))
 
-    def _free_quietly(self, name: bytes, token: bytes) -> Plan:
-        """Free ``name`` if ``token`` holds it; no error if Redis can't be reached."""
-        with contextlib.suppress(RedisError):
-            yield Run(RELEASE, (name, self.names.woken(name)), (token,))
+    def free_unsure(self, holder: Holder) -> Plan:
+        """Free what ``holder`` may hold without knowing it, if its token still holds it
+        (compare-and-delete: never another's); quietly if Redis can't be reached."""
+        for name, token in list(holder.unsure.items()):
+            holder.unsure.pop(name, None)
+            with contextlib.suppress(RedisError):
+                yield Run(RELEASE, (name, self.names.woken(name)), (token,))
 
     def renew(self, held: Held) -> Plan:
         """Extend a held lease; mark it lost if Redis no longer has it."""

@@ -51,7 +51,7 @@ class RedisTransport:
             retry=Retry(NoBackoff(), 0),  # nothing resent behind our back: see above
             **pool_options(settings),
         )
-        self._client = redis.Redis(connection_pool=pool)
+        self._client = redis.Redis.from_pool(pool)  # closing the client closes the pool
         self._local = threading.local()
         self._holders: weakref.WeakSet[Holder] = weakref.WeakSet()
         self._closed = threading.Event()
@@ -77,6 +77,11 @@ class RedisTransport:
                     resend = False  # a read is sent again once, on a new connection
                     continue
                 raise translated(error, self.address, method, self.call_timeout) from None
+            except BaseException:  # Ctrl-C mid-call: free what we may have taken
+                if holder.unsure:
+                    with contextlib.suppress(Exception):
+                        self._drive(self._operations.free_unsure(holder))
+                raise
             if holder.lock is not None or holder.edits:
                 self._watch()
             return result

@@ -1,0 +1,40 @@
+"""Every kind of asyncio call, for tests that cancel them at random points."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sharedstate.aio import AsyncSharedState
+
+Operation = Callable[[AsyncSharedState], Awaitable[Any]]
+
+
+async def _edit_and_wait(state: AsyncSharedState) -> None:
+    async with state.edit("doc", default={"n": 0}) as doc:
+        doc["n"] += 1
+        await asyncio.sleep(0.001)
+
+
+async def _hold_lock(state: AsyncSharedState) -> None:
+    async with state.lock.hold(timeout=5):
+        await state.incr("under lock")
+        await asyncio.sleep(0.001)
+
+
+# Every kind of call: reads, writes, batches, paths, the namespace, the lock and edits
+# (taking, holding and freeing them).
+OPERATIONS: dict[str, Operation] = {
+    "get": lambda state: state.get("counter"),
+    "set": lambda state: state.set("value", list(range(100))),
+    "incr": lambda state: state.incr("counter"),
+    "add": lambda state: state.add("claim", 1, ttl=0.01),
+    "get_many": lambda state: state.get_many(["counter", "value"]),
+    "set_many": lambda state: state.set_many({"a": 1, "b": 2}),
+    "set_in": lambda state: state.set_in(("doc", "x"), 1),
+    "keys": lambda state: state.keys(),
+    "namespace": lambda state: state.namespace.set("n", 1),
+    "lock": _hold_lock,
+    "edit": _edit_and_wait,
+}
