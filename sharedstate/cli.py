@@ -172,6 +172,9 @@ class _Commands(click.Group):
             _quiet_on_closed_pipe()
             ctx.exit(EXIT_ERROR)
         except ServerNotRunning as error:
+            if _is_redis(ctx):  # Redis is the operator's to run: its own words say so
+                click.echo(f"error: {error}", err=True)
+                ctx.exit(EXIT_NOT_RUNNING)
             # One line, and the next step at a shell (the error's own text may suggest
             # get_shared_state(), which is for code).
             address = getattr(error, "address", None) or "this address"
@@ -192,6 +195,15 @@ class _Commands(click.Group):
                 f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), err=True
             )
             ctx.exit(EXIT_ERROR)
+
+
+def _is_redis(ctx: click.Context) -> bool:
+    flags = ctx.find_object(SettingFlags)
+    try:
+        settings = flags.settings if flags is not None else load_settings()
+    except SharedStateError:
+        return False
+    return settings.address.is_redis
 
 
 @click.group(cls=_Commands, params=setting_params(CONNECTION_SETTINGS))
@@ -597,6 +609,8 @@ def config(flags: SettingFlags, markdown: bool) -> None:
         source = settings.sources[spec.name]
         if spec.secret and value is not None:
             value = "(set)"
+        elif settings.address.is_redis and spec.name in _NOT_FOR_REDIS:
+            source = f"{source}: not used with Redis"
         elif value is None and spec.name == "authkey_file" and settings.authkey is None:
             # Unset, these files are found beside the address: show the one in use.
             value, source = settings.address.key_path, f"{source}: beside the address"
@@ -604,6 +618,15 @@ def config(flags: SettingFlags, markdown: bool) -> None:
             value = settings.address.log_path
             source = f"{source}: beside the address for serve --detach; stderr in the foreground"
         click.echo(f"{spec.env}={'' if value is None else value}    # {source}")
+
+
+# What only sharedstate's own server (and its clients) read.
+_NOT_FOR_REDIS = frozenset(
+    {"authkey", "authkey_file", "server_user", "allow_remote", "log_level", "log_file",
+     "snapshot", "create_snapshot_dir", "snapshot_interval", "fsync", "journal",
+     "owner_pid", "when_owner_dies", "stop_with_gunicorn", "max_clients", "max_memory",
+     "eviction"}
+)  # fmt: skip
 
 
 def _quiet_on_closed_pipe() -> None:

@@ -224,11 +224,16 @@ def test_edits_of_one_key_wait_for_each_other(
             each.close()
 
 
-def test_a_lapsed_lease_is_reported_at_release(state: SharedState) -> None:
+def test_a_lapsed_lease_is_reported_at_each_call_and_at_release(
+    state: SharedState, raw: redis.Redis, prefix: str
+) -> None:
     assert state.lock.acquire(lease=0.2)
-    wait_until(lambda: not state.lock.locked(), timeout=10)
-    with pytest.raises(LeaseExpired):
+    wait_until(lambda: not raw.exists(f"{prefix}lock"), timeout=10)
+    with pytest.raises(LeaseExpired, match="must not go on as if it held it"):
+        state.get("x")
+    with pytest.raises(LeaseExpired, match="came after the lock's lease ran out"):
         state.lock.release()
+    assert state.get("x") is None  # released: calls go on
 
 
 def test_a_living_holder_keeps_the_lock_past_the_lease(
@@ -275,7 +280,7 @@ class CuttingProxy:
     """A TCP proxy to Redis that, once armed, lets a command through but drops the
     connection before the reply: the worst moment for a write."""
 
-    def __init__(self, target_port: int, cut_on: bytes = b"EVALSHA") -> None:
+    def __init__(self, target_port: int, cut_on: bytes) -> None:
         self.target_port = target_port
         self.cut_on = cut_on  # what, in a command, arms the cut
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -325,7 +330,7 @@ class CuttingProxy:
 def test_a_write_cut_off_is_reported_and_never_applied_twice(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    proxy = CuttingProxy(redis_server.port)
+    proxy = CuttingProxy(redis_server.port, cut_on=b"INCRBY")
     url = f"redis://:{redis_server.password}@127.0.0.1:{proxy.port}/0"
     state = on_redis(url, prefix)
     try:
@@ -414,3 +419,24 @@ def test_cancelling_any_async_call_leaves_nothing_held_on_redis(
 
     cancelled = run_on(loop, main, timeout=100)
     assert all(count > 10 for count in cancelled.values()), cancelled
+
+
+def test_a_ttl_under_redis_resolution_expires_at_once(state: SharedState) -> None:
+    # Redis counts in milliseconds; the local server treats such a key as expired.
+    state.set("s", 1, ttl=1e-9)
+    assert state.add("a", 1, ttl=1e-9) is True
+    state.set_many({"m1": 1, "m2": 2}, ttl=1e-9)
+    assert state.incr("i", 5, ttl=1e-9) == 5
+    state["e"] = 1
+    assert state.expire("e", 1e-9) is True
+    with state.edit("d", default=0, ttl=1e-9) as value:
+        assert value == 0
+    assert state.keys() == []
+
+
+def test_a_key_another_program_wrote_under_the_prefix_is_named(
+    state: SharedState, raw: redis.Redis, prefix: str
+) -> None:
+    raw.set(f"{prefix}k:not-ours", b"1")
+    with pytest.raises(WrongType, match="another program uses the same prefix"):
+        state.keys()

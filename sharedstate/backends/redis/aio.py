@@ -26,15 +26,12 @@ from redis.exceptions import NoScriptError, RedisError
 from ...address import Address
 from ...client.commands import Call
 from ...config import Settings
-from ...errors import ServerError
+from ...errors import ServerError, WrongEventLoop
 from ...protocol import OPERATIONS, READS
 from .failures import never_sent, translated
 from .names import Names
-from .operations import Command, Holder, Op, Operations, Plan, Run
-from .support import check_version, lost_lock, pool_options, redis_py_url
-
-# The calls that take something for the task: the lock, an edit.
-TAKES = frozenset({"lock_acquire", "edit_begin"})
+from .operations import Command, Holder, Op, Operations, Plan, Run, Wait
+from .support import ENDS_HOLD, TAKES, check_version, pool_options, redis_py_url
 
 
 class AsyncRedisTransport:
@@ -50,6 +47,7 @@ class AsyncRedisTransport:
         self._holders: weakref.WeakSet[Holder] = weakref.WeakSet()
         self._watchdog: asyncio.Task[None] | None = None
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._client = self._new_client()
         self._pid = os.getpid()
 
@@ -71,13 +69,15 @@ class AsyncRedisTransport:
             raise ServerError(f"{method!r} is not a store operation")
         if self._pid != os.getpid():
             self.forget()
+        self._check_loop()
         holder = self._holder_of_task(method)
-        if holder.lock is not None and holder.lock.lost and method != "lock_release":
-            raise lost_lock()
-        operation = getattr(self._operations, method)
+        operations = self._operations
+        operation = getattr(operations, method)
         resend = method in READS
         while True:
             try:
+                if holder.holds and method not in ENDS_HOLD:
+                    await self._drive(operations.check_held(holder))
                 result = await self._drive(operation(holder, *call.args))
             except RedisError as error:
                 if resend and not never_sent(error) and isinstance(error, redis.ConnectionError):
@@ -90,7 +90,7 @@ class AsyncRedisTransport:
                     self._free_later(Holder(unsure=dict(holder.unsure)))
                     holder.unsure.clear()
                 raise
-            if holder.lock is not None or holder.edits:
+            if holder.holds:
                 self._watch()
             return call.finish(result)
 
@@ -110,6 +110,7 @@ class AsyncRedisTransport:
     def forget(self, *, close: bool = True) -> None:
         """In a forked child: new connections, and nothing held (the parent's tasks held it)."""
         self._pid = os.getpid()
+        self._loop = None
         self._client = self._new_client()
         self._holder = contextvars.ContextVar("sharedstate_holder")
         self._holders = weakref.WeakSet()
@@ -119,7 +120,19 @@ class AsyncRedisTransport:
     def connections(self) -> int:
         """Connections open now (for monitoring, and tests)."""
         pool = self._client.connection_pool
-        return sum(1 for conn in getattr(pool, "_connections", ()) if conn.is_connected)
+        made = [*pool._available_connections, *pool._in_use_connections]
+        return sum(1 for conn in made if conn.is_connected)
+
+    def _check_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise WrongEventLoop(
+                f"this AsyncSharedState (of Redis at {self.address}) was made in another "
+                "event loop, and its connections belong to that loop. Call `await "
+                "get_shared_state()` in this one: each loop gets its own state"
+            )
 
     def _holder_of_task(self, method: str) -> Holder:
         """What the current task holds: its own, or, in a task started while another
@@ -154,6 +167,11 @@ class AsyncRedisTransport:
         client = self._client
         if isinstance(op, Command):
             return await client.execute_command(*op.args)  # type: ignore[no-untyped-call]
+        if isinstance(op, Wait):
+            # Not BLPOP: it would tie up one of the connections the tasks share, the
+            # holder's release queued behind the waiters'. A sleep, longer each time.
+            await asyncio.sleep(min(op.seconds, 0.002 * 2 ** min(op.attempt, 5)))
+            return None
         if isinstance(op, Run):
             keys, script = op.keys, op.script
             try:
@@ -184,11 +202,12 @@ class AsyncRedisTransport:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self._renew_every)
-            held = [h for holder in list(self._holders) for h in holder.held()]
+            pid = os.getpid()
+            held = [h for holder in list(self._holders) if holder.pid == pid for h in holder.held()]
             if not held:
                 return  # started again by the next hold
             for each in held:
-                if each.renewed and not each.lost:
+                if not each.lost:
                     # Redis away: the next round tries again, within the lease.
                     with contextlib.suppress(RedisError):
                         await self._drive(self._operations.renew(each))

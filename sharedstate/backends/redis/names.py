@@ -26,6 +26,8 @@ import math
 import pickle
 from typing import Any
 
+from ...errors import WrongType
+
 _KEY_PROTOCOL = 4  # fixed: the same key must always have the same name
 
 
@@ -48,7 +50,14 @@ class Names:
 
     def key_of(self, name: bytes) -> Any:
         """The Python key stored under ``name`` (a name :meth:`key` made)."""
-        return _key_from_suffix(name[len(self._data) :])
+        try:
+            return _key_from_suffix(name[len(self._data) :])
+        except Exception:
+            raise WrongType(
+                f"Redis holds a key {name!r} under this app's prefix that sharedstate did "
+                "not write; another program uses the same prefix: give this app its own "
+                "with SHAREDSTATE_PREFIX"
+            ) from None
 
     def attribute(self, name: str) -> bytes:
         return self._namespace + name.encode("utf-8", "surrogatepass")

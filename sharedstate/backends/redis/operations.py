@@ -24,7 +24,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ...codec import DATA, NAMESPACE, PROTOCOL, decode, place
 from ...errors import (
@@ -66,19 +66,38 @@ class Run:
     args: tuple[Any, ...]
 
 
-Op = Command | Pipeline | Run
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Wait up to ``seconds`` for a release of what ``woken`` wakes waiters for.
+
+    ``attempt`` counts the waits so far: a driver that can't block on Redis without
+    tying up a shared connection (asyncio's) sleeps instead, longer each time.
+    """
+
+    woken: bytes
+    seconds: float
+    attempt: int
+
+
+Op = Command | Pipeline | Run | Wait
 Plan = Generator[Op, Any, Any]
 
 
 @dataclass(eq=False)
 class Held:
-    """The lock or an edit, held by one caller: its name in Redis and the caller's token."""
+    """The lock or an edit, held by one caller: its name in Redis and the caller's token.
+
+    Redis frees it when its lease (SHAREDSTATE_REDIS_LEASE) runs out, unless the
+    watchdog renews it first, as it does while the holder lives: so a dead holder's is
+    freed within one lease. A lease the caller chose (``until``) ends it then, at the
+    latest.
+    """
 
     name: bytes
     token: bytes
-    lease_ms: int
-    renewed: bool  # by the watchdog, while the holder lives; False: a lease the caller chose
-    lost: bool = False  # the watchdog found it gone (Redis restarted, or a long pause)
+    confirmed: float  # monotonic time at which it was last known held for a whole lease
+    until: float | None = None  # monotonic end of the lease the caller chose
+    lost: bool = False  # Redis no longer had it (restarted, or this process paused)
     began_with: bytes = b""  # an edit: the digest of the value it began with
 
 
@@ -100,6 +119,10 @@ class Holder:
 
     def held(self) -> list[Held]:
         return ([self.lock] if self.lock is not None else []) + list(self.edits.values())
+
+    @property
+    def holds(self) -> bool:
+        return self.lock is not None or bool(self.edits)
 
 
 class Operations:
@@ -151,9 +174,14 @@ class Operations:
     # -- writes --------------------------------------------------------------------
 
     def set(self, holder: Holder, key: Any, data: bytes, ttl: float | None = None) -> Plan:
+        if _at_once(ttl):  # expired as soon as written: as good as deleted
+            yield Command(("DEL", self.names.key(key)))
+            return
         yield Command(("SET", self.names.key(key), to_redis(data), *_px(ttl)))
 
     def add(self, holder: Holder, key: Any, data: bytes, ttl: float | None = None) -> Plan:
+        if _at_once(ttl):
+            return not (yield Command(("EXISTS", self.names.key(key))))
         done = yield Command(("SET", self.names.key(key), to_redis(data), "NX", *_px(ttl)))
         return bool(done)
 
@@ -177,6 +205,9 @@ class Operations:
             flat = [part for key, data in pairs for part in (self.names.key(key), to_redis(data))]
             yield Command(("MSET", *flat))
             return
+        if _at_once(ttl):
+            yield Command(("DEL", *(self.names.key(key) for key, _ in pairs)))
+            return
         px = _px(ttl)
         sets = tuple(("SET", self.names.key(key), to_redis(data), *px) for key, data in pairs)
         yield Pipeline(sets, transaction=True)
@@ -192,7 +223,14 @@ class Operations:
     def incr(self, holder: Holder, key: Any, amount: int | float, ttl: float | None = None) -> Plan:
         check_number(amount, "the amount to add")
         name = self.names.key(key)
-        ttl_ms = b"" if ttl is None else str(_ms(ttl)).encode()
+        if ttl is None and type(amount) is int:
+            # The common case in one plain command. Redis refuses it, changing nothing,
+            # for a pickled number, a float, or past 64 bits: then the script below.
+            try:
+                return (yield Command(("INCRBY", name, amount)))
+            except ResponseError:
+                pass
+        ttl_ms = b"" if ttl is None else b"0" if _at_once(ttl) else str(_ms(ttl)).encode()
         for _ in range(SWAP_TRIES):
             text = yield Run(INCR, (name,), (amount_text(amount), ttl_ms))
             if text is not None:
@@ -212,7 +250,7 @@ class Operations:
         raise _too_busy(place(DATA, (key,)))
 
     def expire(self, holder: Holder, key: Any, ttl: float) -> Plan:
-        if ttl <= 0:
+        if ttl <= 0 or _at_once(ttl):
             return (yield from self.delete(holder, key))
         return bool((yield Command(("PEXPIRE", self.names.key(key), _ms(ttl)))))
 
@@ -289,18 +327,14 @@ class Operations:
         holder.unsure.pop(held.name, None)
         if freed:
             return
-        if held.renewed:
-            raise LockLost(
-                "state.lock was lost while this thread held it: Redis no longer had it "
-                "(restarted without its data, or this process was paused for longer than "
-                "SHAREDSTATE_REDIS_LEASE), so another process may have held it meanwhile"
+        if _lapsed(held):
+            raise LeaseExpired(
+                "state.lock.release() came after the lock's lease ran out, so Redis had "
+                "already freed the lock and another thread or process may have held it in "
+                "the meantime; give acquire() a longer lease, or keep the work under the "
+                "lock shorter"
             )
-        raise LeaseExpired(
-            "state.lock.release() came after the lock's lease ran out, so Redis had "
-            "already freed the lock and another thread or process may have held it in "
-            "the meantime; give acquire() a longer lease, or keep the work under the "
-            "lock shorter"
-        )
+        raise lost_lock()
 
     def lock_locked(self, holder: Holder) -> Plan:
         return (yield from self._locked())
@@ -352,7 +386,7 @@ class Operations:
                 "written",
                 key=key,
             )
-        expiry = b"keep" if ttl is None else str(_ms(ttl)).encode()
+        expiry = b"keep" if ttl is None else b"0" if _at_once(ttl) else str(_ms(ttl)).encode()
         keys = (self.names.key(key), held.name, self.names.woken(held.name))
         holder.unsure[held.name] = held.token
         done = yield Run(COMMIT, keys, (held.token, held.began_with, to_redis(data), expiry))
@@ -361,9 +395,16 @@ class Operations:
             return
         if done == 0:
             raise Conflict(
-                f"state[{key!r}] was written, deleted or expired by someone else while it "
-                "was being edited (on Redis, writes don't wait for an edit), so the edit "
+                f"state[{key!r}] was written while it was being edited (on Redis, a plain "
+                "write, this thread's own included, doesn't wait for an edit), so the edit "
                 "was not written; edit it again",
+                key=key,
+            )
+        if done == 2:
+            raise Conflict(
+                f"state[{key!r}] expired while it was being edited (or a plain write "
+                "deleted it), so the edit was not written; give the key a longer ttl, or "
+                "edit it again",
                 key=key,
             )
         raise LockLost(
@@ -393,11 +434,13 @@ class Operations:
         token stays in ``holder.unsure`` until the caller has recorded what it holds.
         """
         token = os.urandom(16).hex().encode()
-        lease_ms = self.lease_ms if lease is None else _ms(lease)
+        lease_ms = self.lease_ms if lease is None else min(self.lease_ms, _ms(lease))
         deadline = None if wait is None else time.monotonic() + wait
         woken = self.names.woken(name)
+        attempt = 0
         while True:
             holder.unsure[name] = token
+            sent_at = time.monotonic()
             try:
                 taken = yield Command(("SET", name, token, "NX", "PX", lease_ms))
             except RedisError:
@@ -406,14 +449,16 @@ class Operations:
                 yield from self.free_unsure(holder)
                 raise
             if taken:
-                return Held(name, token, lease_ms, renewed=lease is None)
+                until = None if lease is None else sent_at + lease
+                return Held(name, token, confirmed=sent_at, until=until)
             holder.unsure.pop(name, None)
             left = LONGEST_WAKE_WAIT if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return None
             # A release pushes to ``woken``; a holder that died pushes nothing, so look
             # again at least every LONGEST_WAKE_WAIT s.
-            yield Command(("BLPOP", woken, round(min(left, LONGEST_WAKE_WAIT), 3)))
+            yield Wait(woken, round(min(left, LONGEST_WAKE_WAIT), 3), attempt)
+            attempt += 1
 
     def free_unsure(self, holder: Holder) -> Plan:
         """Free what ``holder`` may hold without knowing it, if its token still holds it
@@ -424,9 +469,36 @@ class Operations:
                 yield Run(RELEASE, (name, self.names.woken(name)), (token,))
 
     def renew(self, held: Held) -> Plan:
-        """Extend a held lease; mark it lost if Redis no longer has it."""
-        if not (yield Run(RENEW, (held.name,), (held.token, held.lease_ms))):
+        """Extend a held lease by one more (never past the caller's own); mark it lost if
+        Redis no longer has it."""
+        now = time.monotonic()
+        lease_ms = self.lease_ms
+        if held.until is not None:
+            lease_ms = min(lease_ms, round((held.until - now) * 1000))
+            if lease_ms <= 0:
+                return  # the caller's lease ends it
+        if (yield Run(RENEW, (held.name,), (held.token, lease_ms))):
+            held.confirmed = now
+        else:
             held.lost = True
+
+    def check_held(self, holder: Holder) -> Plan:
+        """Before a call made while holding something: is it still held?
+
+        The watchdog renews leases, but a process that was paused (SIGSTOP, a stuck VM)
+        calls again before its watchdog runs: if a held lease was last confirmed more
+        than half a lease ago, renew it here first. Raises :class:`LockLost` if the lock
+        or an edit is gone, :class:`LeaseExpired` if the caller's lease of the lock ran out.
+        """
+        now = time.monotonic()
+        for held in holder.held():
+            if not held.lost and now - held.confirmed > self.lease_ms / 2000:
+                yield from self.renew(held)
+        lock = holder.lock
+        if lock is not None and _lapsed(lock):
+            raise lapsed_lock()
+        if any(held.lost for held in holder.held()):
+            raise lost_lock()
 
     # -- whole-state operations: dump and restore --------------------------------------
 
@@ -525,11 +597,38 @@ def _loaded(raw: bytes, space: str, path: tuple[Any, ...]) -> Any:
 
 
 def _ms(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
+    return max(1, round(seconds * 1000))
 
 
 def _px(ttl: float | None) -> tuple[Any, ...]:
     return () if ttl is None else ("PX", _ms(ttl))
+
+
+def _at_once(ttl: float | None) -> bool:
+    """Whether ``ttl`` is under Redis's resolution (0.5 ms): the key expires at once."""
+    return ttl is not None and round(ttl * 1000) <= 0
+
+
+def _lapsed(held: Held) -> bool:
+    return held.until is not None and time.monotonic() >= held.until
+
+
+def lost_lock() -> LockLost:
+    return LockLost(
+        "state.lock (or an edit) was lost while this thread held it: Redis no longer had "
+        "it (restarted without its data, or this process was paused for longer than "
+        "SHAREDSTATE_REDIS_LEASE), so another process may hold it now; leave the `with` "
+        "block (or release) and take it again"
+    )
+
+
+def lapsed_lock() -> LeaseExpired:
+    return LeaseExpired(
+        "state.lock's lease ran out while this thread held it, and Redis freed it for "
+        "others; this thread must not go on as if it held it. Leave the `with "
+        "state.lock` block (or call state.lock.release(), which raises this too), then "
+        "acquire the lock again, with a longer lease"
+    )
 
 
 def _too_busy(where: str) -> Conflict:

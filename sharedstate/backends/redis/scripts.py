@@ -33,12 +33,14 @@ def digest(raw: bytes | None) -> bytes:
     return hashlib.sha1(raw, usedforsecurity=False).hexdigest().encode()  # as redis.sha1hex
 
 
-# KEYS: the key. ARGV: the amount as text, the TTL in ms for a key it creates ("" none).
+# KEYS: the key. ARGV: the amount as text, the TTL in ms for a key it creates ("" none,
+# "0" expired at once: not created).
 # Returns the new value as text, or false when the client must do it (a pickled number,
 # or an int sum past 64 bits); raises WRONGTYPE-like errors never: the client decides.
 INCR = Script("""
 local raw = redis.call('GET', KEYS[1])
 if not raw then
+  if ARGV[2] == '0' then return ARGV[1] end
   if ARGV[2] ~= '' then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   else
@@ -109,7 +111,8 @@ return 1
 # KEYS: the key, its edit, the edit's wake-up list. ARGV: the editor's token, the digest
 # of the value the edit began with, the new value, then "keep", a TTL in ms, or "".
 # Ends the edit whatever happens. Returns 1 written, 0 the value changed meanwhile,
-# -1 the edit was no longer held (its lease ran out).
+# -1 the edit was no longer held (its lease ran out), 2 the key is gone (it expired, or
+# was deleted). A TTL of "0" deletes the key (it would expire at once).
 COMMIT = Script("""
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 redis.call('DEL', KEYS[2])
@@ -119,8 +122,13 @@ redis.call('PEXPIRE', KEYS[3], 10000)
 local raw = redis.call('GET', KEYS[1])
 local now = ''
 if raw then now = redis.sha1hex(raw) end
-if now ~= ARGV[2] then return 0 end
-if ARGV[4] == 'keep' then
+if now ~= ARGV[2] then
+  if not raw then return 2 end
+  return 0
+end
+if ARGV[4] == '0' then
+  redis.call('DEL', KEYS[1])
+elseif ARGV[4] == 'keep' then
   redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
 elseif ARGV[4] ~= '' then
   redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])

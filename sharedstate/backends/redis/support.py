@@ -6,10 +6,15 @@ from typing import Any
 
 from ...address import Address
 from ...config import Settings
-from ...errors import LockLost, ServerError
+from ...errors import ServerError
 
 # GETDEL, SET ... PXAT and KEEPTTL came in 6.2; Valkey reports a redis_version too.
 OLDEST_REDIS = (6, 2)
+
+# The calls that end a hold: they check what is held themselves.
+ENDS_HOLD = frozenset({"lock_release", "edit_commit", "edit_abort"})
+# The calls that take something for the caller: the lock, an edit.
+TAKES = frozenset({"lock_acquire", "edit_begin"})
 
 # Our schemes that redis-py spells otherwise.
 _REDIS_PY_SCHEMES = {"valkey": "redis", "valkeys": "rediss", "redis+unix": "unix"}
@@ -41,12 +46,3 @@ def check_version(info: dict[str, Any], address: Address) -> None:
             f"{'.'.join(map(str, OLDEST_REDIS))} or later (or Valkey)",
             address=str(address),
         )
-
-
-def lost_lock() -> LockLost:
-    return LockLost(
-        "state.lock was lost while this thread held it: Redis no longer had it "
-        "(restarted without its data, or this process was paused for longer than "
-        "SHAREDSTATE_REDIS_LEASE), so another process may hold it now; leave the "
-        "`with` block (or release) and take it again"
-    )

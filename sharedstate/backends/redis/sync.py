@@ -32,8 +32,8 @@ from ...errors import ServerError
 from ...protocol import OPERATIONS, READS
 from .failures import never_sent, translated
 from .names import Names
-from .operations import Command, Holder, Op, Operations, Plan, Run
-from .support import check_version, lost_lock, pool_options, redis_py_url
+from .operations import Command, Holder, Op, Operations, Plan, Run, Wait
+from .support import ENDS_HOLD, check_version, pool_options, redis_py_url
 
 
 class RedisTransport:
@@ -65,12 +65,13 @@ class RedisTransport:
         if method not in OPERATIONS:
             raise ServerError(f"{method!r} is not a store operation")
         holder = self._holder()
-        if holder.lock is not None and holder.lock.lost and method != "lock_release":
-            raise lost_lock()
-        operation = getattr(self._operations, method)
+        operations = self._operations
+        operation = getattr(operations, method)
         resend = method in READS
         while True:
             try:
+                if holder.holds and method not in ENDS_HOLD:
+                    self._drive(operations.check_held(holder))
                 result = self._drive(operation(holder, *args))
             except RedisError as error:
                 if resend and not never_sent(error) and _dropped(error):
@@ -82,7 +83,7 @@ class RedisTransport:
                     with contextlib.suppress(Exception):
                         self._drive(self._operations.free_unsure(holder))
                 raise
-            if holder.lock is not None or holder.edits:
+            if holder.holds:
                 self._watch()
             return result
 
@@ -129,6 +130,8 @@ class RedisTransport:
         client = self._client
         if isinstance(op, Command):
             return client.execute_command(*op.args)  # type: ignore[no-untyped-call]
+        if isinstance(op, Wait):  # for a release: this thread's connection may block
+            return client.execute_command("BLPOP", op.woken, op.seconds)  # type: ignore[no-untyped-call]
         if isinstance(op, Run):
             keys, script = op.keys, op.script
             try:
@@ -156,8 +159,10 @@ class RedisTransport:
         pid = os.getpid()
         while not self._closed.wait(self._renew_every) and pid == os.getpid():
             for holder in list(self._holders):
+                if holder.pid != pid:
+                    continue  # a parent's, inherited by this forked child: not ours
                 for held in holder.held():
-                    if not held.renewed or held.lost:
+                    if held.lost:
                         continue
                     # Redis away: the next round tries again, within the lease.
                     with contextlib.suppress(RedisError):

@@ -45,8 +45,11 @@ def from_redis(raw: bytes) -> bytes:
 def number_text(raw: bytes) -> int | float | None:
     """The number a value stored as text stands for; None if it is not one."""
     try:
-        text = raw.decode("ascii")
-        return float(text) if any(c in text for c in ".eEn") else int(text)
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return float(raw)  # a float's text always has ".", "e" or is inf/nan: never an int's
     except ValueError:
         return None
 
