@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What `python -m bench` compares against: Debian's redis-server and wrk, and the Python
-# packages (redis-py, diskcache, matplotlib, gunicorn, Flask). Run once, from the
+# packages (redis-py and hiredis, diskcache, matplotlib, gunicorn, Flask). Run once, from the
 # repository root. Without redis-server or wrk the bench still runs: it says what it
 # skipped, and drives gunicorn with a small Python load generator instead of wrk.
 set -euo pipefail

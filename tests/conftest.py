@@ -4,11 +4,17 @@ Nothing here mocks the server. Every test runs in its own short temp directory (
 socket paths are limited to 107 bytes), with ``SHAREDSTATE_*`` cleared and the address
 pointed inside it, so no test can touch a developer's real server. At teardown every
 process whose command line or environment mentions that directory is killed.
+
+Modules (or tests) marked ``backends`` run on each backend: ``local`` as above, and
+``redis``, on the session's redis-server under a key prefix of the test's own
+(tests/support/backends.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import multiprocessing.resource_tracker
 import os
 import pwd
 import shutil
@@ -20,13 +26,55 @@ from collections.abc import Iterator
 
 import pytest
 
+import sharedstate.aio.state
 import sharedstate.client.state
 from sharedstate import SharedState, get_shared_state
 
+from .support.backends import (
+    LOCAL,
+    REDIS,
+    NoServerProcess,
+    backend_params,
+    unique_prefix,
+)
 from .support.procfs import is_dead, processes_mentioning
 from .support.redis_servers import RedisServer, why_no_redis_server
 from .support.servers import ServerFactory, ServerProcess
 from .support.users import OtherUser, why_no_other_user
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        choices=[LOCAL, REDIS],
+        help="run the tests marked backends on this backend only (default: both)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test of a module marked ``backends`` on every backend (backends.py)."""
+    if metafunc.definition.get_closest_marker("backends") is not None:
+        only = metafunc.config.getoption("backend")
+        params = backend_params(metafunc.definition, only)
+        metafunc.parametrize("backend", params, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """Where the test's state lives: ``local`` unless its module opted in to backends."""
+    return str(getattr(request, "param", LOCAL))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def resource_tracker() -> None:
+    """Start multiprocessing's resource tracker before any test's environment is set.
+
+    Started inside a test (by its first spawn-context lock), it would inherit that
+    test's environment, which names its workdir, and be killed at its teardown; the
+    next test to need it then gets "resource_tracker: process died unexpectedly" as an
+    error. Running one test on two backends made that common.
+    """
+    multiprocessing.resource_tracker.ensure_running()
 
 
 @pytest.fixture
@@ -40,11 +88,18 @@ def workdir() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, workdir: str) -> Iterator[None]:
+def isolated_env(
+    monkeypatch: pytest.MonkeyPatch, workdir: str, backend: str, request: pytest.FixtureRequest
+) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("SHAREDSTATE_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("SHAREDSTATE_ADDRESS", os.path.join(workdir, "run", "state.sock"))
+    if backend == REDIS:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        monkeypatch.setenv("SHAREDSTATE_ADDRESS", redis.url())
+        monkeypatch.setenv("SHAREDSTATE_PREFIX", unique_prefix())
+    else:
+        monkeypatch.setenv("SHAREDSTATE_ADDRESS", os.path.join(workdir, "run", "state.sock"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", workdir)
     monkeypatch.chdir(workdir)
     sharedstate.client.state._states.clear()
@@ -54,10 +109,19 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, workdir: str) -> Iterator[None
         state.close()
     sharedstate.client.state._states.clear()
     sharedstate.client.state.forget_settings()
+    if backend == REDIS:
+        # A connection the test left open warns when it is collected: drop the async
+        # states of its (closed) loops and collect now, so that warning fails this test,
+        # not whichever test happens to run when the collector does.
+        sharedstate.aio.state._states.clear()
+        gc.collect()
 
 
 @pytest.fixture
-def address(workdir: str) -> str:
+def address(workdir: str, backend: str, request: pytest.FixtureRequest) -> str:
+    if backend == REDIS:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        return redis.url()
     return os.path.join(workdir, "run", "state.sock")
 
 
@@ -78,13 +142,17 @@ def server_factory(address: str, workdir: str) -> Iterator[ServerFactory]:
 
 
 @pytest.fixture
-def server(server_factory: ServerFactory) -> ServerProcess:
+def server(
+    server_factory: ServerFactory, backend: str, address: str, workdir: str
+) -> ServerProcess:
+    if backend == REDIS:
+        return NoServerProcess(address, workdir)  # the session's redis-server holds the state
     return server_factory().start()
 
 
 @pytest.fixture
 def state(server: ServerProcess) -> SharedState:
-    """The test's state, on a server started for it."""
+    """The test's state, on a server started for it (or on Redis, for backend redis)."""
     return get_shared_state(start=False)
 
 

@@ -26,9 +26,14 @@ from sharedstate import (
     get_shared_state,
 )
 
+from .support.backends import NO_SERVER_SIDE_UNPICKLING
 from .support.clients import write_client_only_module
 from .support.processes import REPO_ROOT, run_in_processes
 from .support.servers import requests_served
+
+pytestmark = pytest.mark.backends
+
+ROUND_TRIPS = "counts the requests the local server answered (its statistics)"
 
 
 def test_dict_operations(state: SharedState) -> None:
@@ -215,6 +220,7 @@ def test_unpicklable_value_names_the_key_and_leaves_the_server_working(
     assert state["after"] == 1
 
 
+@pytest.mark.differs_on_redis(NO_SERVER_SIDE_UNPICKLING)
 def test_edit_works_on_objects_whose_class_the_server_cannot_import(
     state: SharedState, workdir: str
 ) -> None:
@@ -256,6 +262,7 @@ def test_get_shared_state_returns_the_same_object(state: SharedState) -> None:
         pickle.dumps(state)
 
 
+@pytest.mark.local_only(ROUND_TRIPS)
 @pytest.mark.parametrize(
     ("operation", "round_trips"),
     [
@@ -284,6 +291,7 @@ def test_each_dict_operation_is_one_round_trip(
     assert requests_served() - before == round_trips
 
 
+@pytest.mark.local_only(ROUND_TRIPS)
 def test_batches_are_one_round_trip_each(state: SharedState) -> None:
     before = requests_served()
     state.set_many({f"k{i}": i for i in range(100)})

@@ -21,6 +21,8 @@ from sharedstate.cachelib import DEFAULT_KEY_PREFIX, SharedStateCache
 from .support.processes import REPO_ROOT, fork_context, run_in_processes
 from .support.servers import ServerProcess
 
+pytestmark = pytest.mark.backends
+
 RACERS = 12
 KEYS = 40
 

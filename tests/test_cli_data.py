@@ -11,8 +11,11 @@ import pytest
 
 from sharedstate import get_shared_state
 
+from .support.backends import NO_SERVER_THERE
 from .support.processes import REPO_ROOT, run_cli
 from .support.servers import ServerFactory, ServerProcess
+
+pytestmark = pytest.mark.backends
 
 
 def test_set_then_get_as_json(server: ServerProcess) -> None:
@@ -106,6 +109,7 @@ def test_incr_amount_must_be_a_number(server: ServerProcess) -> None:
     assert run_cli("incr", "hits", "many").returncode == 2
 
 
+@pytest.mark.local_only("status of the local server process (pid, memory, persistence)")
 def test_status_json_has_the_operator_facts(server: ServerProcess) -> None:
     get_shared_state(start=False)["x"] = 1
     info = json.loads(run_cli("status", "--json").stdout)
@@ -118,6 +122,7 @@ def test_status_json_has_the_operator_facts(server: ServerProcess) -> None:
     assert info["uptime"] >= 0
 
 
+@pytest.mark.local_only("starts a second local server at another address")
 def test_the_address_flag_works_before_and_after_the_command(
     server_factory: ServerFactory, workdir: str
 ) -> None:
@@ -128,6 +133,7 @@ def test_the_address_flag_works_before_and_after_the_command(
     assert run_cli("get", "k").returncode == 3  # the environment's address: no server there
 
 
+@pytest.mark.local_only(NO_SERVER_THERE)
 @pytest.mark.parametrize(
     "command",
     [("get", "k"), ("set", "k", "1"), ("del", "k"), ("keys",), ("incr", "k"), ("status",),
@@ -176,6 +182,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(
     assert returncode == 1
 
 
+@pytest.mark.local_only("serve against a running local server")
 def test_serve_while_a_server_runs_says_so_once(server: ServerProcess) -> None:
     result = run_cli("serve")
     assert result.returncode == 1

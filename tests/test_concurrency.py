@@ -11,10 +11,13 @@ import pytest
 
 from sharedstate import get_shared_state
 
+from .support.backends import FREED_AFTER_LEASE, WRITES_DONT_WAIT_FOR_EDITS
 from .support.holders import hold_lock_until_killed
 from .support.processes import fork_context, run_in_processes, start_process
 from .support.procfs import server_pids
 from .support.servers import ServerProcess
+
+pytestmark = pytest.mark.backends
 
 RACERS = 16
 
@@ -25,6 +28,7 @@ def _start_at_the_same_instant(barrier: Any) -> int:
     return int(state.incr("arrivals"))
 
 
+@pytest.mark.local_only("the first calls start one local server process")
 @pytest.mark.timeout(120)
 def test_simultaneous_first_calls_start_exactly_one_server(workdir: str) -> None:
     barrier = fork_context.Barrier(RACERS)
@@ -79,6 +83,7 @@ def _increment_nested(times: int) -> None:
         state["counter"].incr("n")
 
 
+@pytest.mark.differs_on_redis(WRITES_DONT_WAIT_FOR_EDITS)
 @pytest.mark.timeout(180)
 def test_edit_and_nested_incr_of_one_key_never_lose_an_update(server: ServerProcess) -> None:
     get_shared_state(start=False)["counter"] = {"n": 0}
@@ -112,6 +117,7 @@ def test_threads_share_one_state_object(server: ServerProcess) -> None:
     assert state["locked"] == 1600
 
 
+@pytest.mark.differs_on_redis(FREED_AFTER_LEASE)
 @pytest.mark.timeout(60)
 def test_lock_is_released_when_holder_is_killed(server: ServerProcess) -> None:
     state = get_shared_state(start=False)

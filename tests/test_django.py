@@ -23,6 +23,8 @@ from .support.gunicorns import Gunicorn
 from .support.processes import wait_until
 from .support.servers import ServerProcess
 
+pytestmark = pytest.mark.backends
+
 APP = "tests.support.django_app:application"
 
 

@@ -21,6 +21,8 @@ from .support.persisted import snapshot_in
 from .support.processes import REPO_ROOT, run_cli
 from .support.servers import ServerFactory, ServerProcess
 
+pytestmark = pytest.mark.backends
+
 RICH = {
     "text": "héllo",
     ("tuple", 1): (1, 2),
@@ -140,6 +142,7 @@ def test_a_pickle_dump_others_could_write_is_refused(server: ServerProcess, work
     assert "another user" in result.stderr
 
 
+@pytest.mark.local_only("the local server's snapshot file after a kill")
 def test_restore_is_saved_in_the_snapshot(server_factory: ServerFactory, workdir: str) -> None:
     snapshot = snapshot_in(workdir)
     dump = os.path.join(workdir, "backup.json")
@@ -205,6 +208,7 @@ def test_a_pickle_dump_is_not_written_to_a_terminal(server: ServerProcess) -> No
     assert json.loads(shown.replace(b"\r\n", b"\n")) == {"data": {"n": 1}, "namespace": {}}
 
 
+@pytest.mark.local_only("a fault in the local server's snapshot file")
 def test_restore_says_so_when_saving_it_fails(server_factory: ServerFactory, workdir: str) -> None:
     # It used to print "the server has no snapshot file" for any failure to save.
     snapshot = os.path.join(workdir, "state.snap")

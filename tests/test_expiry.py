@@ -34,6 +34,8 @@ from .support.processes import (
 )
 from .support.servers import ServerFactory, ServerProcess, server_info
 
+pytestmark = pytest.mark.backends
+
 
 def test_an_expired_key_is_gone_for_every_operation(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
@@ -111,6 +113,7 @@ def test_an_edit_of_a_key_that_expires_meanwhile_is_a_conflict(state: Any) -> No
     assert "cart" not in state
 
 
+@pytest.mark.local_only("reads the local server's memory and expiry statistics")
 @pytest.mark.timeout(120)
 def test_expired_keys_nobody_reads_give_their_memory_back(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
@@ -126,6 +129,7 @@ def test_expired_keys_nobody_reads_give_their_memory_back(server: ServerProcess)
 # -- persistence ---------------------------------------------------------------------
 
 
+@pytest.mark.local_only("the local server's snapshot and journal after a kill")
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("recovered_from", ["snapshot only", "journal only", "both"])
 def test_expiry_times_survive_a_crash(
@@ -178,6 +182,7 @@ def _write_expiring_until_cut(acked: Any) -> None:
         return
 
 
+@pytest.mark.local_only("the local server's snapshot and journal after kill -9")
 @pytest.mark.fault
 @pytest.mark.timeout(180)
 def test_no_live_key_is_lost_and_no_expired_key_served_across_kill_9_cycles(
@@ -205,6 +210,7 @@ def test_no_live_key_is_lost_and_no_expired_key_served_across_kill_9_cycles(
             assert state.get(f"window{window}") in (10, 11), window  # the cut one may be 1 more
 
 
+@pytest.mark.local_only("restarts the local server between dump and restore")
 def test_dump_and_restore_keep_expiry_times(server_factory: ServerFactory, workdir: str) -> None:
     server = server_factory().start()
     state = get_shared_state(start=False)
@@ -226,6 +232,7 @@ def test_dump_and_restore_keep_expiry_times(server_factory: ServerFactory, workd
 # -- the memory bound ----------------------------------------------------------------
 
 
+@pytest.mark.local_only("the local server's --max-memory bound")
 def test_at_the_bound_a_write_is_refused_and_nothing_stored_is_lost(
     server_factory: ServerFactory,
 ) -> None:
@@ -248,6 +255,7 @@ def test_at_the_bound_a_write_is_refused_and_nothing_stored_is_lost(
     state["new"] = "x" * 1000  # room again
 
 
+@pytest.mark.local_only("the local server's --eviction policies")
 def test_allkeys_lru_keeps_the_data_under_the_bound(server_factory: ServerFactory) -> None:
     server_factory("--max-memory", "200K", "--eviction", "allkeys-lru").start()
     state = get_shared_state(start=False)
@@ -263,6 +271,7 @@ def test_allkeys_lru_keeps_the_data_under_the_bound(server_factory: ServerFactor
     assert "k1" not in state
 
 
+@pytest.mark.local_only("the local server's --eviction policies")
 def test_volatile_lru_evicts_only_keys_with_a_ttl(server_factory: ServerFactory) -> None:
     server_factory("--max-memory", "200K", "--eviction", "volatile-lru").start()
     state = get_shared_state(start=False)
@@ -278,6 +287,7 @@ def test_volatile_lru_evicts_only_keys_with_a_ttl(server_factory: ServerFactory)
     assert info["evicted"] > 300
 
 
+@pytest.mark.local_only("the local server's --eviction policies")
 def test_volatile_ttl_evicts_the_keys_that_expire_soonest(server_factory: ServerFactory) -> None:
     server_factory("--max-memory", "200K", "--eviction", "volatile-ttl").start()
     state = get_shared_state(start=False)

@@ -26,6 +26,7 @@ def make_app(**config: object) -> Flask:
     return app
 
 
+@pytest.mark.backends
 def test_the_state_is_an_app_extension_and_a_request_helper(server: ServerProcess) -> None:
     app = make_app()
     SharedStateExtension(app)

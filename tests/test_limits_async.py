@@ -31,9 +31,12 @@ from limits.strategies import STRATEGIES
 from sharedstate import ServerNotRunning, SharedState, get_shared_state
 from sharedstate.limits import AsyncSharedStateStorage, SharedStateStorage
 
+from .support.backends import NO_SERVER_THERE
 from .support.loops import LOOPS, run_async, run_on
 from .support.processes import run_in_processes
 from .support.servers import ServerFactory, ServerProcess
+
+pytestmark = pytest.mark.backends
 
 STRATEGY_NAMES = ["fixed-window", "moving-window", "sliding-window-counter"]
 T = TypeVar("T")
@@ -69,6 +72,7 @@ def well_inside_a_minute(margin: float = 20.0) -> None:
         time.sleep(60 - into_minute + 0.5)
 
 
+@pytest.mark.local_only("starts a second local server and names its socket in the URI")
 @pytest.mark.timeout(30)
 def test_the_async_uri_names_the_server(
     state: SharedState, server_factory: ServerFactory, workdir: str
@@ -219,6 +223,7 @@ def test_one_async_storage_serves_one_event_loop_after_another(state: SharedStat
     assert state["limits:counter:k"] == 3
 
 
+@pytest.mark.local_only(NO_SERVER_THERE)
 @pytest.mark.timeout(30)
 def test_without_a_server_the_async_storage_fails_on_use_not_on_creation(
     workdir: str,

@@ -21,6 +21,8 @@ from .support.gunicorns import Gunicorn, concurrent_gets
 from .support.processes import REPO_ROOT, run_in_processes
 from .support.servers import ServerProcess, free_tcp_port
 
+pytestmark = pytest.mark.backends
+
 STRATEGY_NAMES = ["fixed-window", "moving-window", "sliding-window-counter"]
 
 
@@ -36,6 +38,7 @@ def well_inside_a_minute(margin: float = 20.0) -> None:
         time.sleep(60 - into_minute + 0.5)
 
 
+@pytest.mark.local_only("the URI embeds the local server's socket path")
 @pytest.mark.parametrize("uri", ["sharedstate://", "sharedstate:///{address}"])
 def test_the_uri_names_the_server(uri: str, server: ServerProcess, address: str) -> None:
     storage = storage_from_string(uri.format(address=address.lstrip("/")))

@@ -33,6 +33,7 @@ from sharedstate.client.state import connect_state
 from sharedstate.client.transport import Hello
 from sharedstate.config import load_settings
 
+from .support.backends import FREED_AFTER_LEASE
 from .support.clients import fresh_state
 from .support.holders import hold_edit_until_killed, hold_lock_until_killed
 from .support.processes import fork_context, kill_and_wait, start_process, wait_until
@@ -162,6 +163,8 @@ def _hold_lock_and_fork(ready: Any, child_pid: Any) -> None:
     time.sleep(60)
 
 
+@pytest.mark.backends
+@pytest.mark.differs_on_redis(FREED_AFTER_LEASE)
 @pytest.mark.timeout(60)
 def test_a_killed_holder_frees_the_lock_though_a_child_it_forked_lives_on(
     server: ServerProcess,
@@ -319,6 +322,7 @@ def test_a_huge_lock_timeout_waits_instead_of_failing(server: ServerProcess) -> 
         holder.join(10)
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("timeout", [3e6, float("inf"), -1, None])
 def test_huge_or_endless_edit_timeouts_are_accepted(server: ServerProcess, timeout: Any) -> None:
     state = get_shared_state(start=False)
@@ -328,6 +332,7 @@ def test_huge_or_endless_edit_timeouts_are_accepted(server: ServerProcess, timeo
     state.lock.release()
 
 
+@pytest.mark.backends
 def test_a_nan_timeout_is_a_clear_error(server: ServerProcess) -> None:
     state = get_shared_state(start=False)
     with pytest.raises(ConfigError, match="lock timeout"):

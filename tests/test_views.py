@@ -36,6 +36,8 @@ from sharedstate.flask import SharedStateExtension, shared_state
 from .support.processes import run_cli, run_in_processes
 from .support.servers import ServerProcess
 
+pytestmark = pytest.mark.backends
+
 
 def views_inside(value: Any) -> list[str]:
     """Where ``value`` holds a view (it should hold none: plain data only)."""

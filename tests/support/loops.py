@@ -6,6 +6,7 @@ uvicorn runs on uvloop when it is installed, so the asyncio client is tested on 
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -31,10 +32,35 @@ def run_on(kind: str, main: Callable[[], Awaitable[T]], timeout: float = 50.0) -
     """
     loop = new_loop(kind)
     try:
-        return loop.run_until_complete(asyncio.wait_for(_closing(main), timeout))
-    finally:
+        result = loop.run_until_complete(asyncio.wait_for(_closing(main), timeout))
+    except BaseException:
+        _close(loop)
+        raise
+    leaks = _close(loop)
+    assert leaks == [], f"the loop closed with these still open: {leaks}"
+    return result
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """Close ``loop``; return the ResourceWarnings it gave (what was left open).
+
+    They are caught here because uvloop warns inside ``close()``: with warnings as
+    errors (the test config) that exception left uvloop blocked forever, where a
+    timeout can't reach it, hanging the whole session instead of failing one test.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+    leaks = []
+    for warning in caught:
+        if issubclass(warning.category, ResourceWarning):
+            leaks.append(str(warning.message))
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return leaks
 
 
 async def _closing(main: Callable[[], Awaitable[T]]) -> T:

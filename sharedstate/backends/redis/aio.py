@@ -31,7 +31,7 @@ from ...protocol import OPERATIONS, READS
 from .failures import never_sent, translated
 from .names import Names
 from .operations import Command, Holder, Op, Operations, Plan, Run, Wait
-from .support import ENDS_HOLD, TAKES, check_version, pool_options, redis_py_url
+from .support import ENDS_HOLD, TAKES, check_version, current_pid, pool_options, redis_py_url
 
 
 class AsyncRedisTransport:
@@ -41,7 +41,8 @@ class AsyncRedisTransport:
         self.address: Address = settings.address
         self._settings = settings
         self._max_connections = max_connections
-        self._operations = Operations(Names(settings.prefix), settings.redis_lease)
+        self._operations = operations = Operations(Names(settings.prefix), settings.redis_lease)
+        self._plans = {name: getattr(operations, name) for name in OPERATIONS}
         self._renew_every = settings.redis_lease / 3
         self._holder: contextvars.ContextVar[Holder] = contextvars.ContextVar("sharedstate_holder")
         self._holders: weakref.WeakSet[Holder] = weakref.WeakSet()
@@ -65,14 +66,14 @@ class AsyncRedisTransport:
 
     async def run(self, call: Call) -> Any:
         method = call.method
-        if method not in OPERATIONS:
+        operation = self._plans.get(method)
+        if operation is None:
             raise ServerError(f"{method!r} is not a store operation")
-        if self._pid != os.getpid():
+        if self._pid != current_pid():
             self.forget()
         self._check_loop()
         holder = self._holder_of_task(method)
         operations = self._operations
-        operation = getattr(operations, method)
         resend = method in READS
         while True:
             try:
@@ -126,6 +127,10 @@ class AsyncRedisTransport:
     def _check_loop(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is None:
+            self._loop = loop
+        elif self._loop.is_closed():
+            # Its loop is gone, and its connections with it: start again in this one.
+            self.forget()
             self._loop = loop
         elif loop is not self._loop:
             raise WrongEventLoop(

@@ -46,6 +46,8 @@ class Names:
         self.namespace_pattern = glob + b"n:*"
 
     def key(self, key: Any) -> bytes:
+        if type(key) is str:  # most keys: the short way
+            return self._data + b"s:" + key.encode("utf-8", "surrogatepass")
         return self._data + _key_suffix(key)
 
     def key_of(self, name: bytes) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ...address import Address
@@ -46,3 +47,19 @@ def check_version(info: dict[str, Any], address: Address) -> None:
             f"{'.'.join(map(str, OLDEST_REDIS))} or later (or Valkey)",
             address=str(address),
         )
+
+
+_pid = os.getpid()
+
+
+def current_pid() -> int:
+    """``os.getpid()`` without a system call on every store call."""
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)

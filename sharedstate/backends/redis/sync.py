@@ -33,7 +33,7 @@ from ...protocol import OPERATIONS, READS
 from .failures import never_sent, translated
 from .names import Names
 from .operations import Command, Holder, Op, Operations, Plan, Run, Wait
-from .support import ENDS_HOLD, check_version, pool_options, redis_py_url
+from .support import ENDS_HOLD, check_version, current_pid, pool_options, redis_py_url
 
 
 class RedisTransport:
@@ -43,7 +43,8 @@ class RedisTransport:
         self.address: Address = settings.address
         self.max_value_bytes = settings.max_value_bytes
         self.call_timeout = settings.call_timeout
-        self._operations = Operations(Names(settings.prefix), settings.redis_lease)
+        self._operations = operations = Operations(Names(settings.prefix), settings.redis_lease)
+        self._plans = {name: getattr(operations, name) for name in OPERATIONS}
         self._renew_every = settings.redis_lease / 3
         assert settings.address.url is not None
         pool = redis.ConnectionPool.from_url(
@@ -62,15 +63,15 @@ class RedisTransport:
         return encode_within(value, where, self.max_value_bytes)
 
     def call(self, method: str, *args: Any, waits: float | None = 0.0) -> Any:
-        if method not in OPERATIONS:
+        operation = self._plans.get(method)
+        if operation is None:
             raise ServerError(f"{method!r} is not a store operation")
         holder = self._holder()
         operations = self._operations
-        operation = getattr(operations, method)
         resend = method in READS
         while True:
             try:
-                if holder.holds and method not in ENDS_HOLD:
+                if (holder.lock is not None or holder.edits) and method not in ENDS_HOLD:
                     self._drive(operations.check_held(holder))
                 result = self._drive(operation(holder, *args))
             except RedisError as error:
@@ -107,7 +108,7 @@ class RedisTransport:
 
     def _holder(self) -> Holder:
         holder: Holder | None = getattr(self._local, "holder", None)
-        if holder is None or holder.pid != os.getpid():  # none yet, or the parent's
+        if holder is None or holder.pid != current_pid():  # none yet, or the parent's
             holder = self._local.holder = Holder()
             self._holders.add(holder)
         return holder
