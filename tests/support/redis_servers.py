@@ -8,9 +8,11 @@ kill it start one of their own.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -34,6 +36,9 @@ def free_port() -> int:
 
 class RedisServer:
     """One ``redis-server`` process in ``directory``, started by :meth:`start`."""
+
+    # What it keeps on disk: nothing (a durable one overrides this).
+    persistence: tuple[str, ...] = ("--save", "", "--appendonly", "no")
 
     def __init__(self, directory: str, *, port: int | None = None) -> None:
         self.directory = directory
@@ -63,14 +68,13 @@ class RedisServer:
             "--unixsocketperm", "700",
             "--requirepass", self.password,
             "--dir", self.directory,
-            "--save", "",
-            "--appendonly", "no",
+            *self.persistence,
             "--protected-mode", "yes",
             "--logfile", self.log_path,
         ]  # fmt: skip
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while not self.answers():
+        while not self.answers():  # answers once any append-only file is loaded
             if self.process.poll() is not None:
                 raise AssertionError(f"redis-server exited: {self.log()}")
             assert time.monotonic() < deadline, f"redis-server not ready: {self.log()}"
