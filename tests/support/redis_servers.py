@@ -8,11 +8,9 @@ kill it start one of their own.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
