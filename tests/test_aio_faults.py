@@ -25,7 +25,7 @@ from sharedstate import ConnectionLost, LockLost, ServerNotRunning, Timeout, get
 from sharedstate.aio import get_shared_state as aio_state
 from sharedstate.aio.pool import Pool
 
-from .support.aio_calls import OPERATIONS
+from .support.aio_calls import cancel_at_random
 from .support.loops import LOOPS, run_async, run_on
 from .support.processes import kill_and_wait, run_in_processes, start_process
 from .support.procfs import is_stopped, server_pids
@@ -43,27 +43,7 @@ def test_cancelling_any_call_at_any_point_leaves_nothing_held_or_out_of_step(
 
     async def main() -> dict[str, int]:
         state = await aio_state(start=False, max_connections=3)
-        cancelled = dict.fromkeys(OPERATIONS, 0)
-        for _ in range(40):
-            tasks = {}
-            for name, operation in OPERATIONS.items():
-                for _ in range(3):
-                    tasks[asyncio.ensure_future(operation(state))] = name
-            # Let the calls get anywhere: not sent yet, sent, answered, parked on the
-            # server behind the lock or an edit, or inside a block.
-            for _ in range(rng.randrange(8)):
-                await asyncio.sleep(0)
-            if rng.random() < 0.5:
-                await asyncio.sleep(rng.random() * 0.003)
-            for task in tasks:
-                if rng.random() < 0.7:
-                    task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for task, result in zip(tasks, results, strict=True):
-                if isinstance(result, asyncio.CancelledError):
-                    cancelled[tasks[task]] += 1
-                elif isinstance(result, BaseException):
-                    raise result
+        cancelled = await cancel_at_random(state, rng, rounds=40)
         # Afterwards: every connection in step (each answers its own calls), nothing held.
         assert isinstance(state._pool, Pool)
         assert state._pool.holding == 0

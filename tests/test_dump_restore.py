@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import pickle
@@ -17,20 +16,13 @@ import pytest
 from sharedstate import get_shared_state
 
 from .support.clients import fresh_state
+from .support.dumps import RICH
 from .support.persisted import snapshot_in
 from .support.processes import REPO_ROOT, run_cli
 from .support.servers import ServerFactory, ServerProcess
 
 pytestmark = pytest.mark.backends
 
-RICH = {
-    "text": "héllo",
-    ("tuple", 1): (1, 2),
-    "set": {1, 2},
-    "when": datetime.datetime(2026, 11, 21, 12, 0),
-    "bytes": b"\x00\xff",
-    "nested": {"a": [1, {"b": None}]},
-}
 PLAIN = {"text": "héllo", "n": 3, "ratio": 0.5, "flags": [True, False, None], "cfg": {"a": [1]}}
 
 

@@ -10,7 +10,6 @@ Redis, so the whole keyspace is known and can be checked.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from collections.abc import Iterator
@@ -21,19 +20,12 @@ import redis
 import sharedstate.client.state
 from sharedstate import SharedState, get_shared_state
 
+from .support.dumps import RICH
 from .support.machines import unique_prefix
 from .support.processes import run_cli, wait_until
 from .support.redis_servers import RedisServer
 from .support.servers import ServerProcess
 
-VALUES = {
-    "text": "héllo",
-    ("tuple", 1): (1, 2),
-    "set": {1, 2},
-    "when": datetime.datetime(2026, 11, 21, 12, 0),
-    "bytes": b"\x00\xff",
-    "nested": {"a": [1, {"b": None}]},
-}
 LONG_TTL = 100.0
 SHORT_TTL = 1.0  # expires between the dump and the restore
 
@@ -66,14 +58,14 @@ def redis_state(monkeypatch: pytest.MonkeyPatch, server: RedisServer, prefix: st
 
 def fill(state: SharedState) -> None:
     """The values, a key that lives on, one about to expire, and the namespace."""
-    state.update(VALUES)
+    state.update(RICH)
     state.set("for-a-while", "still here", ttl=LONG_TTL)
     state.set("brief", "gone soon", ttl=SHORT_TTL)
     state.namespace.mode = "live"
 
 
 def assert_filled(state: SharedState) -> None:
-    assert state.to_dict() == {**VALUES, "for-a-while": "still here"}  # "brief" not back
+    assert state.to_dict() == {**RICH, "for-a-while": "still here"}  # "brief" not back
     left = state.ttl("for-a-while")
     assert left is not None
     assert LONG_TTL - 15 < left <= LONG_TTL  # its time runs on from the dump, not anew

@@ -26,7 +26,13 @@ from sharedstate.errors import LockLost, SharedStateError
 
 from .support.holders import HOLD_AT_MOST, hold_edit_until_killed, hold_lock_until_killed
 from .support.machines import Machine, make_machine, on_machine, unique_prefix, visit_machine
-from .support.processes import fork_context, kill_and_wait, run_in_processes, start_process
+from .support.processes import (
+    fork_context,
+    kill_and_wait,
+    resume_and_reap,
+    run_in_processes,
+    start_process,
+)
 from .support.procfs import is_dead, processes_mentioning
 from .support.redis_servers import RedisServer
 
@@ -466,14 +472,7 @@ def test_a_hung_holder_gets_lock_lost_at_its_next_call(
         assert outcome["lost"], "no LockLost"
     finally:
         done.set()
-        for process in (holder, other):
-            if process is not None:
-                if process.is_alive() and process.pid is not None:
-                    os.kill(process.pid, signal.SIGCONT)
-                process.join(10)
-                if process.is_alive():
-                    process.kill()
-                    process.join(10)
+        resume_and_reap(holder, other)
 
 
 def edit_across_a_hang(held: Any, go: Any) -> str:
@@ -520,14 +519,7 @@ def test_a_hung_editor_does_not_overwrite_the_edit_made_meanwhile(
         outcome = report.get(timeout=30)
     finally:
         go.set()
-        for process in (hung, other):
-            if process is not None:
-                if process.is_alive() and process.pid is not None:
-                    os.kill(process.pid, signal.SIGCONT)
-                process.join(10)
-                if process.is_alive():
-                    process.kill()
-                    process.join(10)
+        resume_and_reap(hung, other)
     assert outcome in {"Conflict", "LockLost"}, outcome  # its commit refused, saying why
     visit_machine(monkeypatch, other_machine)
     assert get_shared_state()["edited"] == ["other"]

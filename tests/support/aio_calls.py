@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,3 +39,36 @@ OPERATIONS: dict[str, Operation] = {
     "lock": _hold_lock,
     "edit": _edit_and_wait,
 }
+
+
+async def cancel_at_random(
+    state: AsyncSharedState,
+    rng: random.Random,
+    rounds: int,
+    tolerated: Callable[[str, BaseException], bool] = lambda name, error: False,
+) -> dict[str, int]:
+    """``rounds`` times: 3 tasks of each kind of call, 70 % of them cancelled at a random
+    point. Returns how many of each kind were cancelled; raises any other error, unless
+    ``tolerated(kind, error)``."""
+    cancelled = dict.fromkeys(OPERATIONS, 0)
+    for _ in range(rounds):
+        tasks = {}
+        for name, operation in OPERATIONS.items():
+            for _ in range(3):
+                tasks[asyncio.ensure_future(operation(state))] = name
+        # Let the calls get anywhere: not sent yet, sent, answered, waiting behind the
+        # lock or an edit, or inside a block.
+        for _ in range(rng.randrange(8)):
+            await asyncio.sleep(0)
+        if rng.random() < 0.5:
+            await asyncio.sleep(rng.random() * 0.003)
+        for task in tasks:
+            if rng.random() < 0.7:
+                task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                cancelled[tasks[task]] += 1
+            elif isinstance(result, BaseException) and not tolerated(tasks[task], result):
+                raise result
+    return cancelled

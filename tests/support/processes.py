@@ -69,6 +69,19 @@ def start_process(target: Callable[..., Any], *args: Any) -> multiprocessing.pro
     return process
 
 
+def resume_and_reap(*processes: multiprocessing.process.BaseProcess | None) -> None:
+    """Let stopped ``processes`` go on (SIGCONT), join them, and kill what won't end."""
+    for process in processes:
+        if process is None:
+            continue
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGCONT)
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join(10)
+
+
 def kill_and_wait(pid: int, timeout: float = 15.0) -> None:
     """SIGKILL ``pid`` and wait until it is dead."""
     os.kill(pid, signal.SIGKILL)
