@@ -33,6 +33,22 @@ def digest(raw: bytes | None) -> bytes:
     return hashlib.sha1(raw, usedforsecurity=False).hexdigest().encode()  # as redis.sha1hex
 
 
+def _write_value(value: int, expiry: int) -> str:
+    """Lua: set KEYS[1] to ARGV[value]; ARGV[expiry] says how it expires: "keep" its TTL,
+    a TTL in ms, "" never, or "0" at once (the key is deleted)."""
+    return f"""
+if ARGV[{expiry}] == '0' then
+  redis.call('DEL', KEYS[1])
+elseif ARGV[{expiry}] == 'keep' then
+  redis.call('SET', KEYS[1], ARGV[{value}], 'KEEPTTL')
+elseif ARGV[{expiry}] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[{value}], 'PX', ARGV[{expiry}])
+else
+  redis.call('SET', KEYS[1], ARGV[{value}])
+end
+"""
+
+
 # KEYS: the key. ARGV: the amount as text, the TTL in ms for a key it creates ("" none,
 # "0" expired at once: not created).
 # Returns the new value as text, or false when the client must do it (a pickled number,
@@ -64,22 +80,18 @@ return sum
 """)
 
 # KEYS: the key. ARGV: the digest of the value read ("" if it was missing), the new
-# value, then "keep" (keep the key's expiry), a TTL in ms, or "" (no expiry).
+# value, then how it expires (see _write_value).
 # Returns 1 if it wrote, 0 if the value had changed since it was read.
-SWAP = Script("""
+SWAP = Script(
+    """
 local raw = redis.call('GET', KEYS[1])
 local now = ''
 if raw then now = redis.sha1hex(raw) end
 if now ~= ARGV[1] then return 0 end
-if ARGV[3] == 'keep' then
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-elseif ARGV[3] ~= '' then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[2])
-end
-return 1
-""")
+"""
+    + _write_value(value=2, expiry=3)
+    + "return 1\n"
+)
 
 # KEYS: the key. ARGV: the value. setdefault: the value there, or (false) it set it.
 SET_DEFAULT = Script("""
@@ -113,7 +125,8 @@ return 1
 # Ends the edit whatever happens. Returns 1 written, 0 the value changed meanwhile,
 # -1 the edit was no longer held (its lease ran out), 2 the key is gone (it expired, or
 # was deleted). A TTL of "0" deletes the key (it would expire at once).
-COMMIT = Script("""
+COMMIT = Script(
+    """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 redis.call('DEL', KEYS[2])
 redis.call('DEL', KEYS[3])
@@ -126,14 +139,7 @@ if now ~= ARGV[2] then
   if not raw then return 2 end
   return 0
 end
-if ARGV[4] == '0' then
-  redis.call('DEL', KEYS[1])
-elseif ARGV[4] == 'keep' then
-  redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
-elseif ARGV[4] ~= '' then
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-else
-  redis.call('SET', KEYS[1], ARGV[3])
-end
-return 1
-""")
+"""
+    + _write_value(value=3, expiry=4)
+    + "return 1\n"
+)
