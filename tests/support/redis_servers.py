@@ -21,7 +21,10 @@ REDIS_SERVER = shutil.which("redis-server")
 
 def why_no_redis_server() -> str | None:
     if REDIS_SERVER is None:
-        return "redis-server is not installed (.ci/run installs Debian's redis-server)"
+        return (
+            "redis-server is not installed; the Redis backend's tests need it: "
+            "sudo apt-get install -y redis-server (.ci/run does that)"
+        )
     return None
 
 
