@@ -28,7 +28,7 @@ from ...client.commands import Call
 from ...config import Settings
 from ...errors import ServerError, WrongEventLoop
 from ...protocol import OPERATIONS, READS
-from .failures import never_sent, translated
+from .failures import translated, worth_resending
 from .names import Names
 from .operations import Command, Holder, Op, Operations, Plan, Run, Wait
 from .support import ENDS_HOLD, TAKES, check_version, current_pid, pool_options, redis_py_url
@@ -81,7 +81,7 @@ class AsyncRedisTransport:
                     await self._drive(operations.check_held(holder))
                 result = await self._drive(operation(holder, *call.args))
             except RedisError as error:
-                if resend and not never_sent(error) and isinstance(error, redis.ConnectionError):
+                if resend and worth_resending(error):
                     resend = False  # a read is sent again once, on a new connection
                     continue
                 timeout = self._settings.call_timeout

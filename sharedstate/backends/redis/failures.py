@@ -27,6 +27,16 @@ def never_sent(error: exceptions.RedisError) -> bool:
     return isinstance(error, exceptions.ConnectionError) and "connecting to" in str(error)
 
 
+def worth_resending(error: exceptions.RedisError) -> bool:
+    """Whether a read that failed with ``error`` may go once more, on a new connection:
+    the connection dropped after the command left (not a refusal, not a timeout)."""
+    return (
+        isinstance(error, exceptions.ConnectionError)
+        and not isinstance(error, exceptions.AuthenticationError)
+        and not never_sent(error)
+    )
+
+
 def translated(
     error: exceptions.RedisError, address: Address, method: str, timeout: float | None
 ) -> SharedStateError:

@@ -40,7 +40,6 @@ from .names import Names
 from .scripts import COMMIT, INCR, RELEASE, RENEW, SET_DEFAULT, SWAP, Script, digest
 from .values import PICKLE_START, amount_text, from_redis, number_text, to_redis
 
-SERVER_HINT = "is the module defining its class importable in this process?"
 SCAN_COUNT = 1000  # keys asked for per SCAN step, and values per MGET
 LONGEST_WAKE_WAIT = 0.5  # s between looks at a held lock, for a holder that died
 SWAP_TRIES = 1000  # writes inside one value, raced by others, before giving up
@@ -269,7 +268,7 @@ class Operations:
         name = self._name(space, path[0])
         for _ in range(SWAP_TRIES):
             # Decoded for each try: a method may keep its arguments in the value.
-            call = decode(call_data, where, SERVER_HINT, f"the value passed to {method}() on")
+            call = decode(call_data, where, what=f"the value passed to {method}() on")
             args, kwargs, expectations = unpack_call(call, lambda: f"{where()}.{method}()")
             check_nesting(path, args, kwargs, where)
             raw = yield Command(("GET", name))
@@ -593,7 +592,7 @@ def _loaded(raw: bytes, space: str, path: tuple[Any, ...]) -> Any:
         number = number_text(raw)
         if number is not None:
             return number
-    return decode(raw, functools.partial(place, space, path), SERVER_HINT)
+    return decode(raw, functools.partial(place, space, path))
 
 
 def _ms(seconds: float) -> int:

@@ -30,7 +30,7 @@ from ...codec import Where, encode_within
 from ...config import Settings
 from ...errors import ServerError
 from ...protocol import OPERATIONS, READS
-from .failures import never_sent, translated
+from .failures import translated, worth_resending
 from .names import Names
 from .operations import Command, Holder, Op, Operations, Plan, Run, Wait
 from .support import ENDS_HOLD, check_version, current_pid, pool_options, redis_py_url
@@ -75,7 +75,7 @@ class RedisTransport:
                     self._drive(operations.check_held(holder))
                 result = self._drive(operation(holder, *args))
             except RedisError as error:
-                if resend and not never_sent(error) and _dropped(error):
+                if resend and worth_resending(error):
                     resend = False  # a read is sent again once, on a new connection
                     continue
                 raise translated(error, self.address, method, self.call_timeout) from None
@@ -168,9 +168,3 @@ class RedisTransport:
                     # Redis away: the next round tries again, within the lease.
                     with contextlib.suppress(RedisError):
                         self._drive(self._operations.renew(held))
-
-
-def _dropped(error: RedisError) -> bool:
-    return isinstance(error, redis.ConnectionError) and not isinstance(
-        error, redis.AuthenticationError
-    )

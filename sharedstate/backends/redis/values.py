@@ -11,7 +11,6 @@ so the two never mix up.
 from __future__ import annotations
 
 import pickle
-from typing import Any
 
 from ...codec import PROTOCOL
 
@@ -56,9 +55,3 @@ def number_text(raw: bytes) -> int | float | None:
 
 def amount_text(amount: int | float) -> bytes:
     return (repr(amount) if type(amount) is float else str(amount)).encode()
-
-
-def loaded(raw: bytes) -> Any:
-    """A value read from Redis, as the Python object (for the work done client-side)."""
-    number = number_text(raw) if raw and raw[0] != PICKLE_START else None
-    return pickle.loads(raw) if number is None else number
