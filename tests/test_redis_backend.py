@@ -297,18 +297,28 @@ class CuttingProxy:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.target_port))
-            cut = threading.Event()  # this connection's replies are no longer passed on
-            threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client, cut), daemon=True).start()
+            # Once cut, this connection's replies are no longer passed on; the first one
+            # held back (Redis ran the command) is noted in ``dropped``.
+            cut, dropped = threading.Event(), threading.Event()
+            up = (client, server, cut, dropped)
+            threading.Thread(target=self._up, args=up, daemon=True).start()
+            down = (server, client, cut, dropped)
+            threading.Thread(target=self._down, args=down, daemon=True).start()
 
-    def _up(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
+    def _up(
+        self,
+        client: socket.socket,
+        server: socket.socket,
+        cut: threading.Event,
+        dropped: threading.Event,
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := client.recv(65536):
                 if self.armed.is_set() and self.cut_on in data:
                     self.armed.clear()
                     cut.set()
                     server.sendall(data)
-                    time.sleep(0.2)  # Redis runs it meanwhile; its reply goes nowhere
+                    dropped.wait(10)  # Redis ran it: its reply came, and goes nowhere
                     self.cuts += 1
                     break
                 server.sendall(data)
@@ -317,9 +327,18 @@ class CuttingProxy:
                 each.shutdown(socket.SHUT_RDWR)
             each.close()
 
-    def _down(self, server: socket.socket, client: socket.socket, cut: threading.Event) -> None:
+    def _down(
+        self,
+        server: socket.socket,
+        client: socket.socket,
+        cut: threading.Event,
+        dropped: threading.Event,
+    ) -> None:
         with contextlib.suppress(OSError):
-            while (data := server.recv(65536)) and not cut.is_set():
+            while data := server.recv(65536):
+                if cut.is_set():
+                    dropped.set()
+                    return
                 client.sendall(data)
 
     def close(self) -> None:
